@@ -1,0 +1,3 @@
+from linecheck.cli import app
+
+app(prog_name="linecheck")

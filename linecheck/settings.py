@@ -1,0 +1,134 @@
+"""One settings object for every part of linecheck: a TOML file plus `LINECHECK_*` environment.
+
+Precedence: explicit overrides > environment (`LINECHECK_KAFKA__BOOTSTRAP_SERVERS=...`) >
+config file > defaults. Nothing is read at import; call `load_settings`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from schemas.topics import Topics
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = Field(default="", description="prepended to every topic name")
+    partitions: int = Field(default=4, ge=1, description="partitions of boards.flagged (bounds parallelism)")
+    group_id: str = "linecheck-workers"
+    # Short session/poll limits: a crashed worker's partitions move quickly, and Tansu
+    # completes a group join within the rebalance timeout.
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    max_poll_interval_ms: int = Field(default=60_000, ge=5_000)
+
+    @property
+    def topics(self) -> Topics:
+        return Topics().with_prefix(self.topic_prefix)
+
+
+class PostgresSettings(_Section):
+    url: str = Field(
+        default="postgresql+psycopg://linecheck:linecheck@127.0.0.1:5432/linecheck",
+        description="SQLAlchemy URL of the audit store",
+    )
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "linecheck"
+    window_s: int = Field(default=3600, ge=60, description="rolling window of the live counters")
+
+
+class ImageSettings(_Section):
+    inline_max_bytes: int = Field(
+        default=256 * 1024, ge=0, description="larger images go to the object store (claim check)"
+    )
+    object_store: Path = Field(
+        default=Path(".linecheck/objects"), description="claim-check and template folder"
+    )
+
+
+class ModelSettings(_Section):
+    models_dir: Path = Path(".linecheck/models")
+    version: str = Field(default="latest", description="model folder name, or 'latest'")
+    backend: Literal["openvino", "torch"] = "openvino"
+    device: str | None = Field(default=None, description="CPU/GPU/NPU (openvino), cpu/cuda (torch)")
+    threads: int | None = Field(default=None, ge=1, description="inference threads per worker")
+
+
+class WorkerSettings(_Section):
+    name: str | None = Field(default=None, description="worker id in verdicts; host:pid if unset")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LINECHECK_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    redis: RedisSettings = RedisSettings()
+    images: ImageSettings = ImageSettings()
+    model: ModelSettings = ModelSettings()
+    worker: WorkerSettings = WorkerSettings()
+    work_dir: Path = Field(
+        default=Path(".linecheck"), description="embedded servers' data, logs and demo output"
+    )
+
+    @field_validator("work_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def topics(self) -> Topics:
+        return self.kafka.topics
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from `config_file` (TOML), the environment and `overrides`, validated strictly."""
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+
+    class _FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            return tuple(sources)
+
+    return Settings.model_validate(_FileSettings(**overrides).model_dump())
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that reproduces `settings` in a child process (workers)."""
+    env: dict[str, str] = {}
+    for section, values in settings.model_dump(mode="json").items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                if value is not None:
+                    env[f"LINECHECK_{section.upper()}__{key.upper()}"] = str(value)
+        elif values is not None:
+            env[f"LINECHECK_{section.upper()}"] = str(values)
+    return env

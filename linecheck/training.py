@@ -1,0 +1,167 @@
+"""Training on synthetic boards: the model the demo uses when none is registered.
+
+Boards from the generator → ROI candidates (labelled by IoU with the true boxes), the true
+boxes themselves, and random defect-free regions → crops → the CNN → thresholds calibrated on
+held-out boards at board level → a versioned model folder with OpenVINO IR.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from linecheck.settings import Settings
+from schemas.events import Box
+
+if TYPE_CHECKING:
+    from producers.synthetic import BoardGenerator, SyntheticBoard
+
+CROP_SIZE = 64
+
+
+@dataclass
+class CropSet:
+    crops: np.ndarray  # (N, 3, S, S) uint8
+    labels: np.ndarray  # (N,) int64
+
+
+def _random_boxes(rng: np.random.Generator, shape: tuple[int, ...], avoid: list[Box], n: int) -> list[Box]:
+    """Defect-free regions ("none" examples) away from every true defect."""
+    h, w = shape[:2]
+    out: list[Box] = []
+    for _ in range(n * 10):
+        if len(out) == n:
+            break
+        size = int(rng.integers(10, 60))
+        x, y = int(rng.integers(0, w - size)), int(rng.integers(0, h - size))
+        box = Box(x1=x, y1=y, x2=x + size, y2=y + size)
+        if all(box.iou(a) == 0.0 for a in avoid):
+            out.append(box)
+    return out
+
+
+def board_crops(board: SyntheticBoard, rng: np.random.Generator, size: int, negatives: int = 4) -> CropSet:
+    from workers.crops import label_candidates, make_crops
+    from workers.roi import find_regions_reference
+
+    truths = list(board.defects)
+    candidates = find_regions_reference(board.image, board.template)
+    labels = label_candidates(candidates, truths)
+    gt_boxes = [t.box for t in truths]
+    boxes = [*candidates, *gt_boxes, *_random_boxes(rng, board.image.shape, gt_boxes, negatives)]
+    labels = [*labels, *(t.defect_type.deeppcb_id for t in truths), *([0] * (len(boxes) - len(labels) - len(truths)))]
+    crops = make_crops(board.image, board.template, boxes, size=size)
+    return CropSet(crops, np.asarray(labels, dtype=np.int64))
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console)
+
+
+def build_crop_set(gen: BoardGenerator, indices: range, size: int, seed: int, console: Console, what: str) -> CropSet:
+    rng = np.random.default_rng(seed)
+    parts: list[CropSet] = []
+    with _progress(console) as progress:
+        task = progress.add_task(f"cropping {what} boards", total=len(indices))
+        for i in indices:
+            parts.append(board_crops(gen.board(i), rng, size))
+            progress.advance(task)
+    return CropSet(np.concatenate([p.crops for p in parts]), np.concatenate([p.labels for p in parts]))
+
+
+def board_scores(gen: BoardGenerator, indices: range, classifier: object, console: Console) -> tuple[np.ndarray, np.ndarray]:
+    """Board scores (max region P(defect)) and truths, through the same path workers use."""
+    from workers.crops import make_crops
+    from workers.roi import find_regions_reference
+    from workers.verdict import board_score, region_verdicts
+
+    scores, truths = [], []
+    with _progress(console) as progress:
+        task = progress.add_task("calibrating on held-out boards", total=len(indices))
+        for i in indices:
+            board = gen.board(i)
+            boxes = find_regions_reference(board.image, board.template)
+            probs = classifier.predict_proba(make_crops(board.image, board.template, boxes, CROP_SIZE))  # type: ignore[attr-defined]
+            scores.append(board_score(region_verdicts(boxes, probs)))
+            truths.append(board.defective)
+            progress.advance(task)
+    return np.asarray(scores), np.asarray(truths)
+
+
+def train_synthetic(
+    settings: Settings,
+    *,
+    boards: int = 240,
+    arch: str = "small",
+    epochs: int = 8,
+    seed: int = 0,
+    version: str | None = None,
+    console: Console | None = None,
+) -> Path:
+    """Train, calibrate and register a model on synthetic boards; return its folder."""
+    import torch
+
+    from producers.synthetic import BoardGenerator
+    from workers.backends.torch_backend import TorchClassifier
+    from workers.model.calibration import calibrate_thresholds
+    from workers.model.registry import ModelCard, data_hash, save_model
+    from workers.model.train import train_classifier
+
+    console = console or Console(stderr=True)
+    started = time.monotonic()
+    gen = BoardGenerator(seed=seed)
+    n_val = max(40, boards // 4)
+    train_idx, val_idx = range(boards), range(boards, boards + n_val)
+    train_set = build_crop_set(gen, train_idx, CROP_SIZE, seed, console, "training")
+    val_set = build_crop_set(gen, val_idx, CROP_SIZE, seed + 1, console, "validation")
+    console.log(f"{len(train_set.labels)} training crops, {len(val_set.labels)} validation crops; "
+                f"class counts {np.bincount(train_set.labels, minlength=7).tolist()}")
+    with _progress(console) as progress:
+        task = progress.add_task(f"training {arch}", total=epochs)
+
+        def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
+            progress.update(task, completed=epoch, description=(
+                f"training {arch} · val loss {metrics.get('val_loss', float('nan')):.3f} "
+                f"acc {metrics.get('val_accuracy', float('nan')):.3f}"))
+
+        result = train_classifier(train_set.crops, train_set.labels, val_set.crops, val_set.labels,
+                                  arch=arch, epochs=epochs, seed=seed, progress=on_epoch)  # type: ignore[arg-type]
+    module = result.module
+    version = version or time.strftime("syn-%Y%m%d-%H%M%S", time.gmtime())
+    card = ModelCard(
+        version=version, arch=arch, input_size=CROP_SIZE,  # type: ignore[arg-type]
+        metrics={"region_val": result.metrics, "train_boards": boards, "val_boards": n_val},
+        training_data_hash=data_hash(f"synthetic:seed={seed}:board={i}" for i in train_idx),
+        torch_version=torch.__version__,
+    )
+    model_dir = save_model(module, card, settings.model.models_dir)
+    # Thresholds come from board scores on held-out boards, through the serving path.
+    scores, truths = board_scores(gen, val_idx, TorchClassifier(model_dir), console)
+    thresholds = calibrate_thresholds(scores, truths)
+    card = card.model_copy(update={"thresholds": thresholds, "metrics": {
+        **card.metrics, "calibration_boards": len(truths), "train_seconds": time.monotonic() - started}})
+    (model_dir / "model.json").write_text(card.model_dump_json(indent=2))
+    console.log(f"model {version} in {model_dir} · thresholds pass<{thresholds.pass_below:.3f} "
+                f"fail≥{thresholds.fail_at_or_above:.3f} · {time.monotonic() - started:.0f}s")
+    return model_dir
+
+
+def ensure_model(settings: Settings, console: Console | None = None) -> Path:
+    """The configured model version; trains one on synthetic boards if none is registered."""
+    from workers.model.registry import resolve_model
+
+    console = console or Console(stderr=True)
+    try:
+        return resolve_model(settings.model.models_dir, settings.model.version)
+    except FileNotFoundError:
+        if settings.model.version != "latest":
+            raise
+    console.log(f"no model in {settings.model.models_dir}: training one on synthetic boards")
+    return train_synthetic(settings, console=console)

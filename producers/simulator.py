@@ -1,0 +1,114 @@
+"""A line simulator: publishes N flagged boards at a given rate, from the synthetic
+generator or from a folder in DeepPCB's layout, and remembers the ground truth."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from linecheck.imaging import encode_png
+from linecheck.storage import ObjectStore
+from producers.publisher import BoardPublisher
+
+
+@dataclass(frozen=True)
+class BoardSample:
+    """One board as the line sees it, with the truth a simulator knows (and a line does not)."""
+
+    serial: str
+    product: str
+    image_png: bytes
+    template_id: str | None
+    template: np.ndarray | None
+    defective: bool
+    n_defects: int
+
+
+@dataclass(frozen=True)
+class PublishedBoard:
+    event_id: str
+    serial: str
+    product: str
+    defective: bool
+    n_defects: int
+
+
+def synthetic_samples(seed: int = 0, defect_rate: float = 0.5, n_designs: int = 4) -> Iterator[BoardSample]:
+    from producers.synthetic import BoardGenerator
+
+    gen = BoardGenerator(seed=seed, n_designs=n_designs, defect_rate=defect_rate)
+    for index in itertools.count():
+        board = gen.board(index)
+        yield BoardSample(
+            serial=f"SYN{seed:03d}-{index:07d}",
+            product=board.product,
+            image_png=encode_png(board.image),
+            template_id=board.template_id,
+            template=board.template,
+            defective=board.defective,
+            n_defects=len(board.defects),
+        )
+
+
+def deeppcb_samples(root: Path) -> Iterator[BoardSample]:
+    """DeepPCB pairs: each tested image is defective; its template is the defect-free board."""
+    import cv2
+
+    from producers.deeppcb import iter_samples
+
+    for sample in iter_samples(root):
+        template = cv2.imread(str(sample.template_path), cv2.IMREAD_GRAYSCALE)
+        yield BoardSample(
+            serial=f"DPCB-{sample.image_id}",
+            product=f"deeppcb-{sample.group}",
+            image_png=sample.test_path.read_bytes() if sample.test_path.suffix == ".png"
+            else encode_png(cv2.imread(str(sample.test_path), cv2.IMREAD_GRAYSCALE)),
+            template_id=f"deeppcb-{sample.image_id}",
+            template=template,
+            defective=bool(sample.truths),
+            n_defects=len(sample.truths),
+        )
+
+
+def publish_boards(
+    publisher: BoardPublisher,
+    store: ObjectStore,
+    samples: Iterator[BoardSample],
+    count: int,
+    *,
+    rate: float | None = None,
+    line: str = "L1",
+    machine: str = "aoi-1",
+    on_published: Callable[[int], None] | None = None,
+) -> list[PublishedBoard]:
+    """Publish `count` boards (at `rate` boards/s if given) and wait for the broker's acks."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if rate is not None and rate <= 0:
+        raise ValueError(f"rate must be > 0 boards/s, got {rate}")
+    published: list[PublishedBoard] = []
+    registered: set[str] = set()
+    start = time.monotonic()
+    for i, sample in enumerate(itertools.islice(samples, count)):
+        if sample.template_id and sample.template is not None and sample.template_id not in registered:
+            store.put_template(sample.template_id, encode_png(sample.template))
+            registered.add(sample.template_id)
+        if rate is not None:  # pace like a line: board i leaves at start + i / rate
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        event = publisher.publish(
+            sample.image_png, line=line, machine=machine, product=sample.product,
+            board_serial=sample.serial, template_id=sample.template_id,
+        )
+        published.append(PublishedBoard(event.event_id, sample.serial, sample.product,
+                                        sample.defective, sample.n_defects))
+        if on_published is not None:
+            on_published(i + 1)
+    publisher.flush()
+    return published

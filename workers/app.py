@@ -1,0 +1,138 @@
+"""The worker: a FastStream (confluent) application around `Inspector`.
+
+Delivery is at least once, with idempotent sinks: the handler publishes the verdict (waiting
+for the broker's ack), writes the audit row, and only then FastStream commits the offset
+(AckPolicy.NACK_ON_ERROR: an exception seeks back, so a sink failure stops the commit, not
+the data). Bad input never raises: it becomes a dead-letter record and the offset moves on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from faststream import AckPolicy, FastStream
+from faststream.confluent import KafkaBroker, KafkaMessage
+from faststream.message import StreamMessage
+
+from linecheck.settings import Settings
+from linecheck.storage import ObjectStore
+from schemas.events import DeadLetter, Verdict
+from workers.inspector import Inspector, SourceInfo, default_worker_name
+from workers.sinks import AuditStore, LiveStats
+
+log = logging.getLogger("linecheck.worker")
+
+
+async def _raw_body(msg: StreamMessage[Any]) -> bytes:
+    """Hand the handler the undecoded value: validation is ours, so bad input is dead-lettered."""
+    return bytes(msg.body)
+
+
+@dataclass
+class WorkerContext:
+    inspector: Inspector
+    audit: AuditStore
+    stats: LiveStats
+
+
+def build_context(settings: Settings) -> WorkerContext:
+    """Load the model and connect the sinks (heavy: do it once per worker process)."""
+    from linecheck.db import upgrade
+    from workers.backends import load_classifier
+    from workers.model.registry import load_card, resolve_model
+
+    upgrade(settings.postgres.url)
+    model_dir = resolve_model(settings.model.models_dir, settings.model.version)
+    card = load_card(model_dir)
+    classifier = load_classifier(
+        model_dir, backend=settings.model.backend, device=settings.model.device,
+        threads=settings.model.threads,
+    )
+    from workers.verdict import Thresholds
+
+    thresholds = Thresholds(
+        pass_below=card.thresholds.pass_below,
+        fail_at_or_above=card.thresholds.fail_at_or_above,
+        version=card.thresholds.threshold_version,
+    )
+    inspector = Inspector(
+        classifier, thresholds, ObjectStore(settings.images.object_store),
+        worker=settings.worker.name or default_worker_name(),
+    )
+    return WorkerContext(
+        inspector=inspector,
+        audit=AuditStore(settings.postgres.url),
+        stats=LiveStats(settings.redis.url, settings.redis.key_prefix, settings.redis.window_s),
+    )
+
+
+def create_app(settings: Settings, context: WorkerContext | None = None) -> FastStream:
+    """The worker application; `context` is built at startup unless given (tests)."""
+    topics = settings.topics
+    broker = KafkaBroker(
+        settings.kafka.bootstrap_servers,
+        enable_idempotence=True,
+        acks="all",
+        description="linecheck inspection workers: flagged boards in, verdicts out",
+    )
+    verdicts = broker.publisher(
+        topics.verdicts, title="verdicts", schema=Verdict,
+        description="One verdict per flagged board, for the MES (keyed by line:serial)",
+    )
+    deadletters = broker.publisher(
+        topics.deadletter, title="deadletter", schema=DeadLetter,
+        description="Messages that could not be processed: the original, the stage and why",
+    )
+    state: dict[str, WorkerContext] = {}
+    if context is not None:
+        state["ctx"] = context
+
+    @broker.subscriber(
+        topics.flagged,
+        group_id=settings.kafka.group_id,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        session_timeout_ms=settings.kafka.session_timeout_ms,
+        max_poll_interval_ms=settings.kafka.max_poll_interval_ms,
+        heartbeat_interval_ms=max(1000, settings.kafka.session_timeout_ms // 4),
+        decoder=_raw_body,
+        title="flagged",
+        description="FlaggedBoard events (JSON, see schemas/) from line test machines",
+    )
+    async def handle(body: bytes, msg: KafkaMessage) -> None:
+        ctx = state["ctx"]
+        raw = msg.raw_message
+        assert not isinstance(raw, tuple)
+        source = SourceInfo(topic=topics.flagged, partition=raw.partition(), offset=raw.offset(),
+                            key=raw.key())
+        result = await anyio.to_thread.run_sync(ctx.inspector.process, body, source)
+        if isinstance(result, DeadLetter):
+            log.warning("dead-lettered offset %s/%s at %s: %s", source.partition, source.offset,
+                        result.stage, result.reason)
+            await deadletters.publish(result, key=source.key)
+            await anyio.to_thread.run_sync(ctx.stats.record_deadletter, result.stage)
+            return
+        await verdicts.publish(result, key=f"{result.line}:{result.board_serial}".encode())
+        is_new = await anyio.to_thread.run_sync(ctx.audit.record, result, source.partition,
+                                                source.offset)
+        if is_new:  # a redelivered event must not count twice
+            await anyio.to_thread.run_sync(ctx.stats.record, result)
+
+    app = FastStream(broker, title="linecheck worker", version="0.1.0")
+
+    @app.on_startup
+    async def _load() -> None:
+        if "ctx" not in state:
+            state["ctx"] = await anyio.to_thread.run_sync(build_context, settings)
+
+    @app.after_shutdown
+    async def _close() -> None:
+        ctx = state.get("ctx")
+        if ctx is not None:
+            ctx.audit.close()
+            ctx.stats.close()
+
+    return app

@@ -1,0 +1,166 @@
+"""One flagged-board event in, one verdict (or dead-letter record) out.
+
+Plain, synchronous, CPU-bound code: the FastStream handler runs it in a thread and tests
+call it directly. The stages never import torch or openvino; the classifier is a plugin.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import ValidationError
+
+from linecheck.imaging import ImageDecodeError, decode_gray
+from linecheck.storage import ObjectStore, StorageError
+from schemas.events import DeadLetter, FlaggedBoard, StageTimings, Verdict
+from workers.backends.base import Classifier
+from workers.crops import make_crops
+from workers.roi import find_regions_recipe, find_regions_reference
+from workers.verdict import Thresholds, board_score, region_verdicts
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class InspectionError(Exception):
+    """Bad input found while inspecting; `stage` says where, the message says what."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(reason)
+        self.stage = stage
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    topic: str
+    partition: int | None = None
+    offset: int | None = None
+    key: bytes | None = None
+
+
+def _validation_reason(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "(message)"
+        parts.append(f"{where}: {err['msg']}")
+    more = f" (+{exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+    return "; ".join(parts) + more
+
+
+class Inspector:
+    def __init__(
+        self,
+        classifier: Classifier,
+        thresholds: Thresholds,
+        store: ObjectStore,
+        worker: str | None = None,
+        template_cache_size: int = 64,
+    ) -> None:
+        self.classifier = classifier
+        self.thresholds = thresholds
+        self.store = store
+        self.worker = worker or default_worker_name()
+        self._templates: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._template_cache_size = template_cache_size
+
+    def template(self, template_id: str) -> np.ndarray | None:
+        """The reference template by id (LRU-cached: a product's template serves many boards)."""
+        cached = self._templates.get(template_id)
+        if cached is not None:
+            self._templates.move_to_end(template_id)
+            return cached
+        png = self.store.get_template(template_id)
+        if png is None:
+            return None
+        image = decode_gray(png, what=f"template {template_id!r}")
+        self._templates[template_id] = image
+        if len(self._templates) > self._template_cache_size:
+            self._templates.popitem(last=False)
+        return image
+
+    def inspect(self, event: FlaggedBoard) -> Verdict:
+        t0 = time.perf_counter()
+        try:
+            image = decode_gray(self.store.image_bytes(event.image), what="board image")
+            template = self.template(event.template_id) if event.template_id else None
+        except (ImageDecodeError, StorageError) as exc:
+            raise InspectionError("image", str(exc)) from exc
+        if template is not None and template.shape != image.shape:
+            raise InspectionError(
+                "image",
+                f"board image is {image.shape[1]}x{image.shape[0]} but template "
+                f"{event.template_id!r} is {template.shape[1]}x{template.shape[0]}",
+            )
+        t1 = time.perf_counter()
+        try:
+            if template is not None:
+                boxes = find_regions_reference(image, template)
+            else:
+                boxes = find_regions_recipe(image)
+        except ValueError as exc:  # the ROI stage rejects images it cannot work on
+            raise InspectionError("roi", str(exc)) from exc
+        t2 = time.perf_counter()
+        crops = make_crops(image, template, boxes, size=self.classifier.input_size)
+        probs = self.classifier.predict_proba(crops)
+        regions = region_verdicts(boxes, probs)
+        score = board_score(regions)
+        t3 = time.perf_counter()
+        return Verdict(
+            event_id=event.event_id,
+            line=event.line,
+            machine=event.machine,
+            product=event.product,
+            board_serial=event.board_serial,
+            verdict=self.thresholds.label(score),
+            board_score=score,
+            regions=regions,
+            roi_method="reference" if template is not None else "recipe",
+            model_version=self.classifier.version,
+            threshold_version=self.thresholds.version,
+            pass_below=self.thresholds.pass_below,
+            fail_at_or_above=self.thresholds.fail_at_or_above,
+            timings=StageTimings(
+                decode_ms=(t1 - t0) * 1e3,
+                roi_ms=(t2 - t1) * 1e3,
+                classify_ms=(t3 - t2) * 1e3,
+                total_ms=(t3 - t0) * 1e3,
+            ),
+            worker=self.worker,
+            inspected_at=event.inspected_at,
+        )
+
+    def process(self, raw: bytes, source: SourceInfo) -> Verdict | DeadLetter:
+        """Decode, validate and inspect; bad input becomes a DeadLetter naming what was wrong."""
+        event_id: str | None = None
+        try:
+            event = FlaggedBoard.model_validate_json(raw)
+            event_id = event.event_id
+            return self.inspect(event)
+        except ValidationError as exc:
+            stage, reason = ("decode", _validation_reason(exc)) if _is_json_error(exc) else (
+                "validate", _validation_reason(exc))
+        except InspectionError as exc:
+            stage, reason = exc.stage, exc.reason
+        return DeadLetter(
+            source_topic=source.topic,
+            partition=source.partition,
+            offset=source.offset,
+            key=source.key.decode("utf-8", "replace") if source.key is not None else None,
+            stage=stage,  # type: ignore[arg-type]
+            reason=reason,
+            event_id=event_id,
+            original_b64=base64.b64encode(raw).decode("ascii"),
+            worker=self.worker,
+        )
+
+
+def _is_json_error(exc: ValidationError) -> bool:
+    return any(err["type"] == "json_invalid" for err in exc.errors())

@@ -1,0 +1,102 @@
+"""Where verdicts land besides the results topic: the PostgreSQL audit store and Redis.
+
+The audit insert is idempotent on the event id (ON CONFLICT DO NOTHING), so a redelivered
+event never doubles a row; Redis counters move only when the row was new, so they do not
+double either. Redis is a cache of live counters, rebuildable from the audit store.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import redis
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import Engine
+
+from linecheck.db import make_engine, verdicts
+from schemas.events import Verdict
+
+
+class AuditStore:
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = make_engine(url)
+
+    def record(self, verdict: Verdict, partition: int | None = None, offset: int | None = None) -> bool:
+        """Insert the verdict's audit row; False when the event already had one."""
+        row = {
+            "event_id": verdict.event_id,
+            "line": verdict.line,
+            "machine": verdict.machine,
+            "product": verdict.product,
+            "board_serial": verdict.board_serial,
+            "verdict": verdict.verdict.value,
+            "board_score": verdict.board_score,
+            "n_regions": len(verdict.regions),
+            "regions": [r.model_dump(mode="json") for r in verdict.regions],
+            "roi_method": verdict.roi_method,
+            "model_version": verdict.model_version,
+            "threshold_version": verdict.threshold_version,
+            "decode_ms": verdict.timings.decode_ms,
+            "roi_ms": verdict.timings.roi_ms,
+            "classify_ms": verdict.timings.classify_ms,
+            "total_ms": verdict.timings.total_ms,
+            "worker": verdict.worker,
+            "source_partition": partition,
+            "source_offset": offset,
+            "inspected_at": verdict.inspected_at,
+            "decided_at": verdict.decided_at,
+        }
+        stmt = insert(verdicts).values(row).on_conflict_do_nothing(index_elements=["event_id"])
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(verdicts)).scalar_one())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class LiveStats:
+    """Rolling counters per line and verdict, in time buckets that expire after the window."""
+
+    BUCKET_S = 60
+
+    def __init__(self, url: str, prefix: str = "linecheck", window_s: int = 3600) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.prefix = prefix
+        self.window_s = window_s
+
+    def _bucket(self, at: datetime) -> int:
+        return int(at.timestamp()) // self.BUCKET_S * self.BUCKET_S
+
+    def record(self, verdict: Verdict) -> None:
+        bucket = self._bucket(verdict.decided_at)
+        key = f"{self.prefix}:verdicts:{verdict.line}:{bucket}"
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hincrby(key, verdict.verdict.value, 1)
+        pipe.hincrby(key, "boards", 1)
+        pipe.expire(key, self.window_s + self.BUCKET_S)
+        pipe.hincrby(f"{self.prefix}:totals", verdict.verdict.value, 1)
+        pipe.execute()
+
+    def record_deadletter(self, stage: str) -> None:
+        self.client.hincrby(f"{self.prefix}:deadletters", stage, 1)
+
+    def window(self, line: str, now: datetime | None = None) -> dict[str, int]:
+        """Counts per verdict over the rolling window ending at `now`."""
+        end = self._bucket(now or datetime.now(UTC))
+        totals: dict[str, int] = {}
+        for bucket in range(end - self.window_s + self.BUCKET_S, end + 1, self.BUCKET_S):
+            for field, value in self.client.hgetall(f"{self.prefix}:verdicts:{line}:{bucket}").items():
+                name = field.decode()
+                totals[name] = totals.get(name, 0) + int(value)
+        return totals
+
+    def totals(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.client.hgetall(f"{self.prefix}:totals").items()}
+
+    def close(self) -> None:
+        self.client.close()
