@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,8 +14,11 @@ from rich.table import Table
 
 from linecheck.settings import Settings, load_settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Automatic visual inspection of flagged PCBs: Kafka in, verdicts out.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Automatic visual inspection of flagged PCBs: Kafka in, verdicts out.",
+)
 schemas_app = typer.Typer(no_args_is_help=True, help="Message contracts (JSON Schema).")
 db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL audit store.")
 app.add_typer(schemas_app, name="schemas")
@@ -48,9 +50,13 @@ def config(config: ConfigOption = None) -> None:
 def demo(
     boards: Annotated[int, typer.Option(min=1, help="boards to publish")] = 200,
     workers: Annotated[int, typer.Option(min=1, help="worker processes in the group")] = 2,
-    rate: Annotated[Optional[float], typer.Option(help="boards/s (default: as fast as possible)")] = None,  # noqa: UP045
+    rate: Annotated[
+        float | None, typer.Option(help="boards/s (default: as fast as possible)")
+    ] = None,
     seed: int = 0,
-    external: Annotated[bool, typer.Option(help="use the Kafka/PostgreSQL/Redis of the settings")] = False,
+    external: Annotated[
+        bool, typer.Option(help="use the Kafka/PostgreSQL/Redis of the settings")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="last line: the summary as JSON")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -59,8 +65,9 @@ def demo(
 
     settings = _settings(config)
     try:
-        result = run_demo(settings, boards, workers=workers, rate=rate, seed=seed,
-                          external=external, console=err)
+        result = run_demo(
+            settings, boards, workers=workers, rate=rate, seed=seed, external=external, console=err
+        )
     except DemoError as exc:
         err.print(f"[red]demo failed:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -93,7 +100,9 @@ def worker(config: ConfigOption = None) -> None:
 def simulate(
     boards: Annotated[int, typer.Option(min=1)] = 100,
     rate: Annotated[Optional[float], typer.Option(help="boards/s")] = None,  # noqa: UP045
-    source: Annotated[str, typer.Option(help="'synthetic' or a folder in DeepPCB's layout")] = "synthetic",
+    source: Annotated[
+        str, typer.Option(help="'synthetic' or a folder in DeepPCB's layout")
+    ] = "synthetic",
     line: str = "L1",
     machine: str = "aoi-1",
     seed: int = 0,
@@ -117,12 +126,24 @@ def simulate(
         raise typer.Exit(2)
     ensure_topics(settings.kafka.bootstrap_servers, settings.topics, settings.kafka.partitions)
     store = ObjectStore(settings.images.object_store)
-    publisher = BoardPublisher(settings.kafka.bootstrap_servers, settings.topics.flagged, store,
-                               settings.images.inline_max_bytes)
+    publisher = BoardPublisher(
+        settings.kafka.bootstrap_servers,
+        settings.topics.flagged,
+        store,
+        settings.images.inline_max_bytes,
+    )
     with Progress(console=err) as progress:
         task = progress.add_task("publishing", total=boards)
-        done = publish_boards(publisher, store, samples, boards, rate=rate, line=line, machine=machine,
-                              on_published=lambda n: progress.update(task, completed=n))
+        done = publish_boards(
+            publisher,
+            store,
+            samples,
+            boards,
+            rate=rate,
+            line=line,
+            machine=machine,
+            on_published=lambda n: progress.update(task, completed=n),
+        )
     err.print(f"published {len(done)} boards to {settings.topics.flagged}")
 
 
@@ -134,8 +155,14 @@ def publish(
     product: Annotated[str, typer.Option()],
     serial: Annotated[str, typer.Option()],
     template_id: Annotated[Optional[str], typer.Option(help="reference template id")] = None,  # noqa: UP045
-    template: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False,  # noqa: UP045
-                                                     help="register this template file under --template-id")] = None,
+    template: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="register this template file under --template-id",
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Publish one flagged board (what a line test machine calls)."""
@@ -143,8 +170,14 @@ def publish(
     from producers.publisher import BoardPublisher
 
     settings = _settings(config)
-    media = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".bmp": "image/bmp",
-             ".tif": "image/tiff", ".tiff": "image/tiff"}.get(image.suffix.lower())
+    media = {
+        ".png": "image/png",
+        ".jpg": "image/jpeg",
+        ".jpeg": "image/jpeg",
+        ".bmp": "image/bmp",
+        ".tif": "image/tiff",
+        ".tiff": "image/tiff",
+    }.get(image.suffix.lower())
     if media is None:
         err.print(f"[red]unsupported image type {image.suffix!r}: use png, jpg, bmp or tif[/red]")
         raise typer.Exit(2)
@@ -155,11 +188,24 @@ def publish(
             raise typer.Exit(2)
         from linecheck.imaging import decode_gray, encode_png
 
-        store.put_template(template_id, encode_png(decode_gray(template.read_bytes(), str(template))))
-    publisher = BoardPublisher(settings.kafka.bootstrap_servers, settings.topics.flagged, store,
-                               settings.images.inline_max_bytes)
-    event = publisher.publish(image.read_bytes(), media_type=media, line=line, machine=machine,
-                              product=product, board_serial=serial, template_id=template_id)
+        store.put_template(
+            template_id, encode_png(decode_gray(template.read_bytes(), str(template)))
+        )
+    publisher = BoardPublisher(
+        settings.kafka.bootstrap_servers,
+        settings.topics.flagged,
+        store,
+        settings.images.inline_max_bytes,
+    )
+    event = publisher.publish(
+        image.read_bytes(),
+        media_type=media,
+        line=line,
+        machine=machine,
+        product=product,
+        board_serial=serial,
+        template_id=template_id,
+    )
     publisher.flush()
     print(event.event_id)
 
@@ -177,13 +223,25 @@ def train(
     from linecheck.training import train_synthetic
 
     settings = _settings(config)
-    model_dir = train_synthetic(settings, boards=boards, arch=arch, epochs=epochs, seed=seed,
-                                version=version, console=err)
+    if arch not in ("small", "efficientnet_lite0"):
+        err.print(f"[red]--arch must be 'small' or 'efficientnet_lite0', got {arch!r}[/red]")
+        raise typer.Exit(2)
+    model_dir = train_synthetic(
+        settings,
+        boards=boards,
+        arch=arch,  # type: ignore[arg-type]
+        epochs=epochs,
+        seed=seed,
+        version=version,
+        console=err,
+    )
     print(model_dir)
 
 
 @schemas_app.command("export")
-def schemas_export(out: Annotated[Path, typer.Argument(help="folder for the JSON Schemas")]) -> None:
+def schemas_export(
+    out: Annotated[Path, typer.Argument(help="folder for the JSON Schemas")],
+) -> None:
     """Write the JSON Schema of every message."""
     from schemas.events import json_schemas
 
@@ -203,9 +261,5 @@ def db_upgrade(revision: str = "head", config: ConfigOption = None) -> None:
     err.print(f"audit store at revision {current_revision(settings.postgres.url)}")
 
 
-def main() -> None:  # pragma: no cover
-    app(prog_name="linecheck")
-
-
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    app(prog_name="linecheck")

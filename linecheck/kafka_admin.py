@@ -17,8 +17,11 @@ def ensure_topics(bootstrap: str, topics: Topics, partitions: int, timeout: floa
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [
-        NewTopic(name, num_partitions=partitions if name == topics.flagged else max(1, partitions),
-                 replication_factor=1)
+        NewTopic(
+            name,
+            num_partitions=partitions if name == topics.flagged else max(1, partitions),
+            replication_factor=1,
+        )
         for name in topics.all()
         if name not in existing
     ]
@@ -43,12 +46,14 @@ def read_topic(
 
     Stops when the end of every partition is reached and `until` (if given) holds, or at timeout.
     """
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": f"linecheck-reader-{uuid.uuid4().hex}",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"linecheck-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
     try:
         meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if meta is None or meta.error is not None:
@@ -64,15 +69,16 @@ def read_topic(
                 if len(at_eof) == len(parts) and (until is None or until(values)):
                     break
                 continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    at_eof.add(msg.partition())
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    at_eof.add(msg.partition() or 0)
                     if len(at_eof) == len(parts) and (until is None or until(values)):
                         break
                     continue
-                raise RuntimeError(f"reading {topic!r}: {msg.error()}")
-            at_eof.discard(msg.partition())
-            values.append(msg.value())
+                raise RuntimeError(f"reading {topic!r}: {error}")
+            at_eof.discard(msg.partition() or 0)
+            values.append(msg.value() or b"")
         return values
     finally:
         consumer.close()

@@ -27,7 +27,9 @@ class _Section(BaseModel):
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = Field(default="", description="prepended to every topic name")
-    partitions: int = Field(default=4, ge=1, description="partitions of boards.flagged (bounds parallelism)")
+    partitions: int = Field(
+        default=4, ge=1, description="partitions of boards.flagged (bounds parallelism)"
+    )
     group_id: str = "linecheck-workers"
     # Short session/poll limits: a crashed worker's partitions move quickly, and Tansu
     # completes a group join within the rebalance timeout.

@@ -14,7 +14,12 @@ from urllib.parse import unquote, urlparse
 
 from schemas.events import ImageRef
 
-_MEDIA_SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg", "image/bmp": ".bmp", "image/tiff": ".tif"}
+_MEDIA_SUFFIX = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/bmp": ".bmp",
+    "image/tiff": ".tif",
+}
 _TEMPLATE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -42,7 +47,9 @@ class ObjectStore:
             raise StorageError(f"unsupported claim-check URI scheme {parsed.scheme!r} in {uri!r}")
         path = Path(unquote(parsed.path)).resolve()
         if not path.is_relative_to(self.root):
-            raise StorageError(f"claim-check URI {uri!r} points outside the object store {self.root}")
+            raise StorageError(
+                f"claim-check URI {uri!r} points outside the object store {self.root}"
+            )
         try:
             return path.read_bytes()
         except FileNotFoundError:

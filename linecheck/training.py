@@ -21,6 +21,8 @@ from schemas.events import Box
 
 if TYPE_CHECKING:
     from producers.synthetic import BoardGenerator, SyntheticBoard
+    from workers.backends.base import Classifier
+    from workers.model.nets import Arch
 
 CROP_SIZE = 64
 
@@ -31,7 +33,9 @@ class CropSet:
     labels: np.ndarray  # (N,) int64
 
 
-def _random_boxes(rng: np.random.Generator, shape: tuple[int, ...], avoid: list[Box], n: int) -> list[Box]:
+def _random_boxes(
+    rng: np.random.Generator, shape: tuple[int, ...], avoid: list[Box], n: int
+) -> list[Box]:
     """Defect-free regions ("none" examples) away from every true defect."""
     h, w = shape[:2]
     out: list[Box] = []
@@ -46,8 +50,11 @@ def _random_boxes(rng: np.random.Generator, shape: tuple[int, ...], avoid: list[
     return out
 
 
-def board_crops(board: SyntheticBoard, rng: np.random.Generator, size: int, negatives: int = 4) -> CropSet:
+def board_crops(
+    board: SyntheticBoard, rng: np.random.Generator, size: int, negatives: int = 4
+) -> CropSet:
     from workers.crops import label_candidates, make_crops
+
     from workers.roi import find_regions_reference
 
     truths = list(board.defects)
@@ -55,17 +62,28 @@ def board_crops(board: SyntheticBoard, rng: np.random.Generator, size: int, nega
     labels = label_candidates(candidates, truths)
     gt_boxes = [t.box for t in truths]
     boxes = [*candidates, *gt_boxes, *_random_boxes(rng, board.image.shape, gt_boxes, negatives)]
-    labels = [*labels, *(t.defect_type.deeppcb_id for t in truths), *([0] * (len(boxes) - len(labels) - len(truths)))]
+    labels = [
+        *labels,
+        *(t.defect_type.deeppcb_id for t in truths),
+        *([0] * (len(boxes) - len(labels) - len(truths))),
+    ]
     crops = make_crops(board.image, board.template, boxes, size=size)
     return CropSet(crops, np.asarray(labels, dtype=np.int64))
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
-def build_crop_set(gen: BoardGenerator, indices: range, size: int, seed: int, console: Console, what: str) -> CropSet:
+def build_crop_set(
+    gen: BoardGenerator, indices: range, size: int, seed: int, console: Console, what: str
+) -> CropSet:
     rng = np.random.default_rng(seed)
     parts: list[CropSet] = []
     with _progress(console) as progress:
@@ -73,12 +91,17 @@ def build_crop_set(gen: BoardGenerator, indices: range, size: int, seed: int, co
         for i in indices:
             parts.append(board_crops(gen.board(i), rng, size))
             progress.advance(task)
-    return CropSet(np.concatenate([p.crops for p in parts]), np.concatenate([p.labels for p in parts]))
+    return CropSet(
+        np.concatenate([p.crops for p in parts]), np.concatenate([p.labels for p in parts])
+    )
 
 
-def board_scores(gen: BoardGenerator, indices: range, classifier: object, console: Console) -> tuple[np.ndarray, np.ndarray]:
+def board_scores(
+    gen: BoardGenerator, indices: range, classifier: Classifier, console: Console
+) -> tuple[np.ndarray, np.ndarray]:
     """Board scores (max region P(defect)) and truths, through the same path workers use."""
     from workers.crops import make_crops
+
     from workers.roi import find_regions_reference
     from workers.verdict import board_score, region_verdicts
 
@@ -88,7 +111,9 @@ def board_scores(gen: BoardGenerator, indices: range, classifier: object, consol
         for i in indices:
             board = gen.board(i)
             boxes = find_regions_reference(board.image, board.template)
-            probs = classifier.predict_proba(make_crops(board.image, board.template, boxes, CROP_SIZE))  # type: ignore[attr-defined]
+            probs = classifier.predict_proba(
+                make_crops(board.image, board.template, boxes, CROP_SIZE)
+            )
             scores.append(board_score(region_verdicts(boxes, probs)))
             truths.append(board.defective)
             progress.advance(task)
@@ -99,7 +124,7 @@ def train_synthetic(
     settings: Settings,
     *,
     boards: int = 240,
-    arch: str = "small",
+    arch: Arch = "small",
     epochs: int = 8,
     seed: int = 0,
     version: str | None = None,
@@ -107,11 +132,11 @@ def train_synthetic(
 ) -> Path:
     """Train, calibrate and register a model on synthetic boards; return its folder."""
     import torch
-
     from producers.synthetic import BoardGenerator
+
     from workers.backends.torch_backend import TorchClassifier
     from workers.model.calibration import calibrate_thresholds
-    from workers.model.registry import ModelCard, data_hash, save_model
+    from workers.model.registry import ModelCard, data_hash, save_model, update_card
     from workers.model.train import train_classifier
 
     console = console or Console(stderr=True)
@@ -121,22 +146,39 @@ def train_synthetic(
     train_idx, val_idx = range(boards), range(boards, boards + n_val)
     train_set = build_crop_set(gen, train_idx, CROP_SIZE, seed, console, "training")
     val_set = build_crop_set(gen, val_idx, CROP_SIZE, seed + 1, console, "validation")
-    console.log(f"{len(train_set.labels)} training crops, {len(val_set.labels)} validation crops; "
-                f"class counts {np.bincount(train_set.labels, minlength=7).tolist()}")
+    console.log(
+        f"{len(train_set.labels)} training crops, {len(val_set.labels)} validation crops; "
+        f"class counts {np.bincount(train_set.labels, minlength=7).tolist()}"
+    )
     with _progress(console) as progress:
         task = progress.add_task(f"training {arch}", total=epochs)
 
         def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
-            progress.update(task, completed=epoch, description=(
-                f"training {arch} · val loss {metrics.get('val_loss', float('nan')):.3f} "
-                f"acc {metrics.get('val_accuracy', float('nan')):.3f}"))
+            progress.update(
+                task,
+                completed=epoch,
+                description=(
+                    f"training {arch} · val loss {metrics.get('val_loss', float('nan')):.3f} "
+                    f"acc {metrics.get('val_accuracy', float('nan')):.3f}"
+                ),
+            )
 
-        result = train_classifier(train_set.crops, train_set.labels, val_set.crops, val_set.labels,
-                                  arch=arch, epochs=epochs, seed=seed, progress=on_epoch)  # type: ignore[arg-type]
+        result = train_classifier(
+            train_set.crops,
+            train_set.labels,
+            val_set.crops,
+            val_set.labels,
+            arch=arch,
+            epochs=epochs,
+            seed=seed,
+            progress=on_epoch,
+        )
     module = result.module
     version = version or time.strftime("syn-%Y%m%d-%H%M%S", time.gmtime())
     card = ModelCard(
-        version=version, arch=arch, input_size=CROP_SIZE,  # type: ignore[arg-type]
+        version=version,
+        arch=arch,
+        input_size=CROP_SIZE,
         metrics={"region_val": result.metrics, "train_boards": boards, "val_boards": n_val},
         training_data_hash=data_hash(f"synthetic:seed={seed}:board={i}" for i in train_idx),
         torch_version=torch.__version__,
@@ -145,11 +187,21 @@ def train_synthetic(
     # Thresholds come from board scores on held-out boards, through the serving path.
     scores, truths = board_scores(gen, val_idx, TorchClassifier(model_dir), console)
     thresholds = calibrate_thresholds(scores, truths)
-    card = card.model_copy(update={"thresholds": thresholds, "metrics": {
-        **card.metrics, "calibration_boards": len(truths), "train_seconds": time.monotonic() - started}})
-    (model_dir / "model.json").write_text(card.model_dump_json(indent=2))
-    console.log(f"model {version} in {model_dir} · thresholds pass<{thresholds.pass_below:.3f} "
-                f"fail≥{thresholds.fail_at_or_above:.3f} · {time.monotonic() - started:.0f}s")
+    card = card.model_copy(
+        update={
+            "thresholds": thresholds,
+            "metrics": {
+                **card.metrics,
+                "calibration_boards": len(truths),
+                "train_seconds": time.monotonic() - started,
+            },
+        }
+    )
+    update_card(model_dir, card)
+    console.log(
+        f"model {version} in {model_dir} · thresholds pass<{thresholds.pass_below:.3f} "
+        f"fail≥{thresholds.fail_at_or_above:.3f} · {time.monotonic() - started:.0f}s"
+    )
     return model_dir
 
 

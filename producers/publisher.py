@@ -95,7 +95,9 @@ class BoardPublisher:
         """Produce bytes as they are (also used to inject malformed events in tests)."""
         while True:
             try:
-                self._producer.produce(self.topic, value=value, key=key, on_delivery=self._on_delivery)
+                self._producer.produce(
+                    self.topic, value=value, key=key, on_delivery=self._on_delivery
+                )
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)

@@ -22,7 +22,8 @@ class BoardSample:
 
     serial: str
     product: str
-    image_png: bytes
+    image: bytes
+    media_type: str
     template_id: str | None
     template: np.ndarray | None
     defective: bool
@@ -38,7 +39,9 @@ class PublishedBoard:
     n_defects: int
 
 
-def synthetic_samples(seed: int = 0, defect_rate: float = 0.5, n_designs: int = 4) -> Iterator[BoardSample]:
+def synthetic_samples(
+    seed: int = 0, defect_rate: float = 0.5, n_designs: int = 4
+) -> Iterator[BoardSample]:
     from producers.synthetic import BoardGenerator
 
     gen = BoardGenerator(seed=seed, n_designs=n_designs, defect_rate=defect_rate)
@@ -47,7 +50,8 @@ def synthetic_samples(seed: int = 0, defect_rate: float = 0.5, n_designs: int = 
         yield BoardSample(
             serial=f"SYN{seed:03d}-{index:07d}",
             product=board.product,
-            image_png=encode_png(board.image),
+            image=encode_png(board.image),
+            media_type="image/png",
             template_id=board.template_id,
             template=board.template,
             defective=board.defective,
@@ -63,11 +67,13 @@ def deeppcb_samples(root: Path) -> Iterator[BoardSample]:
 
     for sample in iter_samples(root):
         template = cv2.imread(str(sample.template_path), cv2.IMREAD_GRAYSCALE)
+        if template is None:
+            raise ValueError(f"cannot read template image {sample.template_path}")
         yield BoardSample(
             serial=f"DPCB-{sample.image_id}",
             product=f"deeppcb-{sample.group}",
-            image_png=sample.test_path.read_bytes() if sample.test_path.suffix == ".png"
-            else encode_png(cv2.imread(str(sample.test_path), cv2.IMREAD_GRAYSCALE)),
+            image=sample.test_path.read_bytes(),  # published as the line scanned it (JPEG)
+            media_type="image/jpeg",
             template_id=f"deeppcb-{sample.image_id}",
             template=template,
             defective=bool(sample.truths),
@@ -95,7 +101,11 @@ def publish_boards(
     registered: set[str] = set()
     start = time.monotonic()
     for i, sample in enumerate(itertools.islice(samples, count)):
-        if sample.template_id and sample.template is not None and sample.template_id not in registered:
+        if (
+            sample.template_id
+            and sample.template is not None
+            and sample.template_id not in registered
+        ):
             store.put_template(sample.template_id, encode_png(sample.template))
             registered.add(sample.template_id)
         if rate is not None:  # pace like a line: board i leaves at start + i / rate
@@ -103,11 +113,19 @@ def publish_boards(
             if delay > 0:
                 time.sleep(delay)
         event = publisher.publish(
-            sample.image_png, line=line, machine=machine, product=sample.product,
-            board_serial=sample.serial, template_id=sample.template_id,
+            sample.image,
+            media_type=sample.media_type,
+            line=line,
+            machine=machine,
+            product=sample.product,
+            board_serial=sample.serial,
+            template_id=sample.template_id,
         )
-        published.append(PublishedBoard(event.event_id, sample.serial, sample.product,
-                                        sample.defective, sample.n_defects))
+        published.append(
+            PublishedBoard(
+                event.event_id, sample.serial, sample.product, sample.defective, sample.n_defects
+            )
+        )
         if on_published is not None:
             on_published(i + 1)
     publisher.flush()

@@ -38,9 +38,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     module = build_model("small", num_classes=7, pretrained=False)
     card = ModelCard(
-        version="test-small", arch="small", input_size=64,
-        thresholds=Thresholds(pass_below=0.3, fail_at_or_above=0.7, threshold_version="test",
-                              target_fnr=0.001),
+        version="test-small",
+        arch="small",
+        input_size=64,
+        thresholds=Thresholds(
+            pass_below=0.3, fail_at_or_above=0.7, threshold_version="test", target_fnr=0.001
+        ),
     )
     return save_model(module, card, tmp_path_factory.mktemp("models"))
 
@@ -50,8 +53,12 @@ def settings(stack: object, model_dir: Path, tmp_path: Path) -> Settings:
     """Settings pointing at the session's servers, with topics and group unique to the test."""
     prefix = f"t{uuid.uuid4().hex[:8]}."
     return load_settings(
-        kafka={"bootstrap_servers": stack.kafka_bootstrap, "topic_prefix": prefix,  # type: ignore[attr-defined]
-               "group_id": f"{prefix}workers", "partitions": 2},
+        kafka={
+            "bootstrap_servers": stack.kafka_bootstrap,
+            "topic_prefix": prefix,  # type: ignore[attr-defined]
+            "group_id": f"{prefix}workers",
+            "partitions": 2,
+        },
         postgres={"url": stack.postgres_url},  # type: ignore[attr-defined]
         redis={"url": stack.redis_url, "key_prefix": prefix.rstrip(".")},  # type: ignore[attr-defined]
         images={"object_store": str(tmp_path / "objects")},

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections.abc import Callable
 
 import redis
 import sqlalchemy as sa
+from producers.synthetic import BoardGenerator
 
 from linecheck.db import make_engine, verdicts
 from linecheck.demo import start_workers, stop_workers
@@ -18,7 +18,6 @@ from linecheck.settings import Settings
 from linecheck.storage import ObjectStore
 from producers.publisher import BoardPublisher
 from producers.simulator import publish_boards, synthetic_samples
-from producers.synthetic import BoardGenerator
 from schemas.events import DeadLetter, Verdict
 
 
@@ -34,9 +33,14 @@ def _audit_rows(settings: Settings, ids: list[str]) -> list[tuple[str, str]]:
     engine = make_engine(settings.postgres.url)
     try:
         with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(  # type: ignore[misc]
-                sa.select(verdicts.c.event_id, verdicts.c.verdict).where(verdicts.c.event_id.in_(ids))
-            )]
+            return [
+                tuple(r)
+                for r in conn.execute(  # type: ignore[misc]
+                    sa.select(verdicts.c.event_id, verdicts.c.verdict).where(
+                        verdicts.c.event_id.in_(ids)
+                    )
+                )
+            ]
     finally:
         engine.dispose()
 
@@ -47,33 +51,53 @@ def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_let
     topics = settings.topics
     ensure_topics(settings.kafka.bootstrap_servers, topics, settings.kafka.partitions)
     store = ObjectStore(settings.images.object_store)
-    inline = BoardPublisher(settings.kafka.bootstrap_servers, topics.flagged, store,
-                            inline_max_bytes=10**7)
-    claim_check = BoardPublisher(settings.kafka.bootstrap_servers, topics.flagged, store,
-                                 inline_max_bytes=0)
+    inline = BoardPublisher(
+        settings.kafka.bootstrap_servers, topics.flagged, store, inline_max_bytes=10**7
+    )
+    claim_check = BoardPublisher(
+        settings.kafka.bootstrap_servers, topics.flagged, store, inline_max_bytes=0
+    )
     workers = start_workers(settings, 2, settings.work_dir / "logs")
     try:
         boards = publish_boards(inline, store, synthetic_samples(seed=7), 6)
         # One more board by claim check, published twice with the same event id (a retry).
         board = BoardGenerator(seed=8).board(0)
         store.put_template(board.template_id, encode_png(board.template))
-        twice = dict(line="L2", machine="aoi-2", product=board.product, board_serial="DUP-1",
-                     template_id=board.template_id, event_id="dup-event-1")
+        twice = dict(
+            line="L2",
+            machine="aoi-2",
+            product=board.product,
+            board_serial="DUP-1",
+            template_id=board.template_id,
+            event_id="dup-event-1",
+        )
         first = claim_check.publish(encode_png(board.image), **twice)  # type: ignore[arg-type]
         claim_check.publish(encode_png(board.image), **twice)  # type: ignore[arg-type]
         assert first.image.uri is not None and first.image.data is None
         # Bad input: not JSON at all, and a valid event whose image is not an image.
         inline.send_raw(b'{"line": "L1", "board_serial": ', key=b"L1:broken")
-        inline.publish(b"definitely not a PNG", line="L1", machine="aoi-1", product="p",
-                       board_serial="NOT-AN-IMAGE", event_id="not-an-image")
+        inline.publish(
+            b"definitely not a PNG",
+            line="L1",
+            machine="aoi-1",
+            product="p",
+            board_serial="NOT-AN-IMAGE",
+            event_id="not-an-image",
+        )
         inline.flush()
         claim_check.flush()
 
         ids = [b.event_id for b in boards] + ["dup-event-1"]
         _wait(lambda: len(_audit_rows(settings, ids)) == len(ids), 120, "audit rows")
-        dead = [DeadLetter.model_validate_json(v) for v in read_topic(
-            settings.kafka.bootstrap_servers, topics.deadletter, timeout=60,
-            until=lambda v: len(v) >= 2)]
+        dead = [
+            DeadLetter.model_validate_json(v)
+            for v in read_topic(
+                settings.kafka.bootstrap_servers,
+                topics.deadletter,
+                timeout=60,
+                until=lambda v: len(v) >= 2,
+            )
+        ]
     finally:
         stop_workers(workers)
     for w in workers:
@@ -83,9 +107,15 @@ def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_let
     assert sorted(r[0] for r in rows) == sorted(ids)  # one row each, the retry did not double
     assert {r[1] for r in rows} <= {"pass", "fail", "review"}
 
-    out = [Verdict.model_validate_json(v) for v in read_topic(
-        settings.kafka.bootstrap_servers, topics.verdicts, timeout=30,
-        until=lambda v: len(v) >= len(ids))]
+    out = [
+        Verdict.model_validate_json(v)
+        for v in read_topic(
+            settings.kafka.bootstrap_servers,
+            topics.verdicts,
+            timeout=30,
+            until=lambda v: len(v) >= len(ids),
+        )
+    ]
     assert {v.event_id for v in out} == set(ids)
     assert all(v.model_version == settings.model.version for v in out)
     assert {v.worker for v in out} <= {"worker-1", "worker-2"}
@@ -100,8 +130,9 @@ def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_let
 
     # Live counters moved once per new audit row, not per delivery.
     client = redis.Redis.from_url(settings.redis.url)
-    totals = {k.decode(): int(v) for k, v in client.hgetall(f"{settings.redis.key_prefix}:totals").items()}
+    totals = {
+        k.decode(): int(v) for k, v in client.hgetall(f"{settings.redis.key_prefix}:totals").items()
+    }
     assert sum(totals.values()) == len(ids)
     dead_counts = client.hgetall(f"{settings.redis.key_prefix}:deadletters")
     assert {k.decode(): int(v) for k, v in dead_counts.items()} == {"decode": 1, "image": 1}
-

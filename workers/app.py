@@ -16,6 +16,7 @@ import anyio
 from faststream import AckPolicy, FastStream
 from faststream.confluent import KafkaBroker, KafkaMessage
 from faststream.message import StreamMessage
+from faststream.specification import AsyncAPI
 
 from linecheck.settings import Settings
 from linecheck.storage import ObjectStore
@@ -48,18 +49,17 @@ def build_context(settings: Settings) -> WorkerContext:
     model_dir = resolve_model(settings.model.models_dir, settings.model.version)
     card = load_card(model_dir)
     classifier = load_classifier(
-        model_dir, backend=settings.model.backend, device=settings.model.device,
+        model_dir,
+        backend=settings.model.backend,
+        device=settings.model.device,
         threads=settings.model.threads,
     )
-    from workers.verdict import Thresholds
-
-    thresholds = Thresholds(
-        pass_below=card.thresholds.pass_below,
-        fail_at_or_above=card.thresholds.fail_at_or_above,
-        version=card.thresholds.threshold_version,
-    )
+    if card.thresholds is None:
+        raise ValueError(f"model {model_dir} has no calibrated thresholds in its model.json")
     inspector = Inspector(
-        classifier, thresholds, ObjectStore(settings.images.object_store),
+        classifier,
+        card.thresholds,
+        ObjectStore(settings.images.object_store),
         worker=settings.worker.name or default_worker_name(),
     )
     return WorkerContext(
@@ -79,11 +79,15 @@ def create_app(settings: Settings, context: WorkerContext | None = None) -> Fast
         description="linecheck inspection workers: flagged boards in, verdicts out",
     )
     verdicts = broker.publisher(
-        topics.verdicts, title="verdicts", schema=Verdict,
+        topics.verdicts,
+        title="verdicts",
+        schema=Verdict,
         description="One verdict per flagged board, for the MES (keyed by line:serial)",
     )
     deadletters = broker.publisher(
-        topics.deadletter, title="deadletter", schema=DeadLetter,
+        topics.deadletter,
+        title="deadletter",
+        schema=DeadLetter,
         description="Messages that could not be processed: the original, the stage and why",
     )
     state: dict[str, WorkerContext] = {}
@@ -106,22 +110,36 @@ def create_app(settings: Settings, context: WorkerContext | None = None) -> Fast
         ctx = state["ctx"]
         raw = msg.raw_message
         assert not isinstance(raw, tuple)
-        source = SourceInfo(topic=topics.flagged, partition=raw.partition(), offset=raw.offset(),
-                            key=raw.key())
+        source = SourceInfo(
+            topic=topics.flagged, partition=raw.partition(), offset=raw.offset(), key=raw.key()
+        )
         result = await anyio.to_thread.run_sync(ctx.inspector.process, body, source)
         if isinstance(result, DeadLetter):
-            log.warning("dead-lettered offset %s/%s at %s: %s", source.partition, source.offset,
-                        result.stage, result.reason)
+            log.warning(
+                "dead-lettered offset %s/%s at %s: %s",
+                source.partition,
+                source.offset,
+                result.stage,
+                result.reason,
+            )
             await deadletters.publish(result, key=source.key)
             await anyio.to_thread.run_sync(ctx.stats.record_deadletter, result.stage)
             return
         await verdicts.publish(result, key=f"{result.line}:{result.board_serial}".encode())
-        is_new = await anyio.to_thread.run_sync(ctx.audit.record, result, source.partition,
-                                                source.offset)
+        is_new = await anyio.to_thread.run_sync(
+            ctx.audit.record, result, source.partition, source.offset
+        )
         if is_new:  # a redelivered event must not count twice
             await anyio.to_thread.run_sync(ctx.stats.record, result)
 
-    app = FastStream(broker, title="linecheck worker", version="0.1.0")
+    app = FastStream(
+        broker,
+        specification=AsyncAPI(
+            title="linecheck worker",
+            version="0.1.0",
+            description="Flagged boards in, verdicts and dead letters out (see schemas/).",
+        ),
+    )
 
     @app.on_startup
     async def _load() -> None:

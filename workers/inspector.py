@@ -21,8 +21,9 @@ from linecheck.storage import ObjectStore, StorageError
 from schemas.events import DeadLetter, FlaggedBoard, StageTimings, Verdict
 from workers.backends.base import Classifier
 from workers.crops import make_crops
+from workers.model.registry import Thresholds
 from workers.roi import find_regions_recipe, find_regions_reference
-from workers.verdict import Thresholds, board_score, region_verdicts
+from workers.verdict import board_score, decide, region_verdicts
 
 
 def default_worker_name() -> str:
@@ -119,12 +120,12 @@ class Inspector:
             machine=event.machine,
             product=event.product,
             board_serial=event.board_serial,
-            verdict=self.thresholds.label(score),
+            verdict=decide(self.thresholds, score),
             board_score=score,
             regions=regions,
             roi_method="reference" if template is not None else "recipe",
             model_version=self.classifier.version,
-            threshold_version=self.thresholds.version,
+            threshold_version=self.thresholds.threshold_version,
             pass_below=self.thresholds.pass_below,
             fail_at_or_above=self.thresholds.fail_at_or_above,
             timings=StageTimings(
@@ -145,8 +146,11 @@ class Inspector:
             event_id = event.event_id
             return self.inspect(event)
         except ValidationError as exc:
-            stage, reason = ("decode", _validation_reason(exc)) if _is_json_error(exc) else (
-                "validate", _validation_reason(exc))
+            stage, reason = (
+                ("decode", _validation_reason(exc))
+                if _is_json_error(exc)
+                else ("validate", _validation_reason(exc))
+            )
         except InspectionError as exc:
             stage, reason = exc.stage, exc.reason
         return DeadLetter(

@@ -22,7 +22,9 @@ class AuditStore:
     def __init__(self, url: str) -> None:
         self.engine: Engine = make_engine(url)
 
-    def record(self, verdict: Verdict, partition: int | None = None, offset: int | None = None) -> bool:
+    def record(
+        self, verdict: Verdict, partition: int | None = None, offset: int | None = None
+    ) -> bool:
         """Insert the verdict's audit row; False when the event already had one."""
         row = {
             "event_id": verdict.event_id,
@@ -65,7 +67,7 @@ class LiveStats:
     BUCKET_S = 60
 
     def __init__(self, url: str, prefix: str = "linecheck", window_s: int = 3600) -> None:
-        self.client = redis.Redis.from_url(url)
+        self.client = redis.Redis.from_url(url, decode_responses=True)
         self.prefix = prefix
         self.window_s = window_s
 
@@ -90,13 +92,14 @@ class LiveStats:
         end = self._bucket(now or datetime.now(UTC))
         totals: dict[str, int] = {}
         for bucket in range(end - self.window_s + self.BUCKET_S, end + 1, self.BUCKET_S):
-            for field, value in self.client.hgetall(f"{self.prefix}:verdicts:{line}:{bucket}").items():
-                name = field.decode()
-                totals[name] = totals.get(name, 0) + int(value)
+            for field, value in self.client.hgetall(
+                f"{self.prefix}:verdicts:{line}:{bucket}"
+            ).items():
+                totals[str(field)] = totals.get(str(field), 0) + int(value)
         return totals
 
     def totals(self) -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in self.client.hgetall(f"{self.prefix}:totals").items()}
+        return {str(k): int(v) for k, v in self.client.hgetall(f"{self.prefix}:totals").items()}
 
     def close(self) -> None:
         self.client.close()

@@ -26,7 +26,9 @@ def calibrate_thresholds(
     scores = np.asarray(scores, dtype=np.float64)
     defective = np.asarray(defective, dtype=bool)
     if scores.shape != defective.shape or scores.ndim != 1:
-        raise ValueError(f"scores {scores.shape} and labels {defective.shape} must be equal 1-D shapes")
+        raise ValueError(
+            f"scores {scores.shape} and labels {defective.shape} must be equal 1-D shapes"
+        )
     pos, neg = np.sort(scores[defective]), np.sort(scores[~defective])
     if len(pos) == 0 or len(neg) == 0:
         raise ValueError(f"calibration needs defective and good boards ({len(pos)} / {len(neg)})")
@@ -39,5 +41,9 @@ def calibrate_thresholds(
         pass_below = fail_at = (pass_below + fail_at) / 2
     fail_at = max(fail_at, pass_below)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return Thresholds(pass_below=pass_below, fail_at_or_above=fail_at,
-                      threshold_version=f"cal-{stamp}", target_fnr=target_fnr)
+    return Thresholds(
+        pass_below=pass_below,
+        fail_at_or_above=fail_at,
+        threshold_version=f"cal-{stamp}",
+        target_fnr=target_fnr,
+    )

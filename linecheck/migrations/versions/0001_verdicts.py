@@ -39,8 +39,9 @@ def upgrade() -> None:
         sa.Column("source_offset", sa.BigInteger),
         sa.Column("inspected_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.func.now()),
+        sa.Column(
+            "recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
         sa.CheckConstraint("verdict IN ('pass', 'fail', 'review')", name="verdict_label"),
     )
     op.create_index("ix_verdicts_line_decided", "verdicts", ["line", "decided_at"])
