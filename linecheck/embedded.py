@@ -10,10 +10,13 @@ Each is started on a free loopback port (or socket), waited for, and stopped on 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -150,9 +153,26 @@ class PostgresServer:
         self.handle.cleanup()
 
 
+def _others_can_traverse(path: Path) -> bool:
+    return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents) if p.exists())
+
+
+def postgres_data_dir(requested: Path) -> Path:
+    """Where PostgreSQL's files go. pgserver runs the server as an unprivileged user when we
+    are root, and the server's unix socket path must stay short; where the requested folder
+    fails either, use a short, traversable folder in the temp dir keyed by the requested path."""
+    requested = requested.resolve()
+    socket_path_ok = len(str(requested / ".s.PGSQL.5432")) < 100
+    if socket_path_ok and (os.geteuid() != 0 or _others_can_traverse(requested.parent)):
+        return requested
+    digest = hashlib.sha1(str(requested).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"linecheck-pg-{digest}"
+
+
 def start_postgres(data_dir: Path) -> PostgresServer:
     import pgserver
 
+    data_dir = postgres_data_dir(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         server = pgserver.get_server(data_dir, cleanup_mode="stop")
@@ -181,7 +201,7 @@ def embedded_stack(work_dir: Path, fresh_postgres: bool = True) -> Iterator[Embe
     """Start Kafka, PostgreSQL and Redis under `work_dir`; stop them all on exit."""
     work_dir = work_dir.resolve()
     log_dir = work_dir / "logs"
-    pg_dir = work_dir / "pg"
+    pg_dir = postgres_data_dir(work_dir / "pg")
     if fresh_postgres and pg_dir.exists():
         shutil.rmtree(pg_dir)
     children: list[ChildProcess] = []

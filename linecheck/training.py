@@ -54,7 +54,6 @@ def board_crops(
     board: SyntheticBoard, rng: np.random.Generator, size: int, negatives: int = 4
 ) -> CropSet:
     from workers.crops import label_candidates, make_crops
-
     from workers.roi import find_regions_reference
 
     truths = list(board.defects)
@@ -101,7 +100,6 @@ def board_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Board scores (max region P(defect)) and truths, through the same path workers use."""
     from workers.crops import make_crops
-
     from workers.roi import find_regions_reference
     from workers.verdict import board_score, region_verdicts
 
@@ -132,8 +130,8 @@ def train_synthetic(
 ) -> Path:
     """Train, calibrate and register a model on synthetic boards; return its folder."""
     import torch
-    from producers.synthetic import BoardGenerator
 
+    from producers.synthetic import BoardGenerator
     from workers.backends.torch_backend import TorchClassifier
     from workers.model.calibration import calibrate_thresholds
     from workers.model.registry import ModelCard, data_hash, save_model, update_card

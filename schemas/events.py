@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -46,6 +47,14 @@ class DefectType(StrEnum):
         if not 1 <= type_id <= len(cls):
             raise ValueError(f"DeepPCB defect type id must be 1..6, got {type_id}")
         return list(cls)[type_id - 1]
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """A labelled defect: its box and type (from a data set, a generator or a reviewer)."""
+
+    box: Box
+    defect_type: DefectType
 
 
 class VerdictLabel(StrEnum):

@@ -54,11 +54,9 @@ def build_context(settings: Settings) -> WorkerContext:
         device=settings.model.device,
         threads=settings.model.threads,
     )
-    if card.thresholds is None:
-        raise ValueError(f"model {model_dir} has no calibrated thresholds in its model.json")
     inspector = Inspector(
         classifier,
-        card.thresholds,
+        card.require_thresholds(),
         ObjectStore(settings.images.object_store),
         worker=settings.worker.name or default_worker_name(),
     )

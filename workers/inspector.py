@@ -146,11 +146,10 @@ class Inspector:
             event_id = event.event_id
             return self.inspect(event)
         except ValidationError as exc:
-            stage, reason = (
-                ("decode", _validation_reason(exc))
-                if _is_json_error(exc)
-                else ("validate", _validation_reason(exc))
-            )
+            if _is_json_error(exc):
+                stage, reason = "decode", f"message is not valid JSON: {_validation_reason(exc)}"
+            else:
+                stage, reason = "validate", _validation_reason(exc)
         except InspectionError as exc:
             stage, reason = exc.stage, exc.reason
         return DeadLetter(

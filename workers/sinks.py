@@ -49,9 +49,14 @@ class AuditStore:
             "inspected_at": verdict.inspected_at,
             "decided_at": verdict.decided_at,
         }
-        stmt = insert(verdicts).values(row).on_conflict_do_nothing(index_elements=["event_id"])
+        stmt = (
+            insert(verdicts)
+            .values(row)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(verdicts.c.event_id)
+        )
         with self.engine.begin() as conn:
-            return conn.execute(stmt).rowcount == 1
+            return conn.execute(stmt).scalar_one_or_none() is not None
 
     def count(self) -> int:
         with self.engine.connect() as conn:

@@ -1,0 +1,55 @@
+"""The README's main command, end to end on the embedded servers, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_json_reports_one_verdict_and_one_audit_row_per_board(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "LINECHECK_MODEL__MODELS_DIR": str(model_dir.parent),
+        "LINECHECK_MODEL__VERSION": model_dir.name,
+        "LINECHECK_WORK_DIR": str(tmp_path / "work"),
+        "LINECHECK_IMAGES__OBJECT_STORE": str(tmp_path / "objects"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "linecheck", "demo", "--boards", "12", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["published"] == summary["verdicts"] == summary["audit_rows"] == 12
+    assert summary["deadletter"] == 0
+    assert summary["boards_per_s"] > 0
+    assert 0.0 <= summary["review_rate"] <= 1.0
+    assert sum(summary["counts"].values()) == 12
+    for key in ("fnr", "fpr"):
+        assert summary[key] is None or 0.0 <= summary[key] <= 1.0
+    # Every process the demo started is gone (workers, broker, Redis, PostgreSQL on its folders).
+    assert _processes_mentioning(str(tmp_path)) == []
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline or text in environ:
+            found.append(f"{proc.name}: {cmdline}")
+    return found

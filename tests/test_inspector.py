@@ -1,0 +1,107 @@
+"""Inspector: one event in, one verdict or dead-letter record out (no servers needed)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from linecheck.imaging import encode_png
+from linecheck.storage import ObjectStore
+from producers.synthetic import BoardGenerator
+from schemas.events import DeadLetter, FlaggedBoard, ImageRef, Verdict
+from workers.backends import load_classifier
+from workers.inspector import Inspector, SourceInfo
+from workers.model.registry import load_card
+
+SOURCE = SourceInfo(topic="boards.flagged", partition=1, offset=42, key=b"L1:S1")
+
+
+@pytest.fixture()
+def inspector(model_dir: Path, tmp_path: Path) -> Inspector:
+    card = load_card(model_dir)
+    assert card.thresholds is not None
+    return Inspector(
+        load_classifier(model_dir), card.thresholds, ObjectStore(tmp_path), worker="w-test"
+    )
+
+
+def _event(inspector: Inspector, index: int = 0, **kw: object) -> FlaggedBoard:
+    board = BoardGenerator(seed=5).board(index)
+    inspector.store.put_template(board.template_id, encode_png(board.template))
+    fields: dict[str, object] = dict(
+        line="L1",
+        machine="aoi-1",
+        product=board.product,
+        board_serial=f"S{index}",
+        template_id=board.template_id,
+        image=ImageRef(data=encode_png(board.image)),
+    )
+    fields.update(kw)
+    return FlaggedBoard(**fields)  # type: ignore[arg-type]
+
+
+def test_a_board_with_its_template_gets_a_reference_based_verdict(inspector: Inspector) -> None:
+    event = _event(inspector)
+    result = inspector.process(event.model_dump_json().encode(), SOURCE)
+    assert isinstance(result, Verdict)
+    assert result.event_id == event.event_id and result.roi_method == "reference"
+    assert result.model_version == "test-small" and result.worker == "w-test"
+    assert result.board_score == max((r.score for r in result.regions), default=0.0)
+    assert result.timings.total_ms >= result.timings.roi_ms > 0
+
+
+def test_without_a_template_the_recipe_roi_is_used(inspector: Inspector) -> None:
+    event = _event(inspector, template_id=None)
+    result = inspector.process(event.model_dump_json().encode(), SOURCE)
+    assert isinstance(result, Verdict) and result.roi_method == "recipe"
+    # An unknown template id falls back to the recipe as well, instead of failing the board.
+    event = _event(inspector, template_id="never-registered")
+    result = inspector.process(event.model_dump_json().encode(), SOURCE)
+    assert isinstance(result, Verdict) and result.roi_method == "recipe"
+
+
+@pytest.mark.parametrize(
+    ("raw", "stage", "reason"),
+    [
+        (b"\x00\x01 not json", "decode", "not valid JSON"),
+        (b'{"line": "L1"}', "validate", "board_serial: Field required"),
+        (
+            b'{"line":"L1","machine":"m","product":"p","board_serial":"s","image":{"data":"QUJD"},'
+            b'"schema_version":2}',
+            "validate",
+            "schema_version",
+        ),
+    ],
+)
+def test_bad_messages_become_dead_letters_that_say_why(
+    inspector: Inspector, raw: bytes, stage: str, reason: str
+) -> None:
+    result = inspector.process(raw, SOURCE)
+    assert isinstance(result, DeadLetter)
+    assert result.stage == stage
+    assert reason in result.reason
+    assert base64.b64decode(result.original_b64) == raw
+    assert (result.partition, result.offset, result.key) == (1, 42, "L1:S1")
+
+
+def test_non_image_and_mismatched_template_are_dead_lettered_at_the_image_stage(
+    inspector: Inspector,
+) -> None:
+    bad = _event(inspector, image=ImageRef(data=b"%PDF-1.7 not an image"))
+    result = inspector.process(bad.model_dump_json().encode(), SOURCE)
+    assert isinstance(result, DeadLetter) and result.stage == "image"
+    assert "not a decodable image" in result.reason and result.event_id == bad.event_id
+
+    import numpy as np
+
+    small = encode_png(np.zeros((100, 120), np.uint8))
+    mismatched = _event(inspector, image=ImageRef(data=small))
+    result = inspector.process(mismatched.model_dump_json().encode(), SOURCE)
+    assert isinstance(result, DeadLetter) and result.stage == "image"
+    assert "120x100" in result.reason
+
+    missing = _event(inspector, image=ImageRef(uri=inspector.store.root.joinpath("x.png").as_uri()))
+    result = inspector.process(missing.model_dump_json().encode(), SOURCE)
+    assert isinstance(result, DeadLetter) and "not found" in result.reason

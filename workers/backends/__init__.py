@@ -1,0 +1,44 @@
+"""Inference backends as plugins behind one small protocol, :class:`Classifier`.
+
+Importing this package imports neither torch nor OpenVINO; :func:`load_classifier` imports
+only the backend it is asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from workers.backends.base import Classifier
+
+Backend = Literal["openvino", "torch"]
+BACKENDS: tuple[Backend, ...] = ("openvino", "torch")
+
+__all__ = ["BACKENDS", "Backend", "Classifier", "load_classifier"]
+
+
+def load_classifier(
+    model_dir: Path,
+    backend: Backend = "openvino",
+    device: str | None = None,
+    threads: int | None = None,
+    hint: Literal["latency", "throughput"] = "latency",
+) -> Classifier:
+    """Load the model in ``model_dir`` (a registry folder) on the chosen backend.
+
+    ``device``: OpenVINO device name ("CPU" by default; "GPU", "NPU", ...) or torch device
+    ("cpu" by default, "cuda", "cuda:1"). ``threads``: inference threads on the CPU (OpenVINO:
+    per compiled model; torch: process-wide ``torch.set_num_threads``). ``hint``: OpenVINO's
+    performance hint (ignored by torch).
+    """
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if backend == "openvino":
+        from workers.backends.openvino_backend import OpenVINOClassifier
+
+        return OpenVINOClassifier(model_dir, device=device or "CPU", threads=threads, hint=hint)
+    if backend == "torch":
+        from workers.backends.torch_backend import TorchClassifier
+
+        return TorchClassifier(model_dir, device=device or "cpu", threads=threads)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
