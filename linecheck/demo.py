@@ -8,6 +8,7 @@ verdict or dead-letter record, measures, and stops everything it started.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
@@ -57,6 +58,7 @@ class WorkerProcess:
     name: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    ready_path: Path
 
     def tail(self, lines: int = 20) -> str:
         try:
@@ -73,11 +75,14 @@ def start_workers(
     workers = []
     for i in range(count):
         name = f"worker-{i + 1}"
+        ready = log_dir / f"{name}.ready"
+        ready.unlink(missing_ok=True)
         env = {
             **os.environ,
             **settings_env(settings),
             "LINECHECK_WORKER__NAME": name,
             "LINECHECK_MODEL__THREADS": str(threads),
+            "LINECHECK_WORKER__READY_FILE": str(ready),
         }
         log_path = log_dir / f"{name}.log"
         with log_path.open("wb") as log:
@@ -88,8 +93,21 @@ def start_workers(
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        workers.append(WorkerProcess(name, proc, log_path))
+        workers.append(WorkerProcess(name, proc, log_path, ready))
     return workers
+
+
+def wait_ready(workers: list[WorkerProcess], timeout: float = 120.0) -> None:
+    """Block until every worker has loaded its model and holds partitions."""
+    deadline = time.monotonic() + timeout
+    while not all(w.ready_path.exists() for w in workers):
+        for w in workers:
+            if w.proc.poll() is not None:
+                raise DemoError(f"{w.name} exited with code {w.proc.returncode}:\n{w.tail()}")
+        if time.monotonic() > deadline:
+            late = [w.name for w in workers if not w.ready_path.exists()]
+            raise DemoError(f"workers not ready after {timeout:.0f}s: {', '.join(late)}")
+        time.sleep(0.2)
 
 
 def stop_workers(workers: list[WorkerProcess], timeout: float = 20.0) -> None:
@@ -235,6 +253,15 @@ def run_demo(
         procs = start_workers(live, workers, live.work_dir / "logs")
         engine = make_engine(live.postgres.url)
         try:
+            # Boards are made before the clock starts: boards/s measures the pipeline.
+            samples = []
+            with _progress(console) as progress:
+                task = progress.add_task("generating boards", total=boards)
+                for sample in itertools.islice(synthetic_samples(seed=seed), boards):
+                    samples.append(sample)
+                    progress.advance(task)
+            with console.status("waiting for the workers to load the model and join the group"):
+                wait_ready(procs)
             store = ObjectStore(live.images.object_store)
             publisher = BoardPublisher(
                 live.kafka.bootstrap_servers,
@@ -248,11 +275,12 @@ def run_demo(
                 published = publish_boards(
                     publisher,
                     store,
-                    synthetic_samples(seed=seed),
+                    iter(samples),
                     boards,
                     rate=rate,
                     on_published=lambda n: progress.update(task, completed=n),
                 )
+            publisher.close()
             rows, dead = wait_for_outcomes(
                 live, engine, published, procs, console, timeout=120 + 2.0 * boards
             )

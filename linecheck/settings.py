@@ -73,6 +73,12 @@ class ModelSettings(_Section):
 
 class WorkerSettings(_Section):
     name: str | None = Field(default=None, description="worker id in verdicts; host:pid if unset")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="serve Prometheus metrics on this port"
+    )
+    ready_file: Path | None = Field(
+        default=None, description="touched when the worker holds partitions (orchestration)"
+    )
 
 
 class Settings(BaseSettings):

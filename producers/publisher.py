@@ -107,6 +107,11 @@ class BoardPublisher:
         if err is not None:
             self._errors.append(str(err))
 
+    def close(self) -> None:
+        """Flush, then release the producer's connections (before the broker goes away)."""
+        self.flush()
+        self._producer.close()
+
     def flush(self, timeout: float = 30.0) -> None:
         """Wait for every event to be acknowledged by the broker; raise if any failed."""
         remaining = self._producer.flush(timeout)

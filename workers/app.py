@@ -21,6 +21,7 @@ from faststream.specification import AsyncAPI
 from linecheck.settings import Settings
 from linecheck.storage import ObjectStore
 from schemas.events import DeadLetter, Verdict
+from workers import metrics
 from workers.inspector import Inspector, SourceInfo, default_worker_name
 from workers.sinks import AuditStore, LiveStats
 
@@ -89,6 +90,18 @@ def create_app(settings: Settings, context: WorkerContext | None = None) -> Fast
         description="Messages that could not be processed: the original, the stage and why",
     )
     state: dict[str, WorkerContext] = {}
+    ready_file = settings.worker.ready_file
+
+    def on_assign(consumer: Any, partitions: list[Any]) -> None:
+        metrics.ASSIGNED.set(len(partitions))
+        log.info("assigned %d partition(s) of %s", len(partitions), topics.flagged)
+        if ready_file is not None:
+            ready_file.parent.mkdir(parents=True, exist_ok=True)
+            ready_file.touch()
+
+    def on_revoke(consumer: Any, partitions: list[Any]) -> None:
+        metrics.ASSIGNED.set(0)
+
     if context is not None:
         state["ctx"] = context
 
@@ -101,6 +114,8 @@ def create_app(settings: Settings, context: WorkerContext | None = None) -> Fast
         max_poll_interval_ms=settings.kafka.max_poll_interval_ms,
         heartbeat_interval_ms=max(1000, settings.kafka.session_timeout_ms // 4),
         decoder=_raw_body,
+        on_assign=on_assign,
+        on_revoke=on_revoke,
         title="flagged",
         description="FlaggedBoard events (JSON, see schemas/) from line test machines",
     )
@@ -122,6 +137,7 @@ def create_app(settings: Settings, context: WorkerContext | None = None) -> Fast
             )
             await deadletters.publish(result, key=source.key)
             await anyio.to_thread.run_sync(ctx.stats.record_deadletter, result.stage)
+            metrics.DEADLETTERS.labels(result.stage).inc()
             return
         await verdicts.publish(result, key=f"{result.line}:{result.board_serial}".encode())
         is_new = await anyio.to_thread.run_sync(
@@ -129,6 +145,7 @@ def create_app(settings: Settings, context: WorkerContext | None = None) -> Fast
         )
         if is_new:  # a redelivered event must not count twice
             await anyio.to_thread.run_sync(ctx.stats.record, result)
+        metrics.observe(result, is_new)
 
     app = FastStream(
         broker,
@@ -143,6 +160,8 @@ def create_app(settings: Settings, context: WorkerContext | None = None) -> Fast
     async def _load() -> None:
         if "ctx" not in state:
             state["ctx"] = await anyio.to_thread.run_sync(build_context, settings)
+        if settings.worker.metrics_port is not None:
+            metrics.serve(settings.worker.metrics_port)
 
     @app.after_shutdown
     async def _close() -> None:

@@ -1,0 +1,43 @@
+"""Prometheus metrics of a worker (scraped at `worker.metrics_port` when set)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from schemas.events import Verdict
+
+VERDICTS = Counter("linecheck_verdicts_total", "Verdicts published", ["line", "verdict"])
+DEADLETTERS = Counter("linecheck_deadletters_total", "Messages dead-lettered", ["stage"])
+DUPLICATES = Counter("linecheck_duplicate_events_total", "Redelivered events already audited")
+STAGE_SECONDS = Histogram(
+    "linecheck_stage_seconds",
+    "Time per board in each stage",
+    ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+REGIONS = Histogram(
+    "linecheck_regions_per_board",
+    "Candidate regions per board",
+    buckets=(0, 1, 2, 4, 8, 16, 32, 64),
+)
+ASSIGNED = Gauge("linecheck_assigned_partitions", "Partitions of boards.flagged held")
+
+
+def observe(verdict: Verdict, new: bool) -> None:
+    if not new:
+        DUPLICATES.inc()
+        return
+    VERDICTS.labels(verdict.line, verdict.verdict.value).inc()
+    t = verdict.timings
+    for stage, ms in (
+        ("decode", t.decode_ms),
+        ("roi", t.roi_ms),
+        ("classify", t.classify_ms),
+        ("total", t.total_ms),
+    ):
+        STAGE_SECONDS.labels(stage).observe(ms / 1e3)
+    REGIONS.observe(len(verdict.regions))
+
+
+def serve(port: int) -> None:
+    start_http_server(port, addr="0.0.0.0")
