@@ -28,10 +28,12 @@ def make_crops(
     size: int = 64,
     context: float = 0.25,
     params: RoiParams = RoiParams(),
+    aligned: bool = False,
 ) -> np.ndarray:
     """(N, 3, size, size) uint8 crops: board, reference, |board − reference|.
 
-    The reference is the template aligned as the ROI stage aligns it, or, without a
+    The reference is the template aligned as the ROI stage aligns it (pass `aligned=True`
+    with the ROI stage's aligned template to skip aligning again), or, without a
     template, a median-filtered board (which erases specks and thin spurs, so the third
     channel still highlights small defects). Each crop is a square around its box with
     `context` of the box's size added on each side; outside the image is padded with the
@@ -43,13 +45,15 @@ def make_crops(
         )
     if size < 8:
         raise ValueError(f"crop size must be ≥ 8, got {size}")
-    if template is None:
-        reference = cv2.medianBlur(image, 5)
-    else:
-        reference = align_template(image, template, params)
     out = np.zeros((len(boxes), 3, size, size), np.uint8)
     if not boxes:
         return out
+    if template is None:
+        reference = cv2.medianBlur(image, 5)
+    elif aligned:  # already aligned by the ROI stage (find_regions_aligned)
+        reference = template
+    else:
+        reference = align_template(image, template, params)
     halves = [_square(b, context)[2] for b in boxes]
     pad = max(halves) + 1
     stack = np.stack([image, reference, cv2.absdiff(image, reference)], axis=-1)

@@ -22,7 +22,7 @@ from schemas.events import DeadLetter, FlaggedBoard, StageTimings, Verdict
 from workers.backends.base import Classifier
 from workers.crops import make_crops
 from workers.model.registry import Thresholds
-from workers.roi import find_regions_recipe, find_regions_reference
+from workers.roi import find_regions_aligned, find_regions_recipe
 from workers.verdict import board_score, decide, region_verdicts
 
 
@@ -103,13 +103,13 @@ class Inspector:
         t1 = time.perf_counter()
         try:
             if template is not None:
-                boxes = find_regions_reference(image, template)
+                boxes, template = find_regions_aligned(image, template)
             else:
                 boxes = find_regions_recipe(image)
         except ValueError as exc:  # the ROI stage rejects images it cannot work on
             raise InspectionError("roi", str(exc)) from exc
         t2 = time.perf_counter()
-        crops = make_crops(image, template, boxes, size=self.classifier.input_size)
+        crops = make_crops(image, template, boxes, size=self.classifier.input_size, aligned=True)
         probs = self.classifier.predict_proba(crops)
         regions = region_verdicts(boxes, probs)
         score = board_score(regions)

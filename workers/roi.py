@@ -287,9 +287,17 @@ def find_regions_reference(
     image: np.ndarray, template: np.ndarray, params: RoiParams = RoiParams()
 ) -> list[Box]:
     """Candidate defect boxes from comparing the board with its defect-free template."""
+    return find_regions_aligned(image, template, params)[0]
+
+
+def find_regions_aligned(
+    image: np.ndarray, template: np.ndarray, params: RoiParams = RoiParams()
+) -> tuple[list[Box], np.ndarray]:
+    """Candidate boxes and the template aligned to the board (crops reuse it: aligning
+    is most of the ROI stage's cost, so it is done once per board)."""
     image, template = _check_pair(image, template)
     aligned = align_template(image, template, params)
-    return boxes_from_mask(difference_mask(image, aligned, params), params)
+    return boxes_from_mask(difference_mask(image, aligned, params), params), aligned
 
 
 def find_regions_recipe(image: np.ndarray, params: RoiParams = RoiParams()) -> list[Box]:
