@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import redis
 import sqlalchemy as sa
-from producers.synthetic import BoardGenerator
 
 from linecheck.db import make_engine, verdicts
 from linecheck.demo import start_workers, stop_workers
@@ -18,6 +17,7 @@ from linecheck.settings import Settings
 from linecheck.storage import ObjectStore
 from producers.publisher import BoardPublisher
 from producers.simulator import publish_boards, synthetic_samples
+from producers.synthetic import BoardGenerator
 from schemas.events import DeadLetter, Verdict
 
 

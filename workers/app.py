@@ -1,7 +1,7 @@
 """The worker: a FastStream (confluent) application around `Inspector`.
 
-Delivery is at least once, with idempotent sinks: the handler publishes the verdict (waiting
-for the broker's ack), writes the audit row, and only then FastStream commits the offset
+Delivery is at least once, with idempotent sinks: the handler writes the audit row, then
+publishes the verdict (waiting for the broker's ack), and only then FastStream commits the offset
 (AckPolicy.NACK_ON_ERROR: an exception seeks back, so a sink failure stops the commit, not
 the data). Bad input never raises: it becomes a dead-letter record and the offset moves on.
 """
@@ -31,6 +31,21 @@ log = logging.getLogger("linecheck.worker")
 async def _raw_body(msg: StreamMessage[Any]) -> bytes:
     """Hand the handler the undecoded value: validation is ours, so bad input is dead-lettered."""
     return bytes(msg.body)
+
+
+@dataclass
+class Backoff:
+    """Exponential delay after consecutive sink failures: 0.25 s doubling to `cap`."""
+
+    cap: float = 10.0
+    failures: int = 0
+
+    def failed(self) -> float:
+        self.failures += 1
+        return min(self.cap, 0.25 * 2 ** (self.failures - 1))
+
+    def reset(self) -> None:
+        self.failures = 0
 
 
 @dataclass
@@ -90,6 +105,7 @@ def create_app(settings: Settings, context: WorkerContext | None = None) -> Fast
         description="Messages that could not be processed: the original, the stage and why",
     )
     state: dict[str, WorkerContext] = {}
+    backoff = Backoff()
     ready_file = settings.worker.ready_file
 
     def on_assign(consumer: Any, partitions: list[Any]) -> None:
@@ -139,12 +155,26 @@ def create_app(settings: Settings, context: WorkerContext | None = None) -> Fast
             await anyio.to_thread.run_sync(ctx.stats.record_deadletter, result.stage)
             metrics.DEADLETTERS.labels(result.stage).inc()
             return
-        await verdicts.publish(result, key=f"{result.line}:{result.board_serial}".encode())
-        is_new = await anyio.to_thread.run_sync(
-            ctx.audit.record, result, source.partition, source.offset
-        )
-        if is_new:  # a redelivered event must not count twice
-            await anyio.to_thread.run_sync(ctx.stats.record, result)
+        try:
+            # Audit row first: while the database is down nothing is published, so a
+            # retried event does not flood the MES with copies of its verdict.
+            is_new = await anyio.to_thread.run_sync(
+                ctx.audit.record, result, source.partition, source.offset
+            )
+            if is_new:  # a redelivered event must not count twice
+                await anyio.to_thread.run_sync(ctx.stats.record, result)
+            await verdicts.publish(result, key=f"{result.line}:{result.board_serial}".encode())
+        except Exception as exc:
+            # Not committed: FastStream seeks back and the event is processed again. Back off
+            # so that an outage is not a busy loop.
+            delay = backoff.failed()
+            log.error(
+                "sink failed for event %s (%s); retrying in %.1fs", result.event_id, exc, delay
+            )
+            metrics.SINK_FAILURES.inc()
+            await anyio.sleep(delay)
+            raise
+        backoff.reset()
         metrics.observe(result, is_new)
 
     app = FastStream(

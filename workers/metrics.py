@@ -8,6 +8,7 @@ from schemas.events import Verdict
 
 VERDICTS = Counter("linecheck_verdicts_total", "Verdicts published", ["line", "verdict"])
 DEADLETTERS = Counter("linecheck_deadletters_total", "Messages dead-lettered", ["stage"])
+SINK_FAILURES = Counter("linecheck_sink_failures_total", "Audit/Redis/publish failures (retried)")
 DUPLICATES = Counter("linecheck_duplicate_events_total", "Redelivered events already audited")
 STAGE_SECONDS = Histogram(
     "linecheck_stage_seconds",

@@ -1,0 +1,132 @@
+"""Faults through the real servers: an audit-store outage stops the commit, not the data."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from linecheck.db import make_engine, upgrade
+from linecheck.demo import start_workers, stop_workers, wait_ready
+from linecheck.kafka_admin import ensure_topics, read_topic
+from linecheck.settings import Settings
+from linecheck.storage import ObjectStore
+from producers.publisher import BoardPublisher
+from producers.simulator import publish_boards, synthetic_samples
+from schemas.events import Verdict
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+
+def _own_database(settings: Settings) -> str:
+    """A fresh database on the session's server, so this test can break it alone."""
+    name = f"fault_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(settings.postgres.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = make_url(settings.postgres.url).set(database=name)
+    rendered = url.render_as_string(hide_password=False)
+    upgrade(rendered)
+    return rendered
+
+
+def test_audit_store_outage_holds_the_events_and_loses_none(settings: Settings) -> None:
+    url = _own_database(settings)
+    settings = settings.model_copy(
+        update={"postgres": settings.postgres.model_copy(update={"url": url})}
+    )
+    topics = settings.topics
+    ensure_topics(settings.kafka.bootstrap_servers, topics, settings.kafka.partitions)
+    engine = make_engine(url)
+
+    def rows() -> int:
+        with engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            if "verdicts" not in tables:
+                return -1
+            return int(conn.execute(sa.text("SELECT count(*) FROM verdicts")).scalar_one())
+
+    def execute(sql: str) -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.text(sql))
+
+    store = ObjectStore(settings.images.object_store)
+    publisher = BoardPublisher(settings.kafka.bootstrap_servers, topics.flagged, store, 10**7)
+    samples = synthetic_samples(seed=21)
+    workers = start_workers(settings, 1, settings.work_dir / "logs")
+    try:
+        wait_ready(workers)
+        first = publish_boards(publisher, store, samples, 3)
+        _wait(lambda: rows() == 3, 60, "3 audit rows")
+        execute("ALTER TABLE verdicts RENAME TO verdicts_offline")  # the audit store "fails"
+        second = publish_boards(publisher, store, samples, 3)
+        time.sleep(4)  # the worker retries with back-off meanwhile
+        assert workers[0].proc.poll() is None, workers[0].tail()
+        held = read_topic(settings.kafka.bootstrap_servers, topics.verdicts, timeout=5)
+        assert len(held) == 3  # nothing published for events whose audit row is not written
+        execute("ALTER TABLE verdicts_offline RENAME TO verdicts")
+        _wait(lambda: rows() == 6, 60, "6 audit rows after the store came back")
+        out = read_topic(
+            settings.kafka.bootstrap_servers,
+            topics.verdicts,
+            timeout=30,
+            until=lambda v: len(v) >= 6,
+        )
+    finally:
+        stop_workers(workers)
+        engine.dispose()
+    ids = {b.event_id for b in first + second}
+    assert {Verdict.model_validate_json(v).event_id for v in out} == ids
+    assert "sink failed" in workers[0].tail(200)
+
+
+def test_a_worker_killed_mid_stream_loses_nothing_and_doubles_nothing(settings: Settings) -> None:
+    import signal
+
+    topics = settings.topics
+    ensure_topics(settings.kafka.bootstrap_servers, topics, settings.kafka.partitions)
+    fast_failover = settings.kafka.model_copy(update={"session_timeout_ms": 6000})
+    settings = settings.model_copy(update={"kafka": fast_failover})
+    store = ObjectStore(settings.images.object_store)
+    publisher = BoardPublisher(settings.kafka.bootstrap_servers, topics.flagged, store, 10**7)
+    workers = start_workers(settings, 2, settings.work_dir / "logs")
+    engine = make_engine(settings.postgres.url)
+
+    def audited(ids: list[str]) -> list[str]:
+        with engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.text("SELECT event_id FROM verdicts WHERE event_id = ANY(:ids)"),
+                    {"ids": ids},
+                ).scalars()
+            )
+
+    try:
+        wait_ready(workers)
+        boards = publish_boards(publisher, store, synthetic_samples(seed=33), 40, rate=20)
+        ids = [b.event_id for b in boards]
+        _wait(lambda: len(audited(ids)) >= 5, 60, "the first audit rows")
+        workers[0].proc.send_signal(signal.SIGKILL)  # mid-stream, no goodbye to the group
+        _wait(lambda: len(audited(ids)) == len(ids), 120, "every board audited")
+        out = read_topic(
+            settings.kafka.bootstrap_servers,
+            topics.verdicts,
+            timeout=30,
+            until=lambda v: len(v) >= len(ids),
+        )
+    finally:
+        stop_workers(workers)
+        engine.dispose()
+    rows = audited(ids)
+    assert sorted(rows) == sorted(ids)  # exactly one row per event, none lost
+    assert {Verdict.model_validate_json(v).event_id for v in out} == set(ids)
