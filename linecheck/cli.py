@@ -241,14 +241,20 @@ def train(
 @schemas_app.command("export")
 def schemas_export(
     out: Annotated[Path, typer.Argument(help="folder for the JSON Schemas")],
+    config: ConfigOption = None,
 ) -> None:
-    """Write the JSON Schema of every message."""
+    """Write the JSON Schema of every message and the workers' AsyncAPI document."""
     from schemas.events import json_schemas
 
     out.mkdir(parents=True, exist_ok=True)
     for name, schema in json_schemas().items():
         (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
         err.print(f"wrote {out / f'{name}.schema.json'}")
+    from workers.asyncapi import asyncapi_document
+
+    doc = asyncapi_document(_settings(config))
+    (out / "asyncapi.json").write_text(json.dumps(doc, indent=2) + "\n")
+    err.print(f"wrote {out / 'asyncapi.json'} (AsyncAPI {doc['asyncapi']})")
 
 
 @db_app.command("upgrade")

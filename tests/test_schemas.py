@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from linecheck.cli import app
 from schemas import Box, DefectType, FlaggedBoard, ImageRef, Topics, Verdict
+from schemas.events import MESSAGE_MODELS
 
 
 def _event(**kw: object) -> FlaggedBoard:
@@ -68,10 +69,25 @@ def test_schemas_export_writes_a_json_schema_per_message(tmp_path: Path) -> None
     result = CliRunner().invoke(app, ["schemas", "export", str(tmp_path)])
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(
-        f"{n}.schema.json" for n in ("FlaggedBoard", "Verdict", "ReviewOutcome", "DeadLetter")
-    )
+    assert names == sorted([f"{n}.schema.json" for n in MESSAGE_MODELS] + ["asyncapi.json"])
+    assert {"FlaggedBoard", "Verdict", "ReviewOutcome", "DeadLetter"} <= set(MESSAGE_MODELS)
     verdict = json.loads((tmp_path / "Verdict.schema.json").read_text())
     assert set(verdict["required"]) >= {"event_id", "verdict", "board_score", "regions"}
     assert verdict["properties"]["verdict"]["$ref"].endswith("VerdictLabel")
     assert Verdict.model_json_schema(mode="serialization") == verdict
+
+
+def test_asyncapi_document_describes_the_topics_with_their_message_schemas(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["schemas", "export", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "asyncapi.json").read_text())
+    addresses = {c["address"] for c in doc["channels"].values()}
+    assert {"boards.flagged", "boards.verdicts", "boards.deadletter"} <= addresses
+    payloads = {
+        m["payload"]["$ref"].rsplit("/", 1)[-1] for m in doc["components"]["messages"].values()
+    }
+    assert {"FlaggedBoard", "Verdict", "DeadLetter"} <= payloads
+    flagged = doc["components"]["schemas"]["FlaggedBoard"]
+    assert "board_serial" in flagged["required"]
+    assert flagged["properties"]["image"]["$ref"] == "#/components/schemas/ImageRef"
+    assert "ImageRef" in doc["components"]["schemas"]

@@ -78,7 +78,7 @@ def build_context(settings: Settings) -> WorkerContext:
     )
     return WorkerContext(
         inspector=inspector,
-        audit=AuditStore(settings.postgres.url),
+        audit=AuditStore(settings.postgres.url, settings.quality.audit_rate),
         stats=LiveStats(settings.redis.url, settings.redis.key_prefix, settings.redis.window_s),
     )
 
