@@ -37,6 +37,88 @@ verdicts = sa.Table(
     sa.Column(
         "recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
+    sa.Column("audit_sampled", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("audit_rate", sa.Float, nullable=False, server_default="0"),
+)
+
+_TS = sa.DateTime(timezone=True)
+
+
+def _outcome_columns() -> list[sa.Column[object]]:
+    return [
+        sa.Column("line", sa.Text, nullable=False),
+        sa.Column("board_serial", sa.Text, nullable=False),
+        sa.Column("defective", sa.Boolean, nullable=False),
+        sa.Column("defect_types", JSONB, nullable=False),
+        sa.Column("regions", JSONB, nullable=False),
+        sa.Column("reviewer", sa.Text, nullable=False),
+        sa.Column("reviewed_at", _TS, nullable=False),
+        sa.Column("received_at", _TS, nullable=False, server_default=sa.func.now()),
+    ]
+
+
+# Every review outcome ever accepted (idempotent on outcome_id): the history.
+review_outcome_history = sa.Table(
+    "review_outcome_history",
+    metadata,
+    sa.Column("outcome_id", sa.Text, primary_key=True),
+    sa.Column("event_id", sa.Text, nullable=False),
+    *_outcome_columns(),
+)
+
+# The current outcome per board: the one with the latest reviewed_at (ties: higher outcome_id).
+review_outcomes = sa.Table(
+    "review_outcomes",
+    metadata,
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("outcome_id", sa.Text, nullable=False, unique=True),
+    *_outcome_columns(),
+    sa.Column("n_outcomes", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("contradicted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("updated_at", _TS, nullable=False, server_default=sa.func.now()),
+)
+
+deadletters = sa.Table(
+    "deadletters",
+    metadata,
+    sa.Column("source_topic", sa.Text, primary_key=True),
+    sa.Column("dl_partition", sa.Integer, primary_key=True),
+    sa.Column("dl_offset", sa.BigInteger, primary_key=True),
+    sa.Column("stage", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text),
+    sa.Column("worker", sa.Text, nullable=False),
+    sa.Column("failed_at", _TS, nullable=False),
+)
+
+drift_references = sa.Table(
+    "drift_references",
+    metadata,
+    sa.Column("line", sa.Text, primary_key=True),
+    sa.Column("metric", sa.Text, primary_key=True),
+    sa.Column("model_version", sa.Text),
+    sa.Column("boards", sa.Integer, nullable=False),
+    sa.Column("reference", JSONB, nullable=False),
+    sa.Column("created_at", _TS, nullable=False, server_default=sa.func.now()),
+)
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("alert_id", sa.Text, primary_key=True),
+    sa.Column("metric", sa.Text, nullable=False),
+    sa.Column("line", sa.Text, nullable=False),
+    sa.Column("model_version", sa.Text),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("baseline", sa.Float, nullable=False),
+    sa.Column("limit_value", sa.Float, nullable=False),
+    sa.Column("lower", sa.Float),
+    sa.Column("upper", sa.Float),
+    sa.Column("window_boards", sa.Integer, nullable=False),
+    sa.Column("since", _TS, nullable=False),
+    sa.Column("trigger_event_id", sa.Text),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("raised_at", _TS, nullable=False),
 )
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"

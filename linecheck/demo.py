@@ -97,6 +97,30 @@ def start_workers(
     return workers
 
 
+def start_review_sink(settings: Settings, log_dir: Path) -> WorkerProcess:
+    """The review sink (`linecheck review-sink`) as a child process, like the workers."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ready = log_dir / "review-sink.ready"
+    ready.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        **settings_env(settings),
+        "LINECHECK_WORKER__NAME": "review-sink",
+        "LINECHECK_WORKER__READY_FILE": str(ready),
+    }
+    env.pop("LINECHECK_WORKER__METRICS_PORT", None)
+    log_path = log_dir / "review-sink.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "linecheck", "review-sink"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return WorkerProcess("review-sink", proc, log_path, ready)
+
+
 def wait_ready(workers: list[WorkerProcess], timeout: float = 120.0) -> None:
     """Block until every worker has loaded its model and holds partitions."""
     deadline = time.monotonic() + timeout

@@ -81,6 +81,52 @@ class WorkerSettings(_Section):
     )
 
 
+class QualitySettings(_Section):
+    """The quality loop: audit sampling, baselines and drift limits (`[quality]`)."""
+
+    audit_rate: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="share of automatically decided boards sampled for audit review",
+    )
+    baseline_fnr: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="FNR baseline when the model card has none"
+    )
+    baseline_fpr: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="FPR baseline when the model card has none"
+    )
+    fnr_margin: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="FNR alert limit = baseline + margin"
+    )
+    fpr_margin: float = Field(
+        default=0.10, ge=0.0, le=1.0, description="FPR alert limit = baseline + margin"
+    )
+    review_margin: float = Field(
+        default=0.15, ge=0.0, le=1.0, description="review-rate limit = reference + margin"
+    )
+    label_window: int = Field(
+        default=200, ge=10, description="labelled boards in the rolling FNR/FPR window"
+    )
+    min_labelled: int = Field(
+        default=30, ge=1, description="labelled boards needed before FNR/FPR can alert"
+    )
+    reference_boards: int = Field(
+        default=100, ge=20, description="first N boards of a line form the PSI reference"
+    )
+    window_boards: int = Field(
+        default=100, ge=20, description="boards in the rolling label-free window"
+    )
+    psi_limit: float = Field(
+        default=0.25, gt=0.0, description="PSI above this (and significant) is drift"
+    )
+    psi_bins: int = Field(default=10, ge=2, le=50, description="score bins for the PSI")
+    check_every: int = Field(
+        default=10, ge=1, description="evaluate the label-free window every N boards"
+    )
+    z: float = Field(default=1.96, gt=0.0, description="Wilson interval z (1.96 = 95%)")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LINECHECK_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -92,6 +138,7 @@ class Settings(BaseSettings):
     images: ImageSettings = ImageSettings()
     model: ModelSettings = ModelSettings()
     worker: WorkerSettings = WorkerSettings()
+    quality: QualitySettings = QualitySettings()
     work_dir: Path = Field(
         default=Path(".linecheck"), description="embedded servers' data, logs and demo output"
     )

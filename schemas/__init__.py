@@ -6,6 +6,7 @@ integrating team share these models, exported as JSON Schema by `linecheck schem
 
 from schemas.events import (
     SCHEMA_VERSION,
+    Alert,
     Box,
     DeadLetter,
     DefectType,
@@ -21,6 +22,7 @@ from schemas.topics import Topics
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Alert",
     "Box",
     "DeadLetter",
     "DefectType",

@@ -211,11 +211,36 @@ class DeadLetter(_Message):
     failed_at: AwareDatetime = Field(default_factory=utc_now)
 
 
+class Alert(_Message):
+    """A drift alert: what drifted (metric and scope), by how much against what, since when."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    alert_id: str = Field(default_factory=new_id)
+    metric: Literal["fnr", "fpr", "score_psi", "candidates_psi", "review_rate"] = Field(
+        description="label-based (fnr, fpr) or label-free (score_psi, candidates_psi, review_rate)"
+    )
+    line: str
+    model_version: str | None = None
+    value: float = Field(description="the metric over the current window")
+    baseline: float = Field(description="the reference value (model card, config or reference)")
+    limit: float = Field(description="the alert fires when `lower` (or `value` for PSI) clears it")
+    lower: float | None = Field(default=None, description="Wilson interval lower bound")
+    upper: float | None = Field(default=None, description="Wilson interval upper bound")
+    window: int = Field(ge=1, description="boards (or labelled boards) in the current window")
+    since: AwareDatetime = Field(description="decision time of the oldest board in the window")
+    trigger_event_id: str | None = Field(
+        default=None, description="the board whose arrival made the window clear the limit"
+    )
+    message: str
+    raised_at: AwareDatetime = Field(default_factory=utc_now)
+
+
 MESSAGE_MODELS: dict[str, type[BaseModel]] = {
     "FlaggedBoard": FlaggedBoard,
     "Verdict": Verdict,
     "ReviewOutcome": ReviewOutcome,
     "DeadLetter": DeadLetter,
+    "Alert": Alert,
 }
 
 

@@ -15,12 +15,14 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
 from linecheck.db import make_engine, verdicts
-from schemas.events import Verdict
+from schemas.events import Verdict, VerdictLabel
+from workers.quality import audit_sampled
 
 
 class AuditStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, audit_rate: float = 0.0) -> None:
         self.engine: Engine = make_engine(url)
+        self.audit_rate = audit_rate
 
     def record(
         self, verdict: Verdict, partition: int | None = None, offset: int | None = None
@@ -48,6 +50,10 @@ class AuditStore:
             "source_offset": offset,
             "inspected_at": verdict.inspected_at,
             "decided_at": verdict.decided_at,
+            # automatic decisions are sampled for audit review, deterministically by event id
+            "audit_sampled": verdict.verdict is not VerdictLabel.REVIEW
+            and audit_sampled(verdict.event_id, self.audit_rate),
+            "audit_rate": self.audit_rate,
         }
         stmt = (
             insert(verdicts)
