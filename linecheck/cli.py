@@ -267,5 +267,9 @@ def db_upgrade(revision: str = "head", config: ConfigOption = None) -> None:
     err.print(f"audit store at revision {current_revision(settings.postgres.url)}")
 
 
+from linecheck.cli_quality import register as _register_quality  # noqa: E402
+
+_register_quality(app)
+
 if __name__ == "__main__":  # pragma: no cover
     app(prog_name="linecheck")
