@@ -210,34 +210,6 @@ def publish(
     print(event.event_id)
 
 
-@app.command()
-def train(
-    boards: Annotated[int, typer.Option(min=10, help="synthetic boards to train on")] = 240,
-    arch: Annotated[str, typer.Option(help="small | efficientnet_lite0")] = "small",
-    epochs: Annotated[int, typer.Option(min=1)] = 8,
-    seed: int = 0,
-    version: Annotated[Optional[str], typer.Option(help="model version name")] = None,  # noqa: UP045
-    config: ConfigOption = None,
-) -> None:
-    """Train a classifier on synthetic boards and register it (OpenVINO IR included)."""
-    from linecheck.training import train_synthetic
-
-    settings = _settings(config)
-    if arch not in ("small", "efficientnet_lite0"):
-        err.print(f"[red]--arch must be 'small' or 'efficientnet_lite0', got {arch!r}[/red]")
-        raise typer.Exit(2)
-    model_dir = train_synthetic(
-        settings,
-        boards=boards,
-        arch=arch,  # type: ignore[arg-type]
-        epochs=epochs,
-        seed=seed,
-        version=version,
-        console=err,
-    )
-    print(model_dir)
-
-
 @schemas_app.command("export")
 def schemas_export(
     out: Annotated[Path, typer.Argument(help="folder for the JSON Schemas")],
@@ -270,6 +242,10 @@ def db_upgrade(revision: str = "head", config: ConfigOption = None) -> None:
 from linecheck.cli_quality import register as _register_quality  # noqa: E402
 
 _register_quality(app)
+
+from linecheck.cli_models import register as _register_models  # noqa: E402
+
+_register_models(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app(prog_name="linecheck")

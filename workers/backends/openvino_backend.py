@@ -10,6 +10,7 @@ import numpy as np
 import openvino as ov
 
 from workers.model.preprocess import preprocess, softmax
+from workers.model.quantize import IR_INT8_XML
 from workers.model.registry import IR_XML, load_card
 
 _HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -23,7 +24,8 @@ class OpenVINOClassifier:
     request; "throughput" splits a large batch over the device's optimal number of parallel
     requests. ``precision``: the inference precision hint; by default f32 on the CPU (so
     that results match the torch model; a CPU with bf16 support would otherwise run bf16) and
-    the device's default elsewhere.
+    the device's default elsewhere. ``variant``: "fp32" reads ``model.xml``, "int8" the NNCF
+    post-training-quantized ``model_int8.xml`` beside it.
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class OpenVINOClassifier:
         threads: int | None = None,
         hint: Literal["latency", "throughput"] = "latency",
         precision: Literal["f32", "bf16", "f16"] | None = None,
+        variant: Literal["fp32", "int8"] = "fp32",
     ) -> None:
         model_dir = Path(model_dir)
         card = load_card(model_dir)
@@ -55,9 +58,13 @@ class OpenVINOClassifier:
             precision = "f32"
         if precision is not None:
             config["INFERENCE_PRECISION_HINT"] = precision
-        xml = model_dir / IR_XML
+        if variant not in ("fp32", "int8"):
+            raise ValueError(f"variant must be 'fp32' or 'int8', got {variant!r}")
+        self.variant = variant
+        xml = model_dir / (IR_XML if variant == "fp32" else IR_INT8_XML)
         if not xml.is_file():
-            raise FileNotFoundError(f"no OpenVINO model {IR_XML} in {model_dir}")
+            hint_q = " (run `linecheck quantize` first)" if variant == "int8" else ""
+            raise FileNotFoundError(f"no OpenVINO model {xml.name} in {model_dir}{hint_q}")
         core = ov.Core()
         model = core.read_model(xml)
         shape = model.inputs[0].get_partial_shape()

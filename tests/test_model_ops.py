@@ -1,0 +1,237 @@
+"""Training, calibration and evaluation on real-layout data (a tiny DeepPCB-layout folder of
+synthetic boards, a tiny folder of class-labelled images); DeepPCB itself where present."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from linecheck.deeppcb_data import (
+    CANDIDATE,
+    GOOD,
+    TRUTH,
+    build_table,
+    jitter_box,
+    samples_of,
+    simulate_good_board,
+)
+from linecheck.model_ops import (
+    board_rates,
+    calibrate_model,
+    is_deeppcb,
+    labelled_images,
+    split_deeppcb,
+    stratified_split,
+    train_deeppcb,
+    train_image_folder,
+)
+from producers.deeppcb import read_detections, write_annotations
+from producers.synthetic import BoardGenerator
+from schemas.events import Box
+from workers.model.registry import Thresholds, load_card
+from workers.roi import find_regions_reference
+
+from .conftest import DEEPPCB
+
+QUIET = Console(quiet=True)
+
+
+def _deeppcb_folder(root: Path, groups: dict[str, int]) -> Path:
+    gen = BoardGenerator(seed=7, n_designs=2, size=256, defect_rate=1.0)
+    i = 0
+    lines = []
+    for group, n in groups.items():
+        folder, notes = root / f"group{group}" / group, root / f"group{group}" / f"{group}_not"
+        folder.mkdir(parents=True)
+        notes.mkdir(parents=True)
+        for k in range(n):
+            board = gen.board(i)
+            i += 1
+            stem = f"{group}{k:03d}"
+            cv2.imwrite(str(folder / f"{stem}_test.jpg"), board.image)
+            cv2.imwrite(str(folder / f"{stem}_temp.jpg"), board.template)
+            write_annotations(notes / f"{stem}.txt", board.defects)
+            lines.append(f"group{group}/{group}/{stem}.jpg group{group}/{group}_not/{stem}.txt")
+    (root / "trainval.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_deeppcb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _deeppcb_folder(tmp_path_factory.mktemp("deeppcb"), {"11000": 8, "22000": 4})
+
+
+def test_good_board_simulation_moves_the_template_a_little() -> None:
+    template = BoardGenerator(seed=1, n_designs=1, size=256).template("syn1-d0")
+    rng = np.random.default_rng(0)
+    good = simulate_good_board(np.array(template), rng)
+    assert good.shape == template.shape and good.dtype == np.uint8
+    assert 0 < (np.abs(good.astype(int) - template) > 127).mean() < 0.1  # moved, same design
+    # the ROI stage sees (almost) nothing on a good board
+    assert len(find_regions_reference(good, np.array(template))) <= 2
+    box = jitter_box(Box(x1=10, y1=10, x2=50, y2=40), rng, (64, 64), 0.15)
+    assert 0 <= box.x1 < box.x2 <= 64 and 0 <= box.y1 < box.y2 <= 64
+
+
+def test_crop_table_rows_and_cache(tiny_deeppcb: Path, tmp_path: Path) -> None:
+    samples = samples_of(tiny_deeppcb)
+    table = build_table(tiny_deeppcb, samples, cache_dir=tmp_path)
+    n_truths = sum(len(s.truths) for s in samples)
+    assert (table.kinds == TRUTH).sum() == n_truths
+    assert table.crops.shape[1:] == (3, 64, 64) and len(table.labels) == len(table.kinds)
+    assert (table.labels[table.kinds == GOOD] == 0).all()
+    cand = table.kinds == CANDIDATE
+    assert (table.labels[cand] > 0).mean() > 0.7  # most candidates are real defects
+    again = build_table(tiny_deeppcb, samples, cache_dir=tmp_path)  # from the cache
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    np.testing.assert_array_equal(again.crops, table.crops)
+    with pytest.raises(ValueError, match="empty split"):  # the default groups are not here
+        split_deeppcb(samples, tiny_deeppcb, None)
+
+
+def test_split_holds_out_whole_groups(tiny_deeppcb: Path, tmp_path: Path) -> None:
+    samples = samples_of(tiny_deeppcb)
+    split = tmp_path / "val.txt"
+    split.write_text("group22000/22000/22000001.jpg group22000/22000_not/22000001.txt\n")
+    train, val = split_deeppcb(samples, tiny_deeppcb, split)
+    assert [s.image_id for s in val] == ["22000001"]
+    assert {s.group for s in train} == {"group11000"}  # the whole group is held out
+    assert is_deeppcb(tiny_deeppcb) and not is_deeppcb(tmp_path)
+
+
+def test_board_rates() -> None:
+    th = Thresholds(pass_below=0.2, fail_at_or_above=0.8, threshold_version="t", target_fnr=0.0)
+    scores = np.array([0.1, 0.5, 0.9, 0.95, 0.1, 0.85])
+    defective = np.array([True, True, True, True, False, False])
+    r = board_rates(scores, defective, th)
+    assert r["board_fnr"] == pytest.approx(0.25) and r["board_fpr"] == pytest.approx(0.5)
+    assert r["review_rate"] == pytest.approx(1 / 6)
+
+
+def test_train_calibrate_evaluate_on_deeppcb_layout(tiny_deeppcb: Path, tmp_path: Path) -> None:
+    split = tmp_path / "val.txt"
+    split.write_text(
+        "".join(
+            f"group22000/22000/22000{k:03d}.jpg group22000/22000_not/22000{k:03d}.txt\n"
+            for k in range(4)
+        )
+    )
+    models = tmp_path / "models"
+    model_dir = train_deeppcb(
+        models,
+        tiny_deeppcb,
+        split,
+        epochs=2,
+        threads=2,
+        version="tiny",
+        cache_dir=None,
+        int8=False,
+        console=QUIET,
+    )
+    card = load_card(model_dir)
+    assert card.thresholds is not None and card.thresholds.target_fnr == 0.001
+    assert card.metrics["val_groups"] == ["group22000"]
+    assert {"f_score", "map", "board_fnr", "review_rate"} <= set(card.metrics["val"])
+
+    th, rates = calibrate_model(model_dir, tiny_deeppcb, split, target_fnr=0.0, console=QUIET)
+    assert rates["board_fnr"] == 0.0  # the target holds on the calibration data
+    assert load_card(model_dir).thresholds == th
+
+    out = tmp_path / "eval"
+    from linecheck.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--data",
+            str(tiny_deeppcb),
+            "--split",
+            str(split),
+            "--out",
+            str(out),
+            "--draw",
+            "1",
+        ],
+        env={"LINECHECK_MODEL__MODELS_DIR": str(models)},
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "precision",
+        "recall",
+        "f_score",
+        "map",
+        "roi_recall",
+        "candidates_per_board",
+        "board_fnr",
+        "board_fpr",
+        "review_rate",
+        "per_class",
+        "images_per_s",
+    ):
+        assert key in metrics
+    assert metrics["variant"] == "fp32" and metrics["boards"] == 4
+    assert sorted(p.name for p in (out / "detections").iterdir()) == [
+        f"22000{k:03d}.txt" for k in range(4)
+    ]
+    for p in (out / "detections").iterdir():
+        read_detections(p)  # well-formed
+    pictures = list((out / "boards").glob("*.png"))
+    assert len(pictures) == 1 and cv2.imread(str(pictures[0])).shape == (256, 256, 3)
+
+
+def test_classify_folder_of_labelled_images(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k in range(24):
+        for name, axis in (("stripes", 0), ("rolled-in_scale", 1)):
+            img = rng.integers(0, 60, (48, 48)).astype(np.uint8)
+            img = np.ascontiguousarray(img if axis == 0 else img.T)
+            if axis == 0:
+                img[:24] += 150  # bright top half
+            else:
+                img[:, :24] += 150  # bright left half
+            cv2.imwrite(str(folder / f"{name}_{k}.jpg"), img)
+    (folder / "notes.txt").write_text("not an image")
+    items = labelled_images(tmp_path)
+    assert len(items) == 48 and {c for _, c in items} == {"stripes", "rolled-in_scale"}
+    y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    tr, va = stratified_split(y, 0.2, 0)
+    assert sorted(y[va].tolist()) == [0, 1] and len(tr) == 8
+    model_dir = train_image_folder(
+        tmp_path / "models",
+        tmp_path,
+        arch="small",
+        epochs=6,
+        batch_size=8,
+        size=32,
+        threads=2,
+        version="cls",
+        console=QUIET,
+    )
+    card = load_card(model_dir)
+    assert card.classes == ("rolled-in_scale", "stripes") and card.input_size == 32
+    assert card.metrics["held_out_accuracy_openvino"] >= 0.8
+
+
+def test_real_deeppcb_roi_recall_on_one_group() -> None:
+    if not DEEPPCB.is_dir():
+        pytest.skip(reason=f"DeepPCB not found at {DEEPPCB}")
+    from linecheck.deeppcb_data import regions
+    from linecheck.detection_metrics import roi_recall
+
+    samples = [s for s in samples_of(DEEPPCB) if s.group == "group50600"][:20]
+    boxes, truths = [], []
+    for s in samples:
+        image, template = s.load()
+        boxes.append(regions(image, template)[1])
+        truths.append(s.truths)
+    assert roi_recall(boxes, truths) >= 0.97

@@ -1,0 +1,73 @@
+"""INT8 OpenVINO IR (NNCF post-training quantization) agrees with the FP32 model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from producers.synthetic import BoardGenerator
+from schemas.events import Box
+from workers.backends import load_classifier
+from workers.crops import make_crops
+from workers.model.labels import NUM_CLASSES
+from workers.model.nets import build_model
+from workers.model.quantize import IR_INT8_XML, quantize_int8
+from workers.model.registry import ModelCard, save_model
+from workers.model.train import train_classifier
+
+
+def _board_crops(n_boards: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crops of the true defects and of random clean squares on small synthetic boards."""
+    gen = BoardGenerator(seed=seed, n_designs=2, size=256, defect_rate=1.0)
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for i in range(n_boards):
+        b = gen.board(i)
+        boxes = [d.box for d in b.defects]
+        labels = [d.defect_type.deeppcb_id for d in b.defects]
+        for _ in range(3):
+            x, y = (int(v) for v in rng.integers(0, 200, 2))
+            boxes.append(Box(x1=x, y1=y, x2=x + 40, y2=y + 40))
+            labels.append(0)
+        xs.append(make_crops(b.image, b.template, boxes))
+        ys += labels
+    return np.concatenate(xs), np.asarray(ys, np.int64)
+
+
+@pytest.fixture(scope="module")
+def trained_small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    x, y = _board_crops(24, seed=3)
+    vx, vy = _board_crops(8, seed=4)
+    result = train_classifier(x, y, vx, vy, arch="small", epochs=2, seed=0, threads=2)
+    card = ModelCard(version="int8-test", arch="small", input_size=64)
+    model_dir = save_model(result.module, card, tmp_path_factory.mktemp("models"))
+    quantize_int8(model_dir, x, subset_size=100)
+    return model_dir, vx
+
+
+def test_int8_variant_agrees_with_fp32(trained_small: tuple[Path, np.ndarray]) -> None:
+    model_dir, crops = trained_small
+    assert (model_dir / IR_INT8_XML).is_file()
+    fp32 = load_classifier(model_dir, backend="openvino", threads=2)
+    int8 = load_classifier(model_dir, backend="openvino", threads=2, variant="int8")
+    p32, p8 = fp32.predict_proba(crops), int8.predict_proba(crops)
+    assert p8.shape == p32.shape == (len(crops), NUM_CLASSES) and p8.dtype == np.float32
+    np.testing.assert_allclose(p8.sum(1), 1.0, atol=1e-4)
+    agree = (p8.argmax(1) == p32.argmax(1)).mean()
+    assert agree >= 0.9, f"INT8 and FP32 agree on only {agree:.0%} of crops"
+    assert np.abs(p8 - p32).mean() < 0.05
+
+
+def test_int8_variant_errors(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = build_model("small", NUM_CLASSES, pretrained=False)
+    model_dir = save_model(module, ModelCard(version="plain", arch="small"), tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"model_int8\.xml"):
+        load_classifier(model_dir, backend="openvino", variant="int8")
+    with pytest.raises(ValueError, match="FP32"):
+        load_classifier(model_dir, backend="torch", variant="int8")
+    with pytest.raises(ValueError, match="variant"):
+        load_classifier(model_dir, backend="openvino", variant="fp16")  # type: ignore[arg-type]
