@@ -58,6 +58,9 @@ def demo(
         bool, typer.Option(help="use the Kafka/PostgreSQL/Redis of the settings")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="last line: the summary as JSON")] = False,
+    drift: Annotated[
+        bool, typer.Option(help="from board N/2 on, noisier scans and more misregistration")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Run the whole flow end to end on the embedded servers and print a summary."""
@@ -66,7 +69,14 @@ def demo(
     settings = _settings(config)
     try:
         result = run_demo(
-            settings, boards, workers=workers, rate=rate, seed=seed, external=external, console=err
+            settings,
+            boards,
+            workers=workers,
+            rate=rate,
+            seed=seed,
+            external=external,
+            drift=drift,
+            console=err,
         )
     except DemoError as exc:
         err.print(f"[red]demo failed:[/red] {exc}")

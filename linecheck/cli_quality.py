@@ -90,13 +90,20 @@ def report(
         Optional[float],  # noqa: UP045
         typer.Option(help="only the last H hours (default: all data)"),
     ] = None,
+    embedded: Annotated[
+        bool, typer.Option(help="read the embedded PostgreSQL the demo left in work_dir/pg")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Write the quality report (plots and tables from the dashboards' SQL) as one HTML file."""
     from linecheck.report import write_report
 
     settings = _settings(config)
-    write_report(settings, out, hours=hours)
+    try:
+        write_report(settings, out, hours=hours, embedded=embedded)
+    except ValueError as exc:
+        err.print(f"[red]no report:[/red] {exc}")
+        raise typer.Exit(1) from exc
     err.print(f"wrote {out}")
 
 

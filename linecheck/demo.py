@@ -21,12 +21,14 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from linecheck.db import make_engine, upgrade, verdicts
+from linecheck.db import alerts, make_engine, review_outcomes, upgrade, verdicts
 from linecheck.kafka_admin import ensure_topics, read_topic
+from linecheck.quality_io import publish_outcomes
 from linecheck.settings import Settings, settings_env
 from linecheck.storage import ObjectStore
 from producers.publisher import BoardPublisher
 from producers.simulator import PublishedBoard, publish_boards, synthetic_samples
+from schemas.events import DefectType, ReviewOutcome
 
 
 class DemoError(RuntimeError):
@@ -48,6 +50,12 @@ class DemoResult:
     counts: dict[str, int] = field(default_factory=dict)
     model_version: str = ""
     workers: int = 0
+    drift_from_board: int | None = None
+    outcomes: int = 0
+    alerts: int = 0
+    alerts_before_drift: int = 0
+    alert_metrics: list[str] = field(default_factory=list)
+    first_alert_board: int | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -185,6 +193,91 @@ def board_error_rates(
     return fnr, fpr, review_rate, counts
 
 
+def simulated_outcomes(
+    engine: sa.Engine, boards: list[PublishedBoard], line: str = "L1"
+) -> list[ReviewOutcome]:
+    """What the verification station would report: the simulator's ground truth, for every
+    board sent to review and every board in the audit sample."""
+    truth = {b.event_id: b for b in boards}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(verdicts.c.event_id).where(
+                verdicts.c.event_id.in_(list(truth)),
+                sa.or_(verdicts.c.verdict == "review", verdicts.c.audit_sampled),
+            )
+        ).all()
+    out = []
+    for (event_id,) in rows:
+        b = truth[event_id]
+        out.append(
+            ReviewOutcome(
+                event_id=event_id,
+                line=line,
+                board_serial=b.serial,
+                defective=b.defective,
+                defect_types=[DefectType(t) for t in b.defect_types] if b.defective else [],
+                reviewer="simulator",
+            )
+        )
+    return out
+
+
+def wait_for_quality(
+    live: Settings,
+    engine: sa.Engine,
+    outcomes: list[ReviewOutcome],
+    boards: int,
+    seen_before: int,
+    sink: WorkerProcess,
+    timeout: float,
+) -> None:
+    """Block until the review sink has seen every verdict and stored every outcome."""
+    import redis
+
+    client = redis.Redis.from_url(live.redis.url)
+    ids = [o.event_id for o in outcomes]
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            seen = int(client.get(f"{live.redis.key_prefix}:quality:verdicts_seen") or 0)
+            with engine.connect() as conn:
+                stored = int(
+                    conn.execute(
+                        sa.select(sa.func.count())
+                        .select_from(review_outcomes)
+                        .where(review_outcomes.c.event_id.in_(ids))
+                    ).scalar_one()
+                )
+            if seen - seen_before >= boards and stored >= len(ids):
+                return
+            if sink.proc.poll() is not None:
+                raise DemoError(
+                    f"review sink exited with code {sink.proc.returncode}:\n{sink.tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"review sink: {seen - seen_before}/{boards} verdicts and "
+                    f"{stored}/{len(ids)} outcomes after {timeout:.0f}s"
+                )
+            time.sleep(0.3)
+    finally:
+        client.close()
+
+
+def demo_alerts(
+    engine: sa.Engine, boards: list[PublishedBoard], since: float
+) -> list[tuple[str, int | None]]:
+    """(metric, index of the board that triggered it) of the alerts raised during the demo."""
+    index = {b.event_id: i for i, b in enumerate(boards)}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(alerts.c.metric, alerts.c.trigger_event_id)
+            .where(alerts.c.raised_at >= sa.func.to_timestamp(since))
+            .order_by(alerts.c.raised_at)
+        ).all()
+    return [(str(m), index.get(str(e)) if e else None) for m, e in rows]
+
+
 def _progress(console: Console) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -263,6 +356,7 @@ def run_demo(
     rate: float | None = None,
     seed: int = 0,
     external: bool = False,
+    drift: bool = False,
     console: Console | None = None,
 ) -> DemoResult:
     from linecheck.training import ensure_model
@@ -275,17 +369,23 @@ def run_demo(
         upgrade(live.postgres.url)
         ensure_topics(live.kafka.bootstrap_servers, live.topics, live.kafka.partitions)
         procs = start_workers(live, workers, live.work_dir / "logs")
+        sink = start_review_sink(live, live.work_dir / "logs")
         engine = make_engine(live.postgres.url)
+        drift_from = boards // 2 if drift else None
+        wall_start = time.time()
         try:
+            seen_before = _verdicts_seen(live)
             # Boards are made before the clock starts: boards/s measures the pipeline.
             samples = []
             with _progress(console) as progress:
                 task = progress.add_task("generating boards", total=boards)
-                for sample in itertools.islice(synthetic_samples(seed=seed), boards):
+                for sample in itertools.islice(
+                    synthetic_samples(seed=seed, drift_from=drift_from), boards
+                ):
                     samples.append(sample)
                     progress.advance(task)
             with console.status("waiting for the workers to load the model and join the group"):
-                wait_ready(procs)
+                wait_ready([*procs, sink])
             store = ObjectStore(live.images.object_store)
             publisher = BoardPublisher(
                 live.kafka.bootstrap_servers,
@@ -317,9 +417,19 @@ def run_demo(
             )
             verdict_ids = {_event_id(m) for m in messages}
             fnr, fpr, review_rate, counts = board_error_rates(engine, published)
+            # Close the loop: the station reports review and audit outcomes; the review sink
+            # joins them, watches drift and raises alerts.
+            outcomes = simulated_outcomes(engine, published)
+            publish_outcomes(live, outcomes)
+            with console.status(f"review sink: {len(outcomes)} outcomes, drift windows"):
+                wait_for_quality(
+                    live, engine, outcomes, len(published), seen_before, sink, 60 + 0.5 * boards
+                )
+            raised = demo_alerts(engine, published, wall_start)
         finally:
-            stop_workers(procs)
+            stop_workers([*procs, sink])
             engine.dispose()
+    before = [i for _, i in raised if drift_from is None or (i is not None and i < drift_from)]
     return DemoResult(
         published=len(published),
         verdicts=len(verdict_ids & {b.event_id for b in published}),
@@ -334,7 +444,23 @@ def run_demo(
         counts=counts,
         model_version=model_dir.name,
         workers=workers,
+        drift_from_board=drift_from,
+        outcomes=len(outcomes),
+        alerts=len(raised),
+        alerts_before_drift=len(before),
+        alert_metrics=[m for m, _ in raised],
+        first_alert_board=raised[0][1] if raised else None,
     )
+
+
+def _verdicts_seen(settings: Settings) -> int:
+    import redis
+
+    client = redis.Redis.from_url(settings.redis.url)
+    try:
+        return int(client.get(f"{settings.redis.key_prefix}:quality:verdicts_seen") or 0)
+    finally:
+        client.close()
 
 
 def _event_id(value: bytes) -> str:

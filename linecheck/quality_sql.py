@@ -111,6 +111,13 @@ SELECT line, product, model_version, count(*) AS boards,
   {_FPR}
 FROM b GROUP BY line, product, model_version ORDER BY line, product, model_version"""
 
+RATES_OVERALL = f"""WITH {_BOARDS}
+SELECT count(*) AS boards,
+  {_REVIEW},
+  {_FNR},
+  {_FPR}
+FROM b"""
+
 DEFECT_PARETO = f"""WITH {_BOARDS},
 t AS (
   SELECT jsonb_array_elements_text(o.defect_types) AS defect_type
@@ -123,9 +130,11 @@ SELECT defect_type, boards,
     / sum(boards) OVER ())::float AS cumulative_pct
 FROM c ORDER BY boards DESC, defect_type"""
 
-_CANDIDATE_BIN = "CASE " + " ".join(
-    f"WHEN n_regions < {hi} THEN {i}" for i, hi in enumerate(CANDIDATE_EDGES[1:])
-) + f" ELSE {len(CANDIDATE_EDGES) - 1} END"
+_CANDIDATE_BIN = (
+    "CASE "
+    + " ".join(f"WHEN n_regions < {hi} THEN {i}" for i, hi in enumerate(CANDIDATE_EDGES[1:]))
+    + f" ELSE {len(CANDIDATE_EDGES) - 1} END"
+)
 
 # PSI per time bucket of board scores (10 equal bins on [0, 1]) and of candidate regions per
 # board (the drift monitor's bins) against the selection's first $reference_boards boards;
@@ -265,6 +274,8 @@ QUALITY_PANELS: tuple[PanelQuery, ...] = (
                DEFECT_PARETO, "boards per defect type, with the cumulative share"),
     PanelQuery("histogram", "Board score distribution: reference vs latest boards",
                "barchart", SCORE_HISTOGRAM, "first vs last $reference_boards boards"),
+    PanelQuery("overall", "Error and review rates over the selected range", "table",
+               RATES_OVERALL, width=24, height=4),
     PanelQuery("by_group", "Rates by line, product and model version", "table",
                RATES_BY_GROUP, width=24),
     PanelQuery("coverage", "Labels: review, audit sample and pending", "table",

@@ -28,6 +28,7 @@ class BoardSample:
     template: np.ndarray | None
     defective: bool
     n_defects: int
+    defect_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -37,16 +38,30 @@ class PublishedBoard:
     product: str
     defective: bool
     n_defects: int
+    defect_types: tuple[str, ...] = ()
+
+
+# The process change `linecheck demo --drift` injects part-way: noisier scans (3% speckle
+# instead of 0.2%) and more misregistration (up to 8 px and 1.5° instead of 2 px and 0.3°).
+DRIFTED_SCAN = {"noise": 0.03, "max_shift_px": 8.0, "max_rotation_deg": 1.5}
 
 
 def synthetic_samples(
-    seed: int = 0, defect_rate: float = 0.5, n_designs: int = 4
+    seed: int = 0,
+    defect_rate: float = 0.5,
+    n_designs: int = 4,
+    drift_from: int | None = None,
 ) -> Iterator[BoardSample]:
-    from producers.synthetic import BoardGenerator
+    """Synthetic boards; from board `drift_from` on (if given) scanned under DRIFTED_SCAN."""
+    from producers.synthetic import BoardGenerator, ScanConditions
 
     gen = BoardGenerator(seed=seed, n_designs=n_designs, defect_rate=defect_rate)
+    drifted = BoardGenerator(
+        seed=seed, n_designs=n_designs, defect_rate=defect_rate, scan=ScanConditions(**DRIFTED_SCAN)
+    )
     for index in itertools.count():
-        board = gen.board(index)
+        source = drifted if drift_from is not None and index >= drift_from else gen
+        board = source.board(index)
         yield BoardSample(
             serial=f"SYN{seed:03d}-{index:07d}",
             product=board.product,
@@ -56,6 +71,7 @@ def synthetic_samples(
             template=board.template,
             defective=board.defective,
             n_defects=len(board.defects),
+            defect_types=tuple(sorted({d.defect_type.value for d in board.defects})),
         )
 
 
@@ -123,7 +139,12 @@ def publish_boards(
         )
         published.append(
             PublishedBoard(
-                event.event_id, sample.serial, sample.product, sample.defective, sample.n_defects
+                event.event_id,
+                sample.serial,
+                sample.product,
+                sample.defective,
+                sample.n_defects,
+                sample.defect_types,
             )
         )
         if on_published is not None:

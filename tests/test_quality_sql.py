@@ -183,6 +183,15 @@ def test_review_rate_over_time_and_by_group_with_filters(seeded: Any) -> None:
         assert (row["review_lower"], row["review_upper"]) == pytest.approx(
             wilson_interval(k, len(group))
         )
+    (overall,) = _run(engine, "overall", product=["P2"])
+    group = [b for b in boards if b["product"] == "P2"]
+    assert overall["boards"] == len(group)
+    rate, lo, hi, n = _expected_rate(group, extra["outcomes"], True, "pass")
+    assert (overall["fnr"], overall["fnr_lower"], overall["fnr_upper"]) == (
+        _approx(rate), _approx(lo), _approx(hi)
+    )  # fmt: skip
+    rate, lo, hi, n = _expected_rate(group, extra["outcomes"], False, "fail")
+    assert (overall["fpr"], overall["fpr_labelled"]) == (_approx(rate), n)
     table = _run(engine, "by_group", line=["L1"], model_version=["m2"])
     assert {(r["line"], r["model_version"]) for r in table} == {("L1", "m2")}
     for row in table:
