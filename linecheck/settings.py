@@ -31,6 +31,9 @@ class KafkaSettings(_Section):
         default=4, ge=1, description="partitions of boards.flagged (bounds parallelism)"
     )
     group_id: str = "linecheck-workers"
+    batch_size: int = Field(
+        default=16, ge=1, le=500, description="most events a worker takes from one poll"
+    )
     # Short session/poll limits: a crashed worker's partitions move quickly, and Tansu
     # completes a group join within the rebalance timeout.
     session_timeout_ms: int = Field(default=10_000, ge=1_000)

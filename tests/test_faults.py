@@ -87,7 +87,7 @@ def test_audit_store_outage_holds_the_events_and_loses_none(settings: Settings) 
         engine.dispose()
     ids = {b.event_id for b in first + second}
     assert {Verdict.model_validate_json(v).event_id for v in out} == ids
-    assert "sink failed" in workers[0].tail(200)
+    assert "sinks failed" in workers[0].tail(200)
 
 
 def test_a_worker_killed_mid_stream_loses_nothing_and_doubles_nothing(settings: Settings) -> None:

@@ -1,13 +1,16 @@
 """The worker: a FastStream (confluent) application around `Inspector`.
 
-Delivery is at least once, with idempotent sinks: the handler writes the audit row, then
-publishes the verdict (waiting for the broker's ack), and only then FastStream commits the offset
+Delivery is at least once, with idempotent sinks. The worker consumes batches (up to
+`kafka.batch_size` events, whatever the poll returned): it inspects each event, writes the batch's
+audit rows in one statement, then publishes the verdicts (waiting for the broker's acks), and
+only then FastStream commits the offsets
 (AckPolicy.NACK_ON_ERROR: an exception seeks back, so a sink failure stops the commit, not
 the data). Bad input never raises: it becomes a dead-letter record and the offset moves on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +31,9 @@ from workers.sinks import AuditStore, LiveStats
 log = logging.getLogger("linecheck.worker")
 
 
-async def _raw_body(msg: StreamMessage[Any]) -> bytes:
-    """Hand the handler the undecoded value: validation is ours, so bad input is dead-lettered."""
-    return bytes(msg.body)
+async def _raw_bodies(msg: StreamMessage[Any]) -> list[bytes]:
+    """Hand the handler the undecoded values: validation is ours, so bad input is dead-lettered."""
+    return [bytes(body) for body in msg.body]
 
 
 @dataclass
@@ -129,53 +132,73 @@ def create_app(settings: Settings, context: WorkerContext | None = None) -> Fast
         session_timeout_ms=settings.kafka.session_timeout_ms,
         max_poll_interval_ms=settings.kafka.max_poll_interval_ms,
         heartbeat_interval_ms=max(1000, settings.kafka.session_timeout_ms // 4),
-        decoder=_raw_body,
+        decoder=_raw_bodies,
+        batch=True,  # one audit insert, one Redis round trip and one commit per batch
+        max_records=settings.kafka.batch_size,
         on_assign=on_assign,
         on_revoke=on_revoke,
         title="flagged",
         description="FlaggedBoard events (JSON, see schemas/) from line test machines",
     )
-    async def handle(body: bytes, msg: KafkaMessage) -> None:
+    async def handle(bodies: list[bytes], msg: KafkaMessage) -> None:
         ctx = state["ctx"]
-        raw = msg.raw_message
-        assert not isinstance(raw, tuple)
-        source = SourceInfo(
-            topic=topics.flagged, partition=raw.partition(), offset=raw.offset(), key=raw.key()
+        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        sources = [
+            SourceInfo(
+                topic=topics.flagged, partition=r.partition(), offset=r.offset(), key=r.key()
+            )
+            for r in records
+        ]
+        results = await anyio.to_thread.run_sync(
+            lambda: [ctx.inspector.process(b, s) for b, s in zip(bodies, sources, strict=True)]
         )
-        result = await anyio.to_thread.run_sync(ctx.inspector.process, body, source)
-        if isinstance(result, DeadLetter):
+        decided = [(r, s) for r, s in zip(results, sources, strict=True) if isinstance(r, Verdict)]
+        dead = [(r, s) for r, s in zip(results, sources, strict=True) if isinstance(r, DeadLetter)]
+        for letter, source in dead:
             log.warning(
-                "dead-lettered offset %s/%s at %s: %s",
+                "dead-lettered %s/%s at %s: %s",
                 source.partition,
                 source.offset,
-                result.stage,
-                result.reason,
+                letter.stage,
+                letter.reason,
             )
-            await deadletters.publish(result, key=source.key)
-            await anyio.to_thread.run_sync(ctx.stats.record_deadletter, result.stage)
-            metrics.DEADLETTERS.labels(result.stage).inc()
-            return
         try:
-            # Audit row first: while the database is down nothing is published, so a
-            # retried event does not flood the MES with copies of its verdict.
-            is_new = await anyio.to_thread.run_sync(
-                ctx.audit.record, result, source.partition, source.offset
+            # Audit rows first: while the database is down nothing is published, so a
+            # retried batch does not flood the MES with copies of its verdicts.
+            new = await anyio.to_thread.run_sync(
+                ctx.audit.record_many, [(v, s.partition, s.offset) for v, s in decided]
             )
-            if is_new:  # a redelivered event must not count twice
-                await anyio.to_thread.run_sync(ctx.stats.record, result)
-            await verdicts.publish(result, key=f"{result.line}:{result.board_serial}".encode())
+            # A redelivered event is not new, and the same event twice in one batch is new
+            # once: the live counters must count each event once. (Dead letters count per
+            # delivery.)
+            first_seen = {v.event_id: v for v, _ in decided if v.event_id in new}
+            await anyio.to_thread.run_sync(
+                ctx.stats.record_many,
+                list(first_seen.values()),
+                [letter.stage for letter, _ in dead],
+            )
+            await asyncio.gather(
+                *(
+                    verdicts.publish(v, key=f"{v.line}:{v.board_serial}".encode())
+                    for v, _ in decided
+                ),
+                *(deadletters.publish(letter, key=s.key) for letter, s in dead),
+            )
         except Exception as exc:
-            # Not committed: FastStream seeks back and the event is processed again. Back off
-            # so that an outage is not a busy loop.
+            # Not committed: FastStream seeks back and the batch is processed again (the sinks
+            # are idempotent). Back off so that an outage is not a busy loop.
             delay = backoff.failed()
             log.error(
-                "sink failed for event %s (%s); retrying in %.1fs", result.event_id, exc, delay
+                "sinks failed for a batch of %d (%s); retrying in %.1fs", len(results), exc, delay
             )
             metrics.SINK_FAILURES.inc()
             await anyio.sleep(delay)
             raise
         backoff.reset()
-        metrics.observe(result, is_new)
+        for verdict, _ in decided:
+            metrics.observe(verdict, first_seen.pop(verdict.event_id, None) is not None)
+        for letter, _ in dead:
+            metrics.DEADLETTERS.labels(letter.stage).inc()
 
     app = FastStream(
         broker,

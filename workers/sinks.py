@@ -7,7 +7,9 @@ double either. Redis is a cache of live counters, rebuildable from the audit sto
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 from sqlalchemy import func, select
@@ -24,11 +26,8 @@ class AuditStore:
         self.engine: Engine = make_engine(url)
         self.audit_rate = audit_rate
 
-    def record(
-        self, verdict: Verdict, partition: int | None = None, offset: int | None = None
-    ) -> bool:
-        """Insert the verdict's audit row; False when the event already had one."""
-        row = {
+    def _row(self, verdict: Verdict, partition: int | None, offset: int | None) -> dict[str, Any]:
+        return {
             "event_id": verdict.event_id,
             "line": verdict.line,
             "machine": verdict.machine,
@@ -55,14 +54,27 @@ class AuditStore:
             and audit_sampled(verdict.event_id, self.audit_rate),
             "audit_rate": self.audit_rate,
         }
+
+    def record_many(self, items: Sequence[tuple[Verdict, int | None, int | None]]) -> set[str]:
+        """Insert the audit rows of (verdict, partition, offset) in one statement and one
+        transaction; return the event ids that were new (a redelivered event is not)."""
+        if not items:
+            return set()
+        rows = {v.event_id: self._row(v, p, o) for v, p, o in items}  # one row per event id
         stmt = (
             insert(verdicts)
-            .values(row)
+            .values(list(rows.values()))
             .on_conflict_do_nothing(index_elements=["event_id"])
             .returning(verdicts.c.event_id)
         )
         with self.engine.begin() as conn:
-            return conn.execute(stmt).scalar_one_or_none() is not None
+            return set(conn.execute(stmt).scalars())
+
+    def record(
+        self, verdict: Verdict, partition: int | None = None, offset: int | None = None
+    ) -> bool:
+        """Insert the verdict's audit row; False when the event already had one."""
+        return bool(self.record_many([(verdict, partition, offset)]))
 
     def count(self) -> int:
         with self.engine.connect() as conn:
@@ -86,17 +98,25 @@ class LiveStats:
         return int(at.timestamp()) // self.BUCKET_S * self.BUCKET_S
 
     def record(self, verdict: Verdict) -> None:
-        bucket = self._bucket(verdict.decided_at)
-        key = f"{self.prefix}:verdicts:{verdict.line}:{bucket}"
+        self.record_many([verdict], [])
+
+    def record_many(self, verdicts: Sequence[Verdict], deadletter_stages: Sequence[str]) -> None:
+        """Count new verdicts and dead letters in one round trip (a MULTI/EXEC pipeline)."""
+        if not verdicts and not deadletter_stages:
+            return
         pipe = self.client.pipeline(transaction=True)
-        pipe.hincrby(key, verdict.verdict.value, 1)
-        pipe.hincrby(key, "boards", 1)
-        pipe.expire(key, self.window_s + self.BUCKET_S)
-        pipe.hincrby(f"{self.prefix}:totals", verdict.verdict.value, 1)
+        for verdict in verdicts:
+            key = f"{self.prefix}:verdicts:{verdict.line}:{self._bucket(verdict.decided_at)}"
+            pipe.hincrby(key, verdict.verdict.value, 1)
+            pipe.hincrby(key, "boards", 1)
+            pipe.expire(key, self.window_s + self.BUCKET_S)
+            pipe.hincrby(f"{self.prefix}:totals", verdict.verdict.value, 1)
+        for stage in deadletter_stages:
+            pipe.hincrby(f"{self.prefix}:deadletters", stage, 1)
         pipe.execute()
 
     def record_deadletter(self, stage: str) -> None:
-        self.client.hincrby(f"{self.prefix}:deadletters", stage, 1)
+        self.record_many([], [stage])
 
     def window(self, line: str, now: datetime | None = None) -> dict[str, int]:
         """Counts per verdict over the rolling window ending at `now`."""
