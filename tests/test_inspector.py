@@ -105,3 +105,20 @@ def test_non_image_and_mismatched_template_are_dead_lettered_at_the_image_stage(
     missing = _event(inspector, image=ImageRef(uri=inspector.store.root.joinpath("x.png").as_uri()))
     result = inspector.process(missing.model_dump_json().encode(), SOURCE)
     assert isinstance(result, DeadLetter) and "not found" in result.reason
+
+
+def test_a_board_the_classifier_chokes_on_is_dead_lettered_not_retried_forever(
+    inspector: Inspector,
+) -> None:
+    class Broken:
+        version = "broken"
+        input_size = 64
+
+        def predict_proba(self, crops: object) -> object:
+            raise RuntimeError("device lost")
+
+    inspector.classifier = Broken()
+    event = _event(inspector, index=1)
+    result = inspector.process(event.model_dump_json().encode(), SOURCE)
+    assert isinstance(result, DeadLetter)
+    assert result.stage == "classify" and "RuntimeError: device lost" in result.reason

@@ -108,10 +108,15 @@ class Inspector:
                 boxes = find_regions_recipe(image)
         except ValueError as exc:  # the ROI stage rejects images it cannot work on
             raise InspectionError("roi", str(exc)) from exc
+        except Exception as exc:  # anything else about this board: dead-letter, do not loop
+            raise InspectionError("roi", f"{type(exc).__name__}: {exc}") from exc
         t2 = time.perf_counter()
-        crops = make_crops(image, template, boxes, size=self.classifier.input_size, aligned=True)
-        probs = self.classifier.predict_proba(crops)
-        regions = region_verdicts(boxes, probs)
+        try:
+            crops = make_crops(image, template, boxes, self.classifier.input_size, aligned=True)
+            probs = self.classifier.predict_proba(crops)
+            regions = region_verdicts(boxes, probs)
+        except Exception as exc:  # a poison board must not block its partition
+            raise InspectionError("classify", f"{type(exc).__name__}: {exc}") from exc
         score = board_score(regions)
         t3 = time.perf_counter()
         return Verdict(
