@@ -59,7 +59,11 @@ def demo(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="last line: the summary as JSON")] = False,
     drift: Annotated[
-        bool, typer.Option(help="from board N/2 on, noisier scans and more misregistration")
+        bool,
+        typer.Option(
+            help="from board N/2 on, noisier scans and more misregistration "
+            "(published at 12 boards/s unless --rate)"
+        ),
     ] = False,
     config: ConfigOption = None,
 ) -> None:

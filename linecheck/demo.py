@@ -30,6 +30,8 @@ from producers.publisher import BoardPublisher
 from producers.simulator import PublishedBoard, publish_boards, synthetic_samples
 from schemas.events import DefectType, ReviewOutcome
 
+DRIFT_DEMO_RATE = 12.0  # boards/s: the line's pace in `demo --drift` unless --rate is given
+
 
 class DemoError(RuntimeError):
     pass
@@ -372,6 +374,11 @@ def run_demo(
         sink = start_review_sink(live, live.work_dir / "logs")
         engine = make_engine(live.postgres.url)
         drift_from = boards // 2 if drift else None
+        if drift and rate is None:
+            # A line produces boards at its pace; published all at once, boards would be
+            # decided out of production order across partitions and the drift windows would
+            # mix boards from before and after the change.
+            rate = DRIFT_DEMO_RATE
         wall_start = time.time()
         try:
             seen_before = _verdicts_seen(live)

@@ -42,8 +42,8 @@ class PublishedBoard:
 
 
 # The process change `linecheck demo --drift` injects part-way: noisier scans (3% speckle
-# instead of 0.2%) and more misregistration (up to 8 px and 1.5° instead of 2 px and 0.3°).
-DRIFTED_SCAN = {"noise": 0.03, "max_shift_px": 8.0, "max_rotation_deg": 1.5}
+# instead of 0.2%) and more misregistration (up to 12 px and 2° instead of 2 px and 0.3°).
+DRIFTED_SCAN = {"noise": 0.03, "max_shift_px": 12.0, "max_rotation_deg": 2.0}
 
 
 def synthetic_samples(

@@ -36,6 +36,7 @@ def test_demo_json_reports_one_verdict_and_one_audit_row_per_board(
     assert sum(summary["counts"].values()) == 12
     for key in ("fnr", "fpr"):
         assert summary[key] is None or 0.0 <= summary[key] <= 1.0
+    assert summary["alerts"] == 0 and summary["drift_from_board"] is None
     # Every process the demo started is gone (workers, broker, Redis, PostgreSQL on its folders).
     assert _processes_mentioning(str(tmp_path)) == []
 
@@ -53,3 +54,59 @@ def _processes_mentioning(text: str) -> list[str]:
         if text in cmdline or text in environ:
             found.append(f"{proc.name}: {cmdline}")
     return found
+
+
+def test_demo_drift_raises_an_alert_after_the_change_and_none_before_and_report_plots_it(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "LINECHECK_MODEL__MODELS_DIR": str(model_dir.parent),
+        "LINECHECK_MODEL__VERSION": model_dir.name,
+        "LINECHECK_WORK_DIR": str(tmp_path / "work"),
+        "LINECHECK_IMAGES__OBJECT_STORE": str(tmp_path / "objects"),
+        # smaller windows than the defaults, so that 240 boards are enough
+        "LINECHECK_QUALITY__REFERENCE_BOARDS": "80",
+        "LINECHECK_QUALITY__WINDOW_BOARDS": "60",
+        "LINECHECK_QUALITY__CHECK_EVERY": "5",
+        "LINECHECK_QUALITY__AUDIT_RATE": "0.2",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "linecheck", "demo", "--boards", "240", "--drift", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["published"] == summary["audit_rows"] == 240
+    assert summary["drift_from_board"] == 120
+    assert summary["alerts"] >= 1, summary
+    assert summary["alerts_before_drift"] == 0
+    assert summary["first_alert_board"] >= 120
+    assert "candidates_psi" in summary["alert_metrics"]
+    assert summary["outcomes"] > 0
+
+    out = tmp_path / "report.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "linecheck", "report", "--embedded", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = out.read_text()
+    assert page.count("src='data:image/png;base64,") == 6  # the plots, not only tables
+    for text in (
+        "Error rates",
+        "FNR (escape rate)",
+        "Defects and score drift",
+        "candidates_psi",
+        "Wilson",
+    ):
+        assert text in page
+    assert _processes_mentioning(str(tmp_path)) == []
