@@ -146,3 +146,16 @@ def test_dashboards_push_sends_the_datasource_folder_and_dashboards(
         ("POST", "/api/dashboards/db"),
     ]
     assert recorded[0]["auth"].startswith("Basic ")
+
+
+def test_compose_provisioning_files_match_the_code() -> None:
+    """compose/grafana/dashboards holds `linecheck dashboards export`'s output, and the
+    provisioned datasource has the uid the panels use."""
+    root = Path(__file__).resolve().parents[1] / "compose" / "grafana"
+    for uid, model in all_dashboards().items():
+        assert json.loads((root / "dashboards" / f"{uid}.json").read_text()) == model, (
+            f"run: linecheck dashboards export {root / 'dashboards'}"
+        )
+    datasource = (root / "provisioning" / "datasources" / "linecheck.yml").read_text()
+    assert f"uid: {DATASOURCE_UID}" in datasource
+    assert "type: grafana-postgresql-datasource" in datasource

@@ -254,8 +254,12 @@ def create_quality_app(settings: Settings, sink: QualitySink | None = None) -> F
     async def _start() -> None:
         if "sink" not in state:
             from linecheck.db import upgrade
+            from linecheck.kafka_admin import ensure_topics
 
             await anyio.to_thread.run_sync(upgrade, settings.postgres.url)
+            await anyio.to_thread.run_sync(
+                ensure_topics, settings.kafka.bootstrap_servers, topics, settings.kafka.partitions
+            )
             state["sink"] = QualitySink(settings, settings.worker.name)
 
     @app.after_shutdown
