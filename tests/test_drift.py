@@ -88,3 +88,30 @@ def test_label_based_fpr_alert_when_the_wilson_lower_bound_clears_the_limit(
     assert i >= 200
     assert alert.lower is not None and alert.lower > alert.limit == 0.07
     assert alert.baseline == 0.02
+
+
+def test_fnr_fpr_baselines_come_from_the_model_card_when_it_has_them(
+    settings: Settings, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from workers.model.registry import ModelCard
+    from workers.quality_app import card_baselines
+
+    models = Path(str(tmp_path)) / "models"
+    for version, metrics in (
+        ("top", {"board_fnr": 0.002, "board_fpr": 0.03}),
+        ("val", {"val": {"board_fnr": 0.004, "board_fpr": 0.02, "f_score": 0.99}}),
+        ("none", {"region_val": {"val_accuracy": 0.9}}),
+    ):
+        (models / version).mkdir(parents=True)
+        card = ModelCard(version=version, arch="small", metrics=metrics)
+        (models / version / "model.json").write_text(card.model_dump_json())
+    live = settings.model_copy(deep=True)
+    live.model.models_dir = models
+    lookup = card_baselines(live)
+    q = settings.quality
+    assert lookup("top") == (0.002, 0.03)
+    assert lookup("val") == (0.004, 0.02)
+    assert lookup("none") == (q.baseline_fnr, q.baseline_fpr)
+    assert lookup("missing") == (q.baseline_fnr, q.baseline_fpr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -36,10 +37,19 @@ async def _raw_body(msg: StreamMessage[Any]) -> bytes:
     return bytes(msg.body)
 
 
-def card_baselines(settings: Settings) -> Any:
-    """model version → (FNR, FPR) baseline: the model card's board metrics if it has them
-    (`board_fnr`/`board_fpr`, or `board: {fnr, fpr}`), else the configured baselines."""
+def card_baselines(settings: Settings) -> Callable[[str], tuple[float, float]]:
+    """model version → (FNR, FPR) baseline: the model card's board-level validation metrics
+    when it has them (`board_fnr`/`board_fpr` at the top, under `val` as `linecheck train
+    --data` writes them, or `board: {fnr, fpr}`), else the configured baselines."""
     q = settings.quality
+
+    def pick(metrics: dict[str, Any], key: str, default: float) -> float:
+        for where in (metrics, metrics.get("val"), metrics.get("board")):
+            if isinstance(where, dict):
+                value = where.get(f"board_{key}", where.get(key) if where is not metrics else None)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    return float(value)
+        return default
 
     @lru_cache(maxsize=32)
     def lookup(version: str) -> tuple[float, float]:
@@ -47,16 +57,9 @@ def card_baselines(settings: Settings) -> Any:
             from workers.model.registry import load_card
 
             metrics = load_card(settings.model.models_dir / version).metrics
-        except Exception:  # no card for that version here: the configured baseline
+        except (FileNotFoundError, ValueError):  # no card for that version here
             return q.baseline_fnr, q.baseline_fpr
-        nested = metrics.get("board")
-        board: dict[str, Any] = nested if isinstance(nested, dict) else {}
-        fnr = metrics.get("board_fnr", board.get("fnr"))
-        fpr = metrics.get("board_fpr", board.get("fpr"))
-        return (
-            float(fnr) if isinstance(fnr, int | float) else q.baseline_fnr,
-            float(fpr) if isinstance(fpr, int | float) else q.baseline_fpr,
-        )
+        return pick(metrics, "fnr", q.baseline_fnr), pick(metrics, "fpr", q.baseline_fpr)
 
     return lookup
 
