@@ -173,3 +173,37 @@ def _count_deadletters(engine: sa.Engine, topic: str) -> int:
                 sa.text("SELECT count(*) FROM deadletters WHERE source_topic = :t"), {"t": topic}
             ).scalar_one()
         )
+
+
+def test_review_command_publishes_an_outcome_looked_up_from_the_audit_store(
+    settings: Settings,
+) -> None:
+    from typer.testing import CliRunner
+
+    from linecheck.cli import app
+    from linecheck.settings import settings_env
+
+    ensure_topics(settings.kafka.bootstrap_servers, settings.topics, 1)
+    event_id = f"cli-{uuid.uuid4().hex}"
+    audit = AuditStore(settings.postgres.url)
+    audit.record(make_verdict(event_id, "review", line="L7"))
+    audit.close()
+    env = settings_env(settings)
+    args = ["review", "--event-id", event_id, "--defective", "--types", "open,short"]
+    result = CliRunner().invoke(app, [*args, "--reviewer", "anna"], env=env)
+    assert result.exit_code == 0, result.output
+    outcome_id = result.stdout.strip().splitlines()[-1]
+    (raw,) = read_topic(settings.kafka.bootstrap_servers, settings.topics.reviews, timeout=30,
+                        until=lambda v: len(v) >= 1)  # fmt: skip
+    outcome = ReviewOutcome.model_validate_json(raw)
+    assert (outcome.outcome_id, outcome.line, outcome.board_serial) == (
+        outcome_id, "L7", f"S-{event_id}"
+    )  # fmt: skip
+    assert outcome.defective and outcome.defect_types == [DefectType.OPEN, DefectType.SHORT]
+    bad = CliRunner().invoke(
+        app, ["review", "--event-id", "nope", "--good", "--reviewer", "x"], env=env
+    )
+    assert bad.exit_code == 2 and "no audit row" in bad.output
+    bad = CliRunner().invoke(app, [*args[:3], "--good", "--types", "warp", "--reviewer", "x"],
+                             env=env)  # fmt: skip
+    assert bad.exit_code == 2 and "invalid review outcome" in bad.output
