@@ -123,21 +123,33 @@ def _dashboard(
         board = board.with_panel(_panel(p).id(base_id + i))
     # the SDK's encoder turns the nested model objects into plain JSON
     model = dict(json.loads(json.dumps(board.build(), cls=JSONEncoder)))
-    for panel in model["panels"]:
+    for panel, query in zip(model["panels"], panels, strict=True):
         if panel["type"] == "timeseries":
-            panel["fieldConfig"]["overrides"] = _interval_overrides()
+            panel["fieldConfig"]["overrides"] = _interval_overrides(query.sql)
     return model
 
 
-def _interval_overrides() -> list[dict[str, Any]]:
-    """Wilson bounds as dashed, thin lines; sample sizes hidden from the graph."""
+def _interval_overrides(sql: str) -> list[dict[str, Any]]:
+    """Wilson intervals as a shaded band (upper filled down to lower) between thin dashed
+    bounds; sample sizes hidden from the graph."""
+    bands = [
+        {
+            "matcher": {"id": "byName", "options": f"{name}_upper"},
+            "properties": [
+                {"id": "custom.fillBelowTo", "value": f"{name}_lower"},
+                {"id": "custom.fillOpacity", "value": 20},
+            ],
+        }
+        for name in ("fnr", "fpr", "review")
+        if f"AS {name}_upper" in sql
+    ]
     return [
+        *bands,
         {
             "matcher": {"id": "byRegexp", "options": ".*_(lower|upper)$"},
             "properties": [
                 {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [6, 4]}},
                 {"id": "custom.lineWidth", "value": 1},
-                {"id": "custom.fillOpacity", "value": 0},
             ],
         },
         {

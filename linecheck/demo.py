@@ -55,6 +55,7 @@ class DemoResult:
     drift_from_board: int | None = None
     outcomes: int = 0
     alerts: int = 0
+    alert_messages: int = 0
     alerts_before_drift: int = 0
     alert_metrics: list[str] = field(default_factory=list)
     first_alert_board: int | None = None
@@ -433,6 +434,12 @@ def run_demo(
                     live, engine, outcomes, len(published), seen_before, sink, 60 + 0.5 * boards
                 )
             raised = demo_alerts(engine, published, wall_start)
+            alert_messages = read_topic(
+                live.kafka.bootstrap_servers,
+                live.topics.alerts,
+                timeout=10 if raised else 2,
+                until=lambda v: len(v) >= len(raised),
+            )
         finally:
             stop_workers([*procs, sink])
             engine.dispose()
@@ -454,6 +461,7 @@ def run_demo(
         drift_from_board=drift_from,
         outcomes=len(outcomes),
         alerts=len(raised),
+        alert_messages=len(alert_messages),
         alerts_before_drift=len(before),
         alert_metrics=[m for m, _ in raised],
         first_alert_board=raised[0][1] if raised else None,

@@ -84,6 +84,7 @@ def test_demo_drift_raises_an_alert_after_the_change_and_none_before_and_report_
     assert summary["published"] == summary["audit_rows"] == 240
     assert summary["drift_from_board"] == 120
     assert summary["alerts"] >= 1, summary
+    assert summary["alert_messages"] == summary["alerts"]  # on boards.alerts, and in the table
     assert summary["alerts_before_drift"] == 0
     assert summary["first_alert_board"] >= 120
     assert "candidates_psi" in summary["alert_metrics"]
