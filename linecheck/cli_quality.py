@@ -73,6 +73,32 @@ def review(
     print(outcome.outcome_id)
 
 
+def review_queue(
+    limit: Annotated[int, typer.Option(min=1, help="at most this many boards")] = 50,
+    line: Annotated[Optional[str], typer.Option(help="only this line")] = None,  # noqa: UP045
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Boards awaiting review, oldest first: sent to review, or drawn for the audit sample."""
+    from rich.table import Table
+
+    from linecheck.quality_io import review_queue as queue
+
+    settings = _settings(config)
+    rows = queue(settings.postgres.url, limit=limit, line=line)
+    if as_json:
+        for row in rows:
+            print(json.dumps(row, default=str))
+        return
+    table = Table(title=f"awaiting review ({len(rows)})")
+    for column in ("event_id", "line", "board_serial", "product", "verdict", "why", "decided_at"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in ("event_id", "line", "board_serial", "product",
+                                              "verdict", "why", "decided_at")))  # fmt: skip
+    err.print(table)
+
+
 def review_sink(config: ConfigOption = None) -> None:
     """Run the review sink: outcomes joined with verdicts, drift windows, alerts."""
     import asyncio
@@ -145,6 +171,7 @@ def dashboards_push(
 
 def register(app: typer.Typer) -> None:
     app.command()(review)
+    app.command("review-queue")(review_queue)
     app.command("review-sink")(review_sink)
     app.command()(report)
     app.add_typer(dashboards_app, name="dashboards")

@@ -53,3 +53,37 @@ def publish_outcomes(settings: Settings, outcomes: Iterable[ReviewOutcome]) -> i
     if remaining or errors:
         raise PublishError(f"{remaining} outcome(s) unacknowledged; errors: {errors[:3]}")
     return n
+
+
+def review_queue(url: str, limit: int = 50, line: str | None = None) -> list[dict[str, object]]:
+    """Boards awaiting a person, oldest first: sent to review, or in the audit sample, and
+    without a review outcome yet."""
+    from linecheck.db import review_outcomes
+
+    query = (
+        sa.select(
+            verdicts.c.event_id,
+            verdicts.c.line,
+            verdicts.c.board_serial,
+            verdicts.c.product,
+            verdicts.c.verdict,
+            verdicts.c.board_score,
+            verdicts.c.decided_at,
+            sa.case((verdicts.c.verdict == "review", "review"), else_="audit").label("why"),
+        )
+        .outerjoin(review_outcomes, review_outcomes.c.event_id == verdicts.c.event_id)
+        .where(
+            review_outcomes.c.event_id.is_(None),
+            sa.or_(verdicts.c.verdict == "review", verdicts.c.audit_sampled),
+        )
+        .order_by(verdicts.c.decided_at)
+        .limit(limit)
+    )
+    if line is not None:
+        query = query.where(verdicts.c.line == line)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+    finally:
+        engine.dispose()

@@ -4,6 +4,7 @@ dead-lettered; plus the audit-sample flag set by the audit sink."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -200,6 +201,10 @@ def test_review_command_publishes_an_outcome_looked_up_from_the_audit_store(
         outcome_id, "L7", f"S-{event_id}"
     )  # fmt: skip
     assert outcome.defective and outcome.defect_types == [DefectType.OPEN, DefectType.SHORT]
+    queue = CliRunner().invoke(app, ["review-queue", "--line", "L7", "--json"], env=env)
+    assert queue.exit_code == 0, queue.output
+    waiting = [json.loads(x) for x in queue.stdout.splitlines()]
+    assert [(w["event_id"], w["why"]) for w in waiting] == [(event_id, "review")]
     bad = CliRunner().invoke(
         app, ["review", "--event-id", "nope", "--good", "--reviewer", "x"], env=env
     )
