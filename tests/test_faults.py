@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -17,14 +16,7 @@ from linecheck.storage import ObjectStore
 from producers.publisher import BoardPublisher
 from producers.simulator import publish_boards, synthetic_samples
 from schemas.events import Verdict
-
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
+from tests.helpers import wait_until
 
 
 def _own_database(settings: Settings) -> str:
@@ -67,7 +59,7 @@ def test_audit_store_outage_holds_the_events_and_loses_none(settings: Settings) 
     try:
         wait_ready(workers)
         first = publish_boards(publisher, store, samples, 3)
-        _wait(lambda: rows() == 3, 60, "3 audit rows")
+        wait_until(lambda: rows() == 3, 60, "3 audit rows")
         execute("ALTER TABLE verdicts RENAME TO verdicts_offline")  # the audit store "fails"
         second = publish_boards(publisher, store, samples, 3)
         time.sleep(4)  # the worker retries with back-off meanwhile
@@ -75,7 +67,7 @@ def test_audit_store_outage_holds_the_events_and_loses_none(settings: Settings) 
         held = read_topic(settings.kafka.bootstrap_servers, topics.verdicts, timeout=5)
         assert len(held) == 3  # nothing published for events whose audit row is not written
         execute("ALTER TABLE verdicts_offline RENAME TO verdicts")
-        _wait(lambda: rows() == 6, 60, "6 audit rows after the store came back")
+        wait_until(lambda: rows() == 6, 60, "6 audit rows after the store came back")
         out = read_topic(
             settings.kafka.bootstrap_servers,
             topics.verdicts,
@@ -115,9 +107,9 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_doubles_nothing(settings: 
         wait_ready(workers)
         boards = publish_boards(publisher, store, synthetic_samples(seed=33), 40, rate=20)
         ids = [b.event_id for b in boards]
-        _wait(lambda: len(audited(ids)) >= 5, 60, "the first audit rows")
+        wait_until(lambda: len(audited(ids)) >= 5, 60, "the first audit rows")
         workers[0].proc.send_signal(signal.SIGKILL)  # mid-stream, no goodbye to the group
-        _wait(lambda: len(audited(ids)) == len(ids), 120, "every board audited")
+        wait_until(lambda: len(audited(ids)) == len(ids), 120, "every board audited")
         out = read_topic(
             settings.kafka.bootstrap_servers,
             topics.verdicts,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
-from collections.abc import Callable
 
 import redis
 import sqlalchemy as sa
@@ -19,14 +17,7 @@ from producers.publisher import BoardPublisher
 from producers.simulator import publish_boards, synthetic_samples
 from producers.synthetic import BoardGenerator
 from schemas.events import DeadLetter, Verdict
-
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
+from tests.helpers import wait_until
 
 
 def _audit_rows(settings: Settings, ids: list[str]) -> list[tuple[str, str]]:
@@ -88,7 +79,7 @@ def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_let
         claim_check.flush()
 
         ids = [b.event_id for b in boards] + ["dup-event-1"]
-        _wait(lambda: len(_audit_rows(settings, ids)) == len(ids), 120, "audit rows")
+        wait_until(lambda: len(_audit_rows(settings, ids)) == len(ids), 120, "audit rows")
         dead = [
             DeadLetter.model_validate_json(v)
             for v in read_topic(

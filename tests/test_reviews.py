@@ -5,9 +5,7 @@ dead-lettered; plus the audit-sample flag set by the audit sink."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -18,17 +16,10 @@ from linecheck.kafka_admin import ensure_topics, read_topic
 from linecheck.quality_io import publish_outcomes
 from linecheck.settings import Settings
 from schemas.events import DeadLetter, DefectType, ReviewOutcome, StageTimings, Verdict
+from tests.helpers import wait_until
 from workers.quality import audit_sampled
 from workers.reviews import ReviewStore
 from workers.sinks import AuditStore
-
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
 
 
 def make_verdict(event_id: str, verdict: str = "pass", **kw: object) -> Verdict:
@@ -114,7 +105,7 @@ def test_review_outcomes_through_the_broker_land_once_latest_wins_bad_ones_dead_
         producer.flush(10)
 
         store = ReviewStore(settings.postgres.url)
-        _wait(lambda: len(store.history(event_id)) == 3, 60, "three outcomes in the history")
+        wait_until(lambda: len(store.history(event_id)) == 3, 60, "three outcomes in the history")
         dead = [
             DeadLetter.model_validate_json(v)
             for v in read_topic(
@@ -153,7 +144,7 @@ def test_review_outcomes_through_the_broker_land_once_latest_wins_bad_ones_dead_
     # the sink also keeps the dead letters it sees for the operations dashboard
     engine = make_engine(settings.postgres.url)
     try:
-        _wait(
+        wait_until(
             lambda: _count_deadletters(engine, settings.topics.reviews) == 4, 30, "dead-letter rows"
         )
         with engine.connect() as conn:
