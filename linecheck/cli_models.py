@@ -35,7 +35,8 @@ SplitOption = Annotated[
         exists=True,
         dir_okay=False,
         help="split file (DeepPCB format) listing the validation pairs; their board groups "
-        "are held out of training (default: groups 13000 and 92000)",
+        "are held out of training (default: groups 13000 and 92000; evaluate and calibrate: "
+        "the model's validation groups)",
     ),
 ]
 ModelOption = Annotated[
@@ -80,7 +81,7 @@ def train(
     arch: Annotated[str, typer.Option(help="small | efficientnet_lite0")] = "small",
     epochs: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option(min=1, help="default: 8 synthetic, 12 DeepPCB, 10 classify"),
+        typer.Option(min=1, help="default: 8 synthetic, 10 DeepPCB, 10 classify"),
     ] = None,
     size: Annotated[int, typer.Option(min=16, help="image size for --task classify")] = 128,
     seed: int = 0,
@@ -127,7 +128,7 @@ def train(
             data,
             split,
             arch=arch,  # type: ignore[arg-type]
-            epochs=epochs or 12,
+            epochs=epochs or 10,
             seed=seed,
             threads=threads,
             version=version,

@@ -106,12 +106,25 @@ def split_deeppcb(
     return train, val
 
 
-def eval_samples(root: Path, split_file: Path | None) -> list[DeepPcbSample]:
-    """The pairs a split file lists, or the default validation groups without one."""
+def eval_samples(
+    root: Path, split_file: Path | None, groups: Sequence[str] = ()
+) -> list[DeepPcbSample]:
+    """The pairs a split file lists; without one, the pairs of ``groups`` (e.g. the model's
+    validation groups, from its card) when any are under ``root``, else the default
+    validation groups."""
     from linecheck.deeppcb_data import samples_of
 
     samples = samples_of(root)
+    if split_file is None and groups:
+        chosen = [s for s in samples if s.group in set(groups)]
+        if chosen:
+            return chosen
     return split_deeppcb(samples, root, split_file)[1]
+
+
+def _val_groups(card: Any) -> list[str]:
+    groups = card.metrics.get("val_groups", [])
+    return [str(g) for g in groups] if isinstance(groups, list) else []
 
 
 # --------------------------------------------------------------------------- scoring
@@ -298,7 +311,7 @@ def train_deeppcb(
     split_file: Path | None = None,
     *,
     arch: Arch = "small",
-    epochs: int = 12,
+    epochs: int = 10,
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
@@ -435,7 +448,7 @@ def calibrate_model(
     from workers.model.registry import load_card, update_card
 
     console = console or Console(stderr=True)
-    samples = eval_samples(data, split_file)
+    samples = eval_samples(data, split_file, _val_groups(load_card(model_dir)))
     classifier = load_classifier(model_dir, backend="openvino", threads=threads)
     results = score_pairs(samples, classifier, console, seed=seed)
     scores, defective = board_arrays(results)
@@ -472,8 +485,8 @@ def evaluate_model(
     from workers.model.registry import load_card
 
     console = console or Console(stderr=True)
-    samples = eval_samples(data, split_file)
     card = load_card(model_dir)
+    samples = eval_samples(data, split_file, _val_groups(card))
     classifier = load_classifier(
         model_dir,
         backend="openvino",

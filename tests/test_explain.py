@@ -88,7 +88,7 @@ def test_save_explanation_draws_failed_regions_only(tmp_path: Path) -> None:
     path = save_explanation(tmp_path / "b.png", image, crops, regions, Toy())
     assert path is not None and path.is_file()
     picture = cv2.imread(str(path))
-    assert picture.shape == (200, 200, 3)
+    assert picture.shape[0] == 200 and picture.shape[1] >= 200 + 128  # board + zoom panel
     # a heatmap (coloured) over the failed region, none over the clean one
     hot = picture[40:70, 30:70].astype(int)
     cold = picture[125:145, 125:145].astype(int)

@@ -6,7 +6,8 @@ class ``c`` at feature position (i, j) is ``sum_k classifier.weight[c, k] * feat
 shows which pixels made the classifier call a region what it called it.
 
 - :func:`class_activation_maps`: the pure function, crops in, (N, S, S) maps in [0, 1] out;
-- :func:`render_board`: a picture of a board with its regions, types and heatmaps;
+- :func:`render_board`: a picture of a board with its regions, types and heatmaps, and
+  :func:`zoom_panel`: the explained crops enlarged with their heatmaps;
 - :func:`save_explanation`: the PNG of one board's failed or doubtful regions (what a worker
   writes beside a verdict);
 - :class:`Explainer`: a model folder's torch weights loaded once, for a worker.
@@ -139,6 +140,31 @@ def render_board(
     return canvas
 
 
+def zoom_panel(
+    crops: np.ndarray,
+    cams: np.ndarray,
+    labels: Sequence[str],
+    height: int,
+    tile: int = 128,
+) -> np.ndarray:
+    """Columns of enlarged crops (board channel) with their heatmaps, ``height`` pixels tall,
+    each tile captioned with its label; a BGR uint8 image (0 columns wide when no crops)."""
+    per_col = max(1, height // tile)
+    cols = -(-len(crops) // per_col) if len(crops) else 0
+    panel = np.full((height, cols * tile, 3), 255, np.uint8)
+    for i, (crop, cam, label) in enumerate(zip(crops, cams, labels, strict=True)):
+        board = cv2.resize(crop[0], (tile, tile), interpolation=cv2.INTER_NEAREST)
+        base = cv2.cvtColor(board, cv2.COLOR_GRAY2BGR).astype(np.float32)
+        heat = heat_colours(cv2.resize(cam, (tile, tile), interpolation=cv2.INTER_LINEAR))
+        a = 0.6 * cv2.resize(cam, (tile, tile), interpolation=cv2.INTER_LINEAR)[..., None]
+        img = (base * (1 - a) + heat.astype(np.float32) * a).astype(np.uint8)
+        cv2.rectangle(img, (0, 0), (tile - 1, tile - 1), (80, 80, 80), 1)
+        cv2.putText(img, label, (3, tile - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 200), 1)
+        r, c = i % per_col, i // per_col
+        panel[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = img
+    return panel
+
+
 def needs_explaining(region: RegionVerdict, thresholds: Thresholds | None) -> bool:
     """A region is explained when it failed or is doubtful: called a defect, or scored at or
     above the pass threshold (so it alone would send the board to review or fail)."""
@@ -171,6 +197,14 @@ def save_explanation(
     if chosen:
         cams[chosen] = class_activation_maps(module, crops[chosen])
     picture = render_board(image, regions, cams, truths, title)
+    if chosen:  # the explained regions enlarged beside the board, so the heatmaps are legible
+        labels = [
+            f"{regions[i].defect_type.value if regions[i].defect_type else 'none'} "
+            f"{regions[i].score:.2f}"
+            for i in chosen
+        ]
+        panel = zoom_panel(crops[chosen], cams[chosen], labels, picture.shape[0])
+        picture = np.concatenate([picture, panel], axis=1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), picture):
