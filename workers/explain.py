@@ -198,10 +198,10 @@ def save_explanation(
         cams[chosen] = class_activation_maps(module, crops[chosen])
     picture = render_board(image, regions, cams, truths, title)
     if chosen:  # the explained regions enlarged beside the board, so the heatmaps are legible
+        kinds = [regions[i].defect_type for i in chosen]
         labels = [
-            f"{regions[i].defect_type.value if regions[i].defect_type else 'none'} "
-            f"{regions[i].score:.2f}"
-            for i in chosen
+            f"{k.value if k is not None else 'none'} {regions[i].score:.2f}"
+            for i, k in zip(chosen, kinds, strict=True)
         ]
         panel = zoom_panel(crops[chosen], cams[chosen], labels, picture.shape[0])
         picture = np.concatenate([picture, panel], axis=1)
