@@ -78,7 +78,12 @@ def train(
         str, typer.Option(help="auto | detect (DeepPCB pairs) | classify (labelled images)")
     ] = "auto",
     boards: Annotated[int, typer.Option(min=10, help="synthetic boards (without --data)")] = 240,
-    arch: Annotated[str, typer.Option(help="small | efficientnet_lite0")] = "small",
+    arch: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="small | efficientnet_lite0 (default: small; classify: efficientnet_lite0)"
+        ),
+    ] = None,
     epochs: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option(min=1, help="default: 8 synthetic, 10 DeepPCB, 10 classify"),
@@ -101,6 +106,11 @@ def train(
     with a stratified 20 % hold-out, registered under <models_dir>/classify/.
     """
     settings = _settings(config)
+    if task == "auto" and data is not None:
+        from linecheck.model_ops import is_deeppcb
+
+        task = "detect" if is_deeppcb(data) else "classify"
+    arch = arch or ("efficientnet_lite0" if task == "classify" else "small")
     if arch not in ARCHS:
         err.print(f"[red]--arch must be one of {', '.join(ARCHS)}, got {arch!r}[/red]")
         raise typer.Exit(2)
@@ -118,10 +128,8 @@ def train(
         )
         print(model_dir)
         return
-    from linecheck.model_ops import is_deeppcb, train_deeppcb, train_image_folder
+    from linecheck.model_ops import train_deeppcb, train_image_folder
 
-    if task == "auto":
-        task = "detect" if is_deeppcb(data) else "classify"
     if task == "detect":
         model_dir = train_deeppcb(
             settings.model.models_dir,

@@ -518,19 +518,32 @@ def evaluate_model(
     )
     if drawn:
         _draw(model_dir, [r for r in results if r.crops is not None], Path(out) / "boards", card)
-    (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    (Path(out) / "metrics.json").write_text(
+        json.dumps(_json_ready(metrics), indent=2, allow_nan=False) + "\n"
+    )
     return metrics
 
 
+def _json_ready(value: Any) -> Any:
+    """NaN (a class without truths) becomes null; numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def _draw(model_dir: Path, results: Sequence[PairResult], folder: Path, card: Any) -> None:
-    from workers.explain import Explainer
+    from workers.explain import Explainer, save_explanation
 
     explainer = Explainer(model_dir)
     for r in results:
         assert r.image is not None and r.crops is not None
         regions = region_verdicts(r.boxes, r.probs)
-        from workers.explain import save_explanation
-
         save_explanation(
             folder / f"{r.sample.image_id}.png",
             r.image,
