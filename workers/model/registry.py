@@ -5,7 +5,10 @@ A model is ``<models_dir>/<version>/`` holding
 - ``weights.pt``: the torch state dict (for the torch backend and further training);
 - ``model.xml`` / ``model.bin``: the same network as OpenVINO IR, FP32 weights, dynamic batch
   dimension, input (N, 3, S, S) float32 already preprocessed, output logits (N, C);
-- ``model.json``: the :class:`ModelCard`.
+- ``model.json``: the :class:`ModelCard`;
+- optionally ``model_int8.xml`` / ``model_int8.bin``: the INT8 IR made by NNCF post-training
+  quantization (:mod:`workers.model.quantize`), served with ``load_classifier(...,
+  variant="int8")``.
 
 Reading cards and resolving versions needs neither torch nor OpenVINO; saving and exporting
 import them lazily.
