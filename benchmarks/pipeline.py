@@ -32,6 +32,9 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=Path(".linecheck/bench-objects"))
     args = parser.parse_args()
 
+    import cv2
+
+    cv2.setNumThreads(args.threads)  # as a worker does
     settings = load_settings()
     model_dir = resolve_model(settings.model.models_dir, settings.model.version)
     store = ObjectStore(args.store)
@@ -41,22 +44,37 @@ def main() -> None:
     for s in itertools.islice(synthetic_samples(seed=11), args.boards):
         if s.template_id and s.template is not None:
             store.put_template(s.template_id, encode_png(s.template))
-        events.append(FlaggedBoard(line="L1", machine="m", product=s.product, board_serial=s.serial,
-                                   template_id=s.template_id, image=ImageRef(data=s.image)))
+        events.append(
+            FlaggedBoard(
+                line="L1",
+                machine="m",
+                product=s.product,
+                board_serial=s.serial,
+                template_id=s.template_id,
+                image=ImageRef(data=s.image),
+            )
+        )
     inspector.inspect(events[0])  # warm-up: first inference compiles kernels
     start = time.perf_counter()
     verdicts = [inspector.inspect(e) for e in events]
     elapsed = time.perf_counter() - start
     n = len(verdicts)
-    print(json.dumps({
-        "model": model_dir.name, "backend": args.backend, "threads": args.threads, "boards": n,
-        "decode_ms": sum(v.timings.decode_ms for v in verdicts) / n,
-        "roi_ms": sum(v.timings.roi_ms for v in verdicts) / n,
-        "classify_ms": sum(v.timings.classify_ms for v in verdicts) / n,
-        "total_ms": sum(v.timings.total_ms for v in verdicts) / n,
-        "regions_per_board": sum(len(v.regions) for v in verdicts) / n,
-        "boards_per_s": n / elapsed,
-    }))
+    print(
+        json.dumps(
+            {
+                "model": model_dir.name,
+                "backend": args.backend,
+                "threads": args.threads,
+                "boards": n,
+                "decode_ms": sum(v.timings.decode_ms for v in verdicts) / n,
+                "roi_ms": sum(v.timings.roi_ms for v in verdicts) / n,
+                "classify_ms": sum(v.timings.classify_ms for v in verdicts) / n,
+                "total_ms": sum(v.timings.total_ms for v in verdicts) / n,
+                "regions_per_board": sum(len(v.regions) for v in verdicts) / n,
+                "boards_per_s": n / elapsed,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

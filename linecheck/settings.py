@@ -71,7 +71,9 @@ class ModelSettings(_Section):
     version: str = Field(default="latest", description="model folder name, or 'latest'")
     backend: Literal["openvino", "torch"] = "openvino"
     device: str | None = Field(default=None, description="CPU/GPU/NPU (openvino), cpu/cuda (torch)")
-    threads: int | None = Field(default=None, ge=1, description="inference threads per worker")
+    threads: int | None = Field(
+        default=None, ge=1, description="threads per worker for inference and OpenCV"
+    )
 
 
 class WorkerSettings(_Section):

@@ -64,6 +64,13 @@ def build_context(settings: Settings) -> WorkerContext:
     from workers.backends import load_classifier
     from workers.model.registry import load_card, resolve_model
 
+    if settings.model.threads is not None:
+        import cv2
+
+        # OpenCV's own thread pool gains nothing on the ROI stage and, with one worker per
+        # core, makes the workers fight over the cores (2 workers on 2 cores: 25 boards/s
+        # with OpenCV's default threads, 43 with one each; benchmarks/pipeline.py).
+        cv2.setNumThreads(settings.model.threads)
     upgrade(settings.postgres.url)
     model_dir = resolve_model(settings.model.models_dir, settings.model.version)
     card = load_card(model_dir)
