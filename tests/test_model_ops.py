@@ -24,6 +24,7 @@ from linecheck.deeppcb_data import (
 from linecheck.model_ops import (
     board_rates,
     calibrate_model,
+    eval_samples,
     is_deeppcb,
     labelled_images,
     split_deeppcb,
@@ -103,6 +104,9 @@ def test_split_holds_out_whole_groups(tiny_deeppcb: Path, tmp_path: Path) -> Non
     assert [s.image_id for s in val] == ["22000001"]
     assert {s.group for s in train} == {"group11000"}  # the whole group is held out
     assert is_deeppcb(tiny_deeppcb) and not is_deeppcb(tmp_path)
+    # evaluate/calibrate without a split file use the model's validation groups
+    assert {s.group for s in eval_samples(tiny_deeppcb, None, ["group22000"])} == {"group22000"}
+    assert [s.image_id for s in eval_samples(tiny_deeppcb, split, ["group11000"])] == ["22000001"]
 
 
 def test_board_rates() -> None:
