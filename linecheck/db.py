@@ -29,6 +29,8 @@ verdicts = sa.Table(
     sa.Column("roi_ms", sa.Float, nullable=False),
     sa.Column("classify_ms", sa.Float, nullable=False),
     sa.Column("total_ms", sa.Float, nullable=False),
+    sa.Column("explain_ms", sa.Float, nullable=False, server_default="0"),  # 0003
+    sa.Column("explanation_uri", sa.Text),  # 0003
     sa.Column("worker", sa.Text, nullable=False),
     sa.Column("source_partition", sa.Integer),
     sa.Column("source_offset", sa.BigInteger),

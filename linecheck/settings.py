@@ -84,6 +84,10 @@ class WorkerSettings(_Section):
     ready_file: Path | None = Field(
         default=None, description="touched when the worker holds partitions (orchestration)"
     )
+    explain: bool = Field(
+        default=True,
+        description="save class-activation heatmaps of failed/doubtful regions beside verdicts",
+    )
 
 
 class QualitySettings(_Section):

@@ -152,6 +152,7 @@ class StageTimings(_Message):
     decode_ms: float = 0.0
     roi_ms: float = 0.0
     classify_ms: float = 0.0
+    explain_ms: float = 0.0
     total_ms: float = 0.0
 
 
@@ -178,6 +179,10 @@ class Verdict(_Message):
     worker: str
     inspected_at: AwareDatetime
     decided_at: AwareDatetime = Field(default_factory=utc_now)
+    explanation_uri: str | None = Field(
+        default=None,
+        description="PNG of the class-activation heatmaps of the failed or doubtful regions",
+    )
 
 
 class ReviewOutcome(_Message):

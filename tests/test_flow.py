@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import redis
 import sqlalchemy as sa
@@ -110,6 +111,12 @@ def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_let
     assert {v.event_id for v in out} == set(ids)
     assert all(v.model_version == settings.model.version for v in out)
     assert {v.worker for v in out} <= {"worker-1", "worker-2"}
+    # Failed boards carry the heatmaps of their regions, in the object store.
+    from urllib.parse import urlparse
+
+    failed = [v for v in out if v.verdict == "fail"]
+    assert failed and all(v.explanation_uri for v in failed)
+    assert all(Path(urlparse(v.explanation_uri or "").path).is_file() for v in failed)
 
     assert len(dead) == 2
     by_stage = {d.stage: d for d in dead}

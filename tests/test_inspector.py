@@ -122,3 +122,32 @@ def test_a_board_the_classifier_chokes_on_is_dead_lettered_not_retried_forever(
     result = inspector.process(event.model_dump_json().encode(), SOURCE)
     assert isinstance(result, DeadLetter)
     assert result.stage == "classify" and "RuntimeError: device lost" in result.reason
+
+
+def test_failed_or_doubtful_regions_get_a_heatmap_png_referenced_from_the_verdict(
+    inspector: Inspector, model_dir: Path
+) -> None:
+    from urllib.parse import urlparse
+
+    import cv2
+
+    from workers.explain import Explainer
+
+    inspector.explainer = Explainer(model_dir)
+    explained = 0
+    for index in range(4):
+        event = _event(inspector, index=index, event_id=f"evt/{index}")  # not a safe file name
+        verdict = inspector.process(event.model_dump_json().encode(), SOURCE)
+        assert isinstance(verdict, Verdict)
+        doubtful = [r for r in verdict.regions if r.score >= verdict.pass_below]
+        if not doubtful:
+            assert verdict.explanation_uri is None
+            continue
+        assert verdict.explanation_uri is not None
+        path = Path(urlparse(verdict.explanation_uri).path)
+        assert path.parent == inspector.store.root / "explanations" and "/" not in path.stem
+        picture = cv2.imread(str(path))
+        assert picture is not None and picture.shape[0] >= 64
+        assert verdict.timings.explain_ms > 0
+        explained += 1
+    assert explained > 0  # the untrained test model finds every candidate doubtful

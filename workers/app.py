@@ -80,11 +80,17 @@ def build_context(settings: Settings) -> WorkerContext:
         device=settings.model.device,
         threads=settings.model.threads,
     )
+    explainer = None
+    if settings.worker.explain:
+        from workers.explain import Explainer
+
+        explainer = Explainer(model_dir)
     inspector = Inspector(
         classifier,
         card.require_thresholds(),
         ObjectStore(settings.images.object_store),
         worker=settings.worker.name or default_worker_name(),
+        explainer=explainer,
     )
     return WorkerContext(
         inspector=inspector,

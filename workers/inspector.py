@@ -7,23 +7,34 @@ call it directly. The stages never import torch or openvino; the classifier is a
 from __future__ import annotations
 
 import base64
+import hashlib
+import logging
 import os
+import re
 import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import ValidationError
 
 from linecheck.imaging import ImageDecodeError, decode_gray
 from linecheck.storage import ObjectStore, StorageError
-from schemas.events import DeadLetter, FlaggedBoard, StageTimings, Verdict
+from schemas.events import DeadLetter, FlaggedBoard, RegionVerdict, StageTimings, Verdict
 from workers.backends.base import Classifier
 from workers.crops import make_crops
 from workers.model.registry import Thresholds
 from workers.roi import find_regions_aligned, find_regions_recipe
 from workers.verdict import board_score, decide, region_verdicts
+
+if TYPE_CHECKING:
+    from workers.explain import Explainer
+
+
+log = logging.getLogger("linecheck.worker")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def default_worker_name() -> str:
@@ -64,6 +75,7 @@ class Inspector:
         store: ObjectStore,
         worker: str | None = None,
         template_cache_size: int = 64,
+        explainer: Explainer | None = None,
     ) -> None:
         self.classifier = classifier
         self.thresholds = thresholds
@@ -71,6 +83,7 @@ class Inspector:
         self.worker = worker or default_worker_name()
         self._templates: OrderedDict[str, np.ndarray] = OrderedDict()
         self._template_cache_size = template_cache_size
+        self.explainer = explainer
 
     def template(self, template_id: str) -> np.ndarray | None:
         """The reference template by id (LRU-cached: a product's template serves many boards)."""
@@ -86,6 +99,25 @@ class Inspector:
         if len(self._templates) > self._template_cache_size:
             self._templates.popitem(last=False)
         return image
+
+    def explain(
+        self, event_id: str, image: np.ndarray, crops: np.ndarray, regions: list[RegionVerdict]
+    ) -> str | None:
+        """Heatmaps of the failed or doubtful regions as a PNG in the object store; its URI."""
+        if self.explainer is None:
+            return None
+        name = (
+            event_id
+            if _SAFE_NAME.match(event_id)
+            else hashlib.sha256(event_id.encode()).hexdigest()
+        )
+        path = self.store.root / "explanations" / f"{name}.png"
+        try:
+            saved = self.explainer.save(path, image, crops, regions, self.thresholds)
+        except Exception as exc:  # an explanation is an extra: never lose the verdict for it
+            log.warning("no explanation for %s: %s: %s", event_id, type(exc).__name__, exc)
+            return None
+        return saved.as_uri() if saved is not None else None
 
     def inspect(self, event: FlaggedBoard) -> Verdict:
         t0 = time.perf_counter()
@@ -119,6 +151,8 @@ class Inspector:
             raise InspectionError("classify", f"{type(exc).__name__}: {exc}") from exc
         score = board_score(regions)
         t3 = time.perf_counter()
+        explanation = self.explain(event.event_id, image, crops, regions)
+        t4 = time.perf_counter()
         return Verdict(
             event_id=event.event_id,
             line=event.line,
@@ -137,8 +171,10 @@ class Inspector:
                 decode_ms=(t1 - t0) * 1e3,
                 roi_ms=(t2 - t1) * 1e3,
                 classify_ms=(t3 - t2) * 1e3,
-                total_ms=(t3 - t0) * 1e3,
+                explain_ms=(t4 - t3) * 1e3,
+                total_ms=(t4 - t0) * 1e3,
             ),
+            explanation_uri=explanation,
             worker=self.worker,
             inspected_at=event.inspected_at,
         )

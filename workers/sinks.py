@@ -44,6 +44,8 @@ class AuditStore:
             "roi_ms": verdict.timings.roi_ms,
             "classify_ms": verdict.timings.classify_ms,
             "total_ms": verdict.timings.total_ms,
+            "explain_ms": verdict.timings.explain_ms,
+            "explanation_uri": verdict.explanation_uri,
             "worker": verdict.worker,
             "source_partition": partition,
             "source_offset": offset,
