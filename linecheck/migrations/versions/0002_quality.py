@@ -36,9 +36,7 @@ def upgrade() -> None:
         "verdicts",
         sa.Column("audit_sampled", sa.Boolean, nullable=False, server_default=sa.false()),
     )
-    op.add_column(
-        "verdicts", sa.Column("audit_rate", sa.Float, nullable=False, server_default="0")
-    )
+    op.add_column("verdicts", sa.Column("audit_rate", sa.Float, nullable=False, server_default="0"))
     op.create_index("ix_verdicts_decided", "verdicts", ["decided_at"])
 
     outcome_columns = lambda: [  # noqa: E731
@@ -111,12 +109,18 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP FUNCTION IF EXISTS wilson_lower(double precision, double precision, "
-               "double precision)")
-    op.execute("DROP FUNCTION IF EXISTS wilson_upper(double precision, double precision, "
-               "double precision)")
+    op.execute(
+        "DROP FUNCTION IF EXISTS wilson_lower(double precision, double precision, double precision)"
+    )
+    op.execute(
+        "DROP FUNCTION IF EXISTS wilson_upper(double precision, double precision, double precision)"
+    )
     for table in (
-        "alerts", "drift_references", "deadletters", "review_outcomes", "review_outcome_history"
+        "alerts",
+        "drift_references",
+        "deadletters",
+        "review_outcomes",
+        "review_outcome_history",
     ):
         op.drop_table(table)
     op.drop_index("ix_verdicts_decided", "verdicts")
