@@ -207,7 +207,7 @@ def save_explanation(
         picture = np.concatenate([picture, panel], axis=1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), picture):
+    if not cv2.imwrite(str(path), picture, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
         raise OSError(f"cannot write {path}")
     return path
 
