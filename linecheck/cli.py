@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
-from linecheck.settings import Settings, load_settings
+from linecheck.cli_common import ConfigOption, err, settings_or_exit
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -24,25 +22,11 @@ db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL audit store.")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(db_app, name="db")
 
-err = Console(stderr=True)
-ConfigOption = Annotated[
-    Optional[Path],  # noqa: UP045 - typer needs Optional on 3.11
-    typer.Option("--config", "-c", envvar="LINECHECK_CONFIG", help="TOML settings file"),
-]
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except (ValidationError, FileNotFoundError, ValueError) as exc:
-        err.print(f"[red]invalid configuration:[/red] {exc}")
-        raise typer.Exit(2) from exc
-
 
 @app.command()
 def config(config: ConfigOption = None) -> None:
     """Validate the settings (file + LINECHECK_* environment) and print them resolved."""
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     print(json.dumps(settings.model_dump(mode="json"), indent=2))
 
 
@@ -70,7 +54,7 @@ def demo(
     """Run the whole flow end to end on the embedded servers and print a summary."""
     from linecheck.demo import DemoError, run_demo
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     try:
         result = run_demo(
             settings,
@@ -106,7 +90,7 @@ def worker(config: ConfigOption = None) -> None:
     from workers.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     asyncio.run(create_app(settings).run())
 
 
@@ -130,7 +114,7 @@ def simulate(
     from producers.publisher import BoardPublisher
     from producers.simulator import deeppcb_samples, publish_boards, synthetic_samples
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     if source == "synthetic":
         samples = synthetic_samples(seed=seed)
     elif Path(source).is_dir():
@@ -183,7 +167,7 @@ def publish(
     from linecheck.storage import ObjectStore
     from producers.publisher import BoardPublisher
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     media = {
         ".png": "image/png",
         ".jpg": "image/jpeg",
@@ -238,7 +222,7 @@ def schemas_export(
         err.print(f"wrote {out / f'{name}.schema.json'}")
     from workers.asyncapi import asyncapi_document
 
-    doc = asyncapi_document(_settings(config))
+    doc = asyncapi_document(settings_or_exit(config))
     (out / "asyncapi.json").write_text(json.dumps(doc, indent=2) + "\n")
     err.print(f"wrote {out / 'asyncapi.json'} (AsyncAPI {doc['asyncapi']})")
 
@@ -248,7 +232,7 @@ def db_upgrade(revision: str = "head", config: ConfigOption = None) -> None:
     """Apply the Alembic migrations to the audit store."""
     from linecheck.db import current_revision, upgrade
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     upgrade(settings.postgres.url, revision)
     err.print(f"audit store at revision {current_revision(settings.postgres.url)}")
 

@@ -11,17 +11,11 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
-from linecheck.settings import Settings, load_settings
+from linecheck.cli_common import ConfigOption, err, settings_or_exit
+from linecheck.settings import Settings
 
-err = Console(stderr=True)
-ConfigOption = Annotated[
-    Optional[Path],  # noqa: UP045 - typer needs Optional on 3.11
-    typer.Option("--config", "-c", envvar="LINECHECK_CONFIG", help="TOML settings file"),
-]
 DataOption = Annotated[
     Path,
     typer.Option(
@@ -43,14 +37,6 @@ ModelOption = Annotated[
     str, typer.Option("--model", help="model version (folder name) or 'latest'")
 ]
 ARCHS = ("small", "efficientnet_lite0")
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except (ValidationError, FileNotFoundError, ValueError) as exc:
-        err.print(f"[red]invalid configuration:[/red] {exc}")
-        raise typer.Exit(2) from exc
 
 
 def _model_dir(settings: Settings, version: str) -> Path:
@@ -105,7 +91,7 @@ def train(
     With --data on a folder of <class>_<n>.jpg images (NEU-DET): a multi-class classifier
     with a stratified 20 % hold-out, registered under <models_dir>/classify/.
     """
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     if task == "auto" and data is not None:
         from linecheck.model_ops import is_deeppcb
 
@@ -174,7 +160,7 @@ def calibrate(
     the least review; stored in the model card."""
     from linecheck.model_ops import calibrate_model
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     model_dir = _model_dir(settings, model)
     thresholds, rates = calibrate_model(
         model_dir, data, split, target_fnr=target_fnr, seed=seed, console=err
@@ -246,7 +232,7 @@ def evaluate(
     OUT/detections/<id>.txt, OUT/metrics.json, and with --draw N pictures in OUT/boards/."""
     from linecheck.model_ops import evaluate_model
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     if variant not in ("fp32", "int8"):
         err.print(f"[red]--variant must be fp32 or int8, got {variant!r}[/red]")
         raise typer.Exit(2)
@@ -285,7 +271,7 @@ def quantize(
     from linecheck.model_ops import split_deeppcb
     from workers.model.quantize import quantize_int8
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     model_dir = _model_dir(settings, model)
     samples = samples_of(data)
     train_s, _ = split_deeppcb(samples, data, split)

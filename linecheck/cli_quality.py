@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from linecheck.cli import ConfigOption, _settings, err
+from linecheck.cli_common import ConfigOption, err, settings_or_exit
 
 dashboards_app = typer.Typer(no_args_is_help=True, help="Grafana dashboards as code.")
 
@@ -47,7 +47,7 @@ def review(
     from linecheck.quality_io import lookup_board, publish_outcomes
     from schemas.events import DefectType, ReviewOutcome
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     if line is None or serial is None:
         found = lookup_board(settings.postgres.url, event_id)
         if found is None:
@@ -84,7 +84,7 @@ def review_queue(
 
     from linecheck.quality_io import review_queue as queue
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     rows = queue(settings.postgres.url, limit=limit, line=line)
     if as_json:
         for row in rows:
@@ -106,7 +106,7 @@ def review_sink(config: ConfigOption = None) -> None:
     from workers.quality_app import create_quality_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     asyncio.run(create_quality_app(settings).run())
 
 
@@ -124,7 +124,7 @@ def report(
     """Write the quality report (plots and tables from the dashboards' SQL) as one HTML file."""
     from linecheck.report import write_report
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     try:
         write_report(settings, out, hours=hours, embedded=embedded)
     except ValueError as exc:
@@ -163,7 +163,7 @@ def dashboards_push(
     """Provision the PostgreSQL datasource and both dashboards through Grafana's HTTP API."""
     from dashboards.provision import provision
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     done = provision(url, settings.postgres.url, token=token, basic=(user, password))
     for line in done:
         err.print(line)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from linecheck.db import alerts, make_engine, review_outcomes, upgrade, verdicts
 from linecheck.kafka_admin import ensure_topics, read_topic
+from linecheck.progress import new_progress
 from linecheck.quality_io import publish_outcomes
 from linecheck.settings import Settings, settings_env
 from linecheck.storage import ObjectStore
@@ -78,58 +78,45 @@ class WorkerProcess:
             return "(no log)"
 
 
-def start_workers(
-    settings: Settings, count: int, log_dir: Path, threads: int = 1
-) -> list[WorkerProcess]:
-    """`count` worker processes in one consumer group, configured through the environment."""
+def spawn(command: str, name: str, settings: Settings, log_dir: Path, **env: str) -> WorkerProcess:
+    """`linecheck COMMAND` as a child process named `name`, configured through the
+    environment, logging to `log_dir/NAME.log`, touching `NAME.ready` once it holds partitions."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    workers = []
-    for i in range(count):
-        name = f"worker-{i + 1}"
-        ready = log_dir / f"{name}.ready"
-        ready.unlink(missing_ok=True)
-        env = {
-            **os.environ,
-            **settings_env(settings),
-            "LINECHECK_WORKER__NAME": name,
-            "LINECHECK_MODEL__THREADS": str(threads),
-            "LINECHECK_WORKER__READY_FILE": str(ready),
-        }
-        log_path = log_dir / f"{name}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "linecheck", "worker"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        workers.append(WorkerProcess(name, proc, log_path, ready))
-    return workers
-
-
-def start_review_sink(settings: Settings, log_dir: Path) -> WorkerProcess:
-    """The review sink (`linecheck review-sink`) as a child process, like the workers."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    ready = log_dir / "review-sink.ready"
+    ready = log_dir / f"{name}.ready"
     ready.unlink(missing_ok=True)
-    env = {
+    child_env = {
         **os.environ,
         **settings_env(settings),
-        "LINECHECK_WORKER__NAME": "review-sink",
+        "LINECHECK_WORKER__NAME": name,
         "LINECHECK_WORKER__READY_FILE": str(ready),
+        **env,
     }
-    env.pop("LINECHECK_WORKER__METRICS_PORT", None)
-    log_path = log_dir / "review-sink.log"
+    child_env.pop("LINECHECK_WORKER__METRICS_PORT", None)  # one port cannot serve them all
+    log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "linecheck", "review-sink"],
-            env=env,
+            [sys.executable, "-m", "linecheck", command],
+            env=child_env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return WorkerProcess("review-sink", proc, log_path, ready)
+    return WorkerProcess(name, proc, log_path, ready)
+
+
+def start_workers(
+    settings: Settings, count: int, log_dir: Path, threads: int = 1
+) -> list[WorkerProcess]:
+    """`count` worker processes in one consumer group."""
+    return [
+        spawn("worker", f"worker-{i + 1}", settings, log_dir, LINECHECK_MODEL__THREADS=str(threads))
+        for i in range(count)
+    ]
+
+
+def start_review_sink(settings: Settings, log_dir: Path) -> WorkerProcess:
+    """The review sink (`linecheck review-sink`) as a child process, like the workers."""
+    return spawn("review-sink", "review-sink", settings, log_dir)
 
 
 def wait_ready(workers: list[WorkerProcess], timeout: float = 120.0) -> None:
@@ -281,17 +268,6 @@ def demo_alerts(
     return [(str(m), index.get(str(e)) if e else None) for m, e in rows]
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-
-
 def wait_for_outcomes(
     settings: Settings,
     engine: sa.Engine,
@@ -304,7 +280,7 @@ def wait_for_outcomes(
     ids = [b.event_id for b in boards]
     deadline = time.monotonic() + timeout
     rows = dead = 0
-    with _progress(console) as progress:
+    with new_progress(console) as progress:
         task = progress.add_task("verdicts", total=len(ids))
         while True:
             rows = count_rows(engine, ids)
@@ -385,7 +361,7 @@ def run_demo(
             seen_before = _verdicts_seen(live)
             # Boards are made before the clock starts: boards/s measures the pipeline.
             samples = []
-            with _progress(console) as progress:
+            with new_progress(console) as progress:
                 task = progress.add_task("generating boards", total=boards)
                 for sample in itertools.islice(
                     synthetic_samples(seed=seed, drift_from=drift_from), boards
@@ -402,7 +378,7 @@ def run_demo(
                 live.images.inline_max_bytes,
             )
             start = time.monotonic()
-            with _progress(console) as progress:
+            with new_progress(console) as progress:
                 task = progress.add_task("published", total=boards)
                 published = publish_boards(
                     publisher,

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from linecheck.progress import new_progress
 from producers.deeppcb import DeepPcbSample, read_split, write_detections
 from schemas.events import Box, DefectType
 from workers.verdict import board_score, decide, region_verdicts
@@ -43,13 +43,7 @@ DEFECT_TYPES: tuple[DefectType, ...] = tuple(DefectType)
 @contextmanager
 def progress_bar(console: Console, description: str, total: int) -> Iterator[Callable[..., None]]:
     """A rich progress bar; yields ``advance(n=1, description=None)``."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with new_progress(console) as progress:
         task = progress.add_task(description, total=total)
 
         def advance(n: int = 1, description: str | None = None) -> None:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from linecheck.progress import new_progress
 from linecheck.settings import Settings
 from schemas.events import Box
 
@@ -70,22 +70,12 @@ def board_crops(
     return CropSet(crops, np.asarray(labels, dtype=np.int64))
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
-
-
 def build_crop_set(
     gen: BoardGenerator, indices: range, size: int, seed: int, console: Console, what: str
 ) -> CropSet:
     rng = np.random.default_rng(seed)
     parts: list[CropSet] = []
-    with _progress(console) as progress:
+    with new_progress(console) as progress:
         task = progress.add_task(f"cropping {what} boards", total=len(indices))
         for i in indices:
             parts.append(board_crops(gen.board(i), rng, size))
@@ -104,7 +94,7 @@ def board_scores(
     from workers.verdict import board_score, region_verdicts
 
     scores, truths = [], []
-    with _progress(console) as progress:
+    with new_progress(console) as progress:
         task = progress.add_task("calibrating on held-out boards", total=len(indices))
         for i in indices:
             board = gen.board(i)
@@ -148,7 +138,7 @@ def train_synthetic(
         f"{len(train_set.labels)} training crops, {len(val_set.labels)} validation crops; "
         f"class counts {np.bincount(train_set.labels, minlength=7).tolist()}"
     )
-    with _progress(console) as progress:
+    with new_progress(console) as progress:
         task = progress.add_task(f"training {arch}", total=epochs)
 
         def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
