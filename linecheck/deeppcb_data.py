@@ -101,15 +101,20 @@ def jitter_box(box: Box, rng: np.random.Generator, shape: tuple[int, int], amoun
 
 
 def random_boxes(
-    rng: np.random.Generator, shape: tuple[int, int], avoid: Sequence[Box], n: int
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    avoid: Sequence[Box],
+    n: int,
+    sizes: tuple[int, int] = (20, 80),
 ) -> list[Box]:
-    """Up to ``n`` random squares (20–80 px) overlapping none of ``avoid``."""
-    h, w = shape
+    """Up to ``n`` random squares (side in ``sizes``, px) overlapping none of ``avoid``:
+    defect-free regions, the "none" examples of training."""
+    h, w = shape[:2]
     out: list[Box] = []
     for _ in range(n * 20):
         if len(out) == n:
             break
-        size = int(rng.integers(20, 80))
+        size = int(rng.integers(*sizes))
         x, y = int(rng.integers(0, w - size)), int(rng.integers(0, h - size))
         box = Box(x1=x, y1=y, x2=x + size, y2=y + size)
         if all(box.iou(a) == 0.0 for a in avoid):

@@ -17,7 +17,6 @@ from rich.console import Console
 
 from linecheck.progress import new_progress
 from linecheck.settings import Settings
-from schemas.events import Box
 
 if TYPE_CHECKING:
     from producers.synthetic import BoardGenerator, SyntheticBoard
@@ -33,40 +32,25 @@ class CropSet:
     labels: np.ndarray  # (N,) int64
 
 
-def _random_boxes(
-    rng: np.random.Generator, shape: tuple[int, ...], avoid: list[Box], n: int
-) -> list[Box]:
-    """Defect-free regions ("none" examples) away from every true defect."""
-    h, w = shape[:2]
-    out: list[Box] = []
-    for _ in range(n * 10):
-        if len(out) == n:
-            break
-        size = int(rng.integers(10, 60))
-        x, y = int(rng.integers(0, w - size)), int(rng.integers(0, h - size))
-        box = Box(x1=x, y1=y, x2=x + size, y2=y + size)
-        if all(box.iou(a) == 0.0 for a in avoid):
-            out.append(box)
-    return out
-
-
 def board_crops(
     board: SyntheticBoard, rng: np.random.Generator, size: int, negatives: int = 4
 ) -> CropSet:
+    from linecheck.deeppcb_data import random_boxes
     from workers.crops import label_candidates, make_crops
-    from workers.roi import find_regions_reference
+    from workers.roi import find_regions_aligned
 
     truths = list(board.defects)
-    candidates = find_regions_reference(board.image, board.template)
+    candidates, aligned = find_regions_aligned(board.image, board.template)
     labels = label_candidates(candidates, truths)
     gt_boxes = [t.box for t in truths]
-    boxes = [*candidates, *gt_boxes, *_random_boxes(rng, board.image.shape, gt_boxes, negatives)]
+    negative_boxes = random_boxes(rng, board.image.shape, gt_boxes, negatives, sizes=(10, 60))
+    boxes = [*candidates, *gt_boxes, *negative_boxes]
     labels = [
         *labels,
         *(t.defect_type.deeppcb_id for t in truths),
         *([0] * (len(boxes) - len(labels) - len(truths))),
     ]
-    crops = make_crops(board.image, board.template, boxes, size=size)
+    crops = make_crops(board.image, aligned, boxes, size=size, aligned=True)
     return CropSet(crops, np.asarray(labels, dtype=np.int64))
 
 
@@ -90,7 +74,7 @@ def board_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Board scores (max region P(defect)) and truths, through the same path workers use."""
     from workers.crops import make_crops
-    from workers.roi import find_regions_reference
+    from workers.roi import find_regions_aligned
     from workers.verdict import board_score, region_verdicts
 
     scores, truths = [], []
@@ -98,9 +82,9 @@ def board_scores(
         task = progress.add_task("calibrating on held-out boards", total=len(indices))
         for i in indices:
             board = gen.board(i)
-            boxes = find_regions_reference(board.image, board.template)
+            boxes, aligned = find_regions_aligned(board.image, board.template)
             probs = classifier.predict_proba(
-                make_crops(board.image, board.template, boxes, CROP_SIZE)
+                make_crops(board.image, aligned, boxes, CROP_SIZE, aligned=True)
             )
             scores.append(board_score(region_verdicts(boxes, probs)))
             truths.append(board.defective)
