@@ -29,7 +29,7 @@ from rich.console import Console
 from linecheck.progress import new_progress
 from producers.deeppcb import DeepPcbSample, read_split, write_detections
 from schemas.events import Box, DefectType
-from workers.verdict import board_score, decide, region_verdicts
+from workers.verdict import DEFECT_TYPES, board_score, decide, region_verdicts
 
 if TYPE_CHECKING:
     from workers.backends.base import Classifier
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from workers.model.registry import Thresholds
 
 CROP_SIZE = 64
-DEFECT_TYPES: tuple[DefectType, ...] = tuple(DefectType)
 
 
 @contextmanager
