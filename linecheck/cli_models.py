@@ -184,20 +184,9 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
     table = Table(title=title)
     table.add_column("measure")
     table.add_column("value", justify="right")
-    for key in (
-        "precision",
-        "recall",
-        "f_score",
-        "map",
-        "roi_recall",
-        "candidates_per_board",
-        "board_fnr",
-        "board_fpr",
-        "review_rate",
-        "images_per_s",
-        "boards",
-        "truths",
-    ):
+    from linecheck.model_ops import HEADLINE_METRICS
+
+    for key in (*HEADLINE_METRICS, "truths", "images_per_s"):
         if key in metrics:
             table.add_row(key, _fmt(metrics[key]))
     for kind, row in metrics.get("per_class", {}).items():

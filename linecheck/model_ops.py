@@ -282,20 +282,23 @@ def cross_group_board_rates(
 # --------------------------------------------------------------------------- DeepPCB training
 
 
+# The evaluation figures worth a line in a model card or a table, in reading order.
+HEADLINE_METRICS = (
+    "precision",
+    "recall",
+    "f_score",
+    "map",
+    "roi_recall",
+    "candidates_per_board",
+    "board_fnr",
+    "board_fpr",
+    "review_rate",
+    "boards",
+)
+
+
 def _card_metrics_row(m: dict[str, Any]) -> dict[str, Any]:
-    keep = (
-        "precision",
-        "recall",
-        "f_score",
-        "map",
-        "roi_recall",
-        "candidates_per_board",
-        "board_fnr",
-        "board_fpr",
-        "review_rate",
-        "boards",
-    )
-    return {k: m[k] for k in keep if k in m}
+    return {k: m[k] for k in HEADLINE_METRICS if k in m}
 
 
 def train_deeppcb(

@@ -9,16 +9,21 @@ import sys
 from pathlib import Path
 
 
-def test_demo_json_reports_one_verdict_and_one_audit_row_per_board(
-    model_dir: Path, tmp_path: Path
-) -> None:
-    env = {
+def _demo_env(model_dir: Path, tmp_path: Path) -> dict[str, str]:
+    """The demo on its own folders, with the session's registered test model."""
+    return {
         **os.environ,
         "LINECHECK_MODEL__MODELS_DIR": str(model_dir.parent),
         "LINECHECK_MODEL__VERSION": model_dir.name,
         "LINECHECK_WORK_DIR": str(tmp_path / "work"),
         "LINECHECK_IMAGES__OBJECT_STORE": str(tmp_path / "objects"),
     }
+
+
+def test_demo_json_reports_one_verdict_and_one_audit_row_per_board(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    env = _demo_env(model_dir, tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "linecheck", "demo", "--boards", "12", "--json"],
         env=env,
@@ -60,11 +65,7 @@ def test_demo_drift_raises_an_alert_after_the_change_and_none_before_and_report_
     model_dir: Path, tmp_path: Path
 ) -> None:
     env = {
-        **os.environ,
-        "LINECHECK_MODEL__MODELS_DIR": str(model_dir.parent),
-        "LINECHECK_MODEL__VERSION": model_dir.name,
-        "LINECHECK_WORK_DIR": str(tmp_path / "work"),
-        "LINECHECK_IMAGES__OBJECT_STORE": str(tmp_path / "objects"),
+        **_demo_env(model_dir, tmp_path),
         # smaller windows than the defaults, so that 240 boards are enough
         "LINECHECK_QUALITY__REFERENCE_BOARDS": "80",
         "LINECHECK_QUALITY__WINDOW_BOARDS": "60",
