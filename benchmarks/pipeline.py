@@ -14,14 +14,14 @@ import json
 import time
 from pathlib import Path
 
-from linecheck.imaging import encode_png
-from linecheck.settings import load_settings
-from linecheck.storage import ObjectStore
+from infra.images import encode_png
+from infra.object_store import ObjectStore
+from infra.settings import load_settings
+from inspection.backends import load_classifier
+from inspection.model.registry import load_card, resolve_model
 from producers.simulator import synthetic_samples
 from schemas.events import FlaggedBoard, ImageRef
-from workers.backends import load_classifier
 from workers.inspector import Inspector
-from workers.model.registry import load_card, resolve_model
 
 
 def main() -> None:

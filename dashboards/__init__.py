@@ -1,4 +1,6 @@
-"""Grafana dashboards as code (grafana-foundation-sdk), from the SQL in linecheck.quality_sql.
+"""Dashboards as code: the panel SQL (``panels``), Grafana dashboards built from it with
+grafana-foundation-sdk (``build``) and pushed with grafana-client (``provision``), and the
+static HTML report made from the same SQL (``report``).
 
 `all_dashboards()` gives the dashboard JSON models by uid; `linecheck dashboards export DIR`
 writes them for file provisioning and `linecheck dashboards push` sends them through

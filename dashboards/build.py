@@ -12,7 +12,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as dm
 
-from linecheck.quality_sql import OPERATIONS_PANELS, QUALITY_PANELS, VARIABLES, PanelQuery
+from dashboards.panels import OPERATIONS_PANELS, QUALITY_PANELS, VARIABLES, PanelQuery
 
 DATASOURCE_TYPE = "grafana-postgresql-datasource"
 DATASOURCE_UID = "linecheck-postgres"

@@ -20,12 +20,12 @@ from pathlib import Path
 import sqlalchemy as sa
 from rich.console import Console
 
-from linecheck.db import alerts, make_engine, review_outcomes, upgrade, verdicts
-from linecheck.kafka_admin import ensure_topics, read_topic
-from linecheck.progress import new_progress
-from linecheck.quality_io import publish_outcomes
-from linecheck.settings import Settings, settings_env
-from linecheck.storage import ObjectStore
+from infra.db import alerts, make_engine, review_outcomes, upgrade, verdicts
+from infra.kafka_admin import ensure_topics, read_topic
+from infra.object_store import ObjectStore
+from infra.progress import new_progress
+from infra.settings import Settings, settings_env
+from linecheck.review_queue import publish_outcomes
 from producers.publisher import BoardPublisher
 from producers.simulator import PublishedBoard, publish_boards, synthetic_samples
 from schemas.events import DefectType, ReviewOutcome
@@ -338,7 +338,7 @@ def run_demo(
     drift: bool = False,
     console: Console | None = None,
 ) -> DemoResult:
-    from linecheck.training import ensure_model
+    from training.synthetic_model import ensure_model
 
     console = console or Console(stderr=True)
     if boards < 1:

@@ -219,3 +219,16 @@ def embedded_stack(work_dir: Path, fresh_postgres: bool = True) -> Iterator[Embe
             child.stop()
         if postgres is not None:
             postgres.stop()
+
+
+@contextlib.contextmanager
+def demo_postgres(work_dir: Path) -> Iterator[str]:
+    """The PostgreSQL folder a demo left in ``work_dir/pg``, served again; yields its URL."""
+    folder = postgres_data_dir(work_dir.resolve() / "pg")
+    if not folder.exists():
+        raise ValueError(f"no embedded PostgreSQL data in {folder}: run `linecheck demo` first")
+    server = start_postgres(work_dir.resolve() / "pg")
+    try:
+        yield server.url
+    finally:
+        server.stop()

@@ -16,7 +16,7 @@ from schemas.events import Box, FlaggedBoard, ImageRef
 if TYPE_CHECKING:
     from confluent_kafka import Producer
 
-    from linecheck.storage import ObjectStore
+    from infra.object_store import ObjectStore
 
 
 class PublishError(RuntimeError):

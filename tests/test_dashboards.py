@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dashboards import DATASOURCE_UID, all_dashboards
+from dashboards.panels import OPERATIONS_PANELS, QUALITY_PANELS
 from linecheck.cli import app
-from linecheck.quality_sql import OPERATIONS_PANELS, QUALITY_PANELS
 
 
 def test_dashboard_json_round_trips_through_the_sdk_model() -> None:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from producers.deeppcb import (
+from board_data.deeppcb import (
     iter_samples,
     read_annotations,
     read_detections,
@@ -16,7 +16,7 @@ from producers.deeppcb import (
     write_annotations,
     write_detections,
 )
-from producers.synthetic import BoardGenerator
+from board_data.synthetic import BoardGenerator
 from schemas.events import Box, DefectType, GroundTruth
 
 DEEPPCB = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "deeppcb"

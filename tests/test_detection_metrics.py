@@ -7,14 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from linecheck.detection_metrics import (
+from schemas.events import Box, DefectType, GroundTruth
+from training.detection_metrics import (
     ImageResult,
     average_precision,
     detection_metrics,
     match_image,
     roi_recall,
 )
-from schemas.events import Box, DefectType, GroundTruth
 
 OPEN, SHORT = DefectType.OPEN, DefectType.SHORT
 

@@ -7,7 +7,7 @@ import random
 
 import redis
 
-from linecheck.settings import QualitySettings, Settings
+from infra.settings import QualitySettings, Settings
 from schemas.events import Alert
 from workers.drift import BoardObservation, DriftMonitor, LabelObservation
 
@@ -95,8 +95,8 @@ def test_fnr_fpr_baselines_come_from_the_model_card_when_it_has_them(
 ) -> None:
     from pathlib import Path
 
-    from workers.model.registry import ModelCard
-    from workers.quality_app import card_baselines
+    from inspection.model.registry import ModelCard
+    from workers.review_sink import card_baselines
 
     models = Path(str(tmp_path)) / "models"
     for version, metrics in (

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from inspection.explain import class_activation_maps, render_board, save_explanation
+from inspection.model.nets import ClassifierNet, build_model
 from schemas.events import Box, DefectType, RegionVerdict
-from workers.explain import class_activation_maps, render_board, save_explanation
-from workers.model.nets import ClassifierNet, build_model
 
 
 class Toy(ClassifierNet):

@@ -8,15 +8,15 @@ from pathlib import Path
 import redis
 import sqlalchemy as sa
 
-from linecheck.db import make_engine, verdicts
+from board_data.synthetic import BoardGenerator
+from infra.db import make_engine, verdicts
+from infra.images import encode_png
+from infra.kafka_admin import ensure_topics, read_topic
+from infra.object_store import ObjectStore
+from infra.settings import Settings
 from linecheck.demo import start_workers, stop_workers
-from linecheck.imaging import encode_png
-from linecheck.kafka_admin import ensure_topics, read_topic
-from linecheck.settings import Settings
-from linecheck.storage import ObjectStore
 from producers.publisher import BoardPublisher
 from producers.simulator import publish_boards, synthetic_samples
-from producers.synthetic import BoardGenerator
 from schemas.events import DeadLetter, Verdict
 from tests.helpers import wait_until
 

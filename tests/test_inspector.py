@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from linecheck.imaging import encode_png
-from linecheck.storage import ObjectStore
-from producers.synthetic import BoardGenerator
+from board_data.synthetic import BoardGenerator
+from infra.images import encode_png
+from infra.object_store import ObjectStore
+from inspection.backends import load_classifier
+from inspection.model.registry import load_card
 from schemas.events import DeadLetter, FlaggedBoard, ImageRef, Verdict
-from workers.backends import load_classifier
 from workers.inspector import Inspector, SourceInfo
-from workers.model.registry import load_card
 
 SOURCE = SourceInfo(topic="boards.flagged", partition=1, offset=42, key=b"L1:S1")
 
@@ -131,7 +131,7 @@ def test_failed_or_doubtful_regions_get_a_heatmap_png_referenced_from_the_verdic
 
     import cv2
 
-    from workers.explain import Explainer
+    from inspection.explain import Explainer
 
     inspector.explainer = Explainer(model_dir)
     explained = 0

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from workers.model.labels import CLASSES, NUM_CLASSES
-from workers.model.nets import (
+from inspection.model.labels import CLASSES, NUM_CLASSES
+from inspection.model.nets import (
     EfficientNetLite0,
     SmallCNN,
     build_model,
     lite0_checkpoint_path,
     load_lite0_pretrained,
 )
-from workers.model.preprocess import preprocess
+from inspection.model.preprocess import preprocess
 
 CROSSWORD_PUZZLE = 918  # ImageNet class index
 

@@ -12,7 +12,12 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from linecheck.deeppcb_data import (
+from board_data.deeppcb import read_detections, write_annotations
+from board_data.synthetic import BoardGenerator
+from inspection.model.registry import Thresholds, load_card
+from inspection.roi import find_regions_reference
+from schemas.events import Box
+from training.crop_table import (
     CANDIDATE,
     GOOD,
     TRUTH,
@@ -21,7 +26,7 @@ from linecheck.deeppcb_data import (
     samples_of,
     simulate_good_board,
 )
-from linecheck.model_ops import (
+from training.deeppcb_model import (
     board_rates,
     calibrate_model,
     eval_samples,
@@ -32,11 +37,6 @@ from linecheck.model_ops import (
     train_deeppcb,
     train_image_folder,
 )
-from producers.deeppcb import read_detections, write_annotations
-from producers.synthetic import BoardGenerator
-from schemas.events import Box
-from workers.model.registry import Thresholds, load_card
-from workers.roi import find_regions_reference
 
 from .conftest import DEEPPCB
 
@@ -231,8 +231,8 @@ def test_classify_folder_of_labelled_images(tmp_path: Path) -> None:
 def test_real_deeppcb_roi_recall_on_one_group() -> None:
     if not DEEPPCB.is_dir():
         pytest.skip(reason=f"DeepPCB not found at {DEEPPCB}")
-    from linecheck.deeppcb_data import regions
-    from linecheck.detection_metrics import roi_recall
+    from training.crop_table import regions
+    from training.detection_metrics import roi_recall
 
     samples = [s for s in samples_of(DEEPPCB) if s.group == "group50600"][:20]
     boxes, truths = [], []

@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from linecheck.db import (
+from dashboards.panels import (
+    OPERATIONS_PANELS,
+    QUALITY_PANELS,
+    expand,
+)
+from infra.db import (
     alerts,
     deadletters,
     make_engine,
@@ -23,12 +28,7 @@ from linecheck.db import (
     upgrade,
     verdicts,
 )
-from linecheck.quality_sql import (
-    OPERATIONS_PANELS,
-    QUALITY_PANELS,
-    expand,
-)
-from workers.quality import (
+from infra.stats import (
     CANDIDATE_EDGES,
     audit_sampled,
     histogram,

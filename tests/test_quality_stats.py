@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from workers.quality import (
+from infra.stats import (
     audit_fraction,
     audit_sampled,
     chi2_quantile,

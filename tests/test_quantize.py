@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from producers.synthetic import BoardGenerator
+from board_data.synthetic import BoardGenerator
+from inspection.backends import load_classifier
+from inspection.crops import make_crops
+from inspection.model.labels import NUM_CLASSES
+from inspection.model.nets import build_model
+from inspection.model.registry import IR_INT8_XML, ModelCard, save_model
 from schemas.events import Box
-from workers.backends import load_classifier
-from workers.crops import make_crops
-from workers.model.labels import NUM_CLASSES
-from workers.model.nets import build_model
-from workers.model.quantize import IR_INT8_XML, quantize_int8
-from workers.model.registry import ModelCard, save_model
-from workers.model.train import train_classifier
+from training.quantize import quantize_int8
+from training.trainer import train_classifier
 
 
 def _board_crops(n_boards: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,9 +11,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from workers.model.labels import CLASSES, NUM_CLASSES
-from workers.model.nets import build_model
-from workers.model.registry import (
+from inspection.model.labels import CLASSES, NUM_CLASSES
+from inspection.model.nets import build_model
+from inspection.model.registry import (
     ModelCard,
     Thresholds,
     data_hash,

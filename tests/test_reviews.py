@@ -10,16 +10,16 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from linecheck.db import make_engine, review_outcome_history, verdicts
+from infra.db import make_engine, review_outcome_history, verdicts
+from infra.kafka_admin import ensure_topics, read_topic
+from infra.settings import Settings
+from infra.stats import audit_sampled
 from linecheck.demo import start_review_sink, stop_workers, wait_ready
-from linecheck.kafka_admin import ensure_topics, read_topic
-from linecheck.quality_io import publish_outcomes
-from linecheck.settings import Settings
+from linecheck.review_queue import publish_outcomes
 from schemas.events import DeadLetter, DefectType, ReviewOutcome, StageTimings, Verdict
 from tests.helpers import wait_until
-from workers.quality import audit_sampled
-from workers.reviews import ReviewStore
-from workers.sinks import AuditStore
+from workers.audit_sink import AuditStore
+from workers.review_store import ReviewStore
 
 
 def make_verdict(event_id: str, verdict: str = "pass", **kw: object) -> Verdict:
@@ -172,8 +172,8 @@ def test_review_command_publishes_an_outcome_looked_up_from_the_audit_store(
 ) -> None:
     from typer.testing import CliRunner
 
+    from infra.settings import settings_env
     from linecheck.cli import app
-    from linecheck.settings import settings_env
 
     ensure_topics(settings.kafka.bootstrap_servers, settings.topics, 1)
     event_id = f"cli-{uuid.uuid4().hex}"

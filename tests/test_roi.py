@@ -8,15 +8,15 @@ import cv2
 import numpy as np
 import pytest
 
-from producers.synthetic import BoardGenerator, ScanConditions, SyntheticBoard
-from schemas.events import Box
-from workers.roi import (
+from board_data.synthetic import BoardGenerator, ScanConditions, SyntheticBoard
+from inspection.roi import (
     RoiParams,
     align_template,
     estimate_alignment,
     find_regions_recipe,
     find_regions_reference,
 )
+from schemas.events import Box
 
 DEEPPCB = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "deeppcb"
 
@@ -155,7 +155,7 @@ def test_recipe_on_synthetic_boards_is_weaker_but_useful(defective: list[Synthet
 def test_recall_on_real_deeppcb_sample() -> None:
     if not DEEPPCB.is_dir():
         pytest.skip(reason=f"DeepPCB not found at {DEEPPCB}")
-    from producers.deeppcb import iter_samples
+    from board_data.deeppcb import iter_samples
 
     samples = list(iter_samples(DEEPPCB))[::20]  # 50 pairs across all 7 groups
     assert len(samples) >= 50

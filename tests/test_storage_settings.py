@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from linecheck.imaging import ImageDecodeError, decode_gray, encode_png
-from linecheck.settings import load_settings, settings_env
-from linecheck.storage import ObjectStore, StorageError
+from infra.images import ImageDecodeError, decode_gray, encode_png
+from infra.object_store import ObjectStore, StorageError
+from infra.settings import load_settings, settings_env
 from schemas.events import ImageRef
 
 

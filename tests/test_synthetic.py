@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from producers.synthetic import BACKGROUND, COPPER, BoardGenerator, ScanConditions
+from board_data.synthetic import BACKGROUND, COPPER, BoardGenerator, ScanConditions
 from schemas.events import DefectType
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from workers.model.labels import CLASSES, NUM_CLASSES
-from workers.model.train import Progress, TrainResult, augment, class_weights, train_classifier
+from inspection.model.labels import CLASSES, NUM_CLASSES
+from training.trainer import Progress, TrainResult, augment, class_weights, train_classifier
 
 SIZE = 32
 

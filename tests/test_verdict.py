@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inspection.model.registry import Thresholds
+from inspection.verdict import board_score, decide, region_verdicts
 from schemas.events import Box, DefectType, VerdictLabel
-from workers.model.calibration import calibrate_thresholds
-from workers.model.registry import Thresholds
-from workers.verdict import board_score, decide, region_verdicts
+from training.calibration import calibrate_thresholds
 
 T = Thresholds(pass_below=0.2, fail_at_or_above=0.8, threshold_version="t", target_fnr=0.001)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from linecheck.settings import Settings
+from infra.settings import Settings
 from schemas.events import FlaggedBoard
 
 
 def asyncapi_document(settings: Settings) -> dict[str, Any]:
-    from workers.app import create_app
+    from workers.inspection_app import create_app
 
     doc: dict[str, Any] = json.loads(create_app(settings).schema.to_specification().to_json())
     # The handler takes the raw bytes (it validates them itself, so that bad input can be

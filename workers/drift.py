@@ -19,9 +19,8 @@ from typing import Any, Protocol
 
 import redis
 
-from linecheck.settings import QualitySettings
-from schemas.events import Alert
-from workers.quality import (
+from infra.settings import QualitySettings
+from infra.stats import (
     CANDIDATE_EDGES,
     histogram,
     psi,
@@ -30,6 +29,7 @@ from workers.quality import (
     weighted_rate,
     wilson_interval,
 )
+from schemas.events import Alert
 
 
 @dataclass(frozen=True)

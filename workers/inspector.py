@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import ValidationError
 
-from linecheck.imaging import ImageDecodeError, decode_gray
-from linecheck.storage import ObjectStore, StorageError
+from infra.images import ImageDecodeError, decode_gray
+from infra.object_store import ObjectStore, StorageError
+from inspection.backends.base import Classifier
+from inspection.crops import make_crops
+from inspection.model.registry import Thresholds
+from inspection.roi import find_regions_aligned, find_regions_recipe
+from inspection.verdict import board_score, decide, region_verdicts
 from schemas.events import DeadLetter, FlaggedBoard, RegionVerdict, StageTimings, Verdict
-from workers.backends.base import Classifier
-from workers.crops import make_crops
-from workers.model.registry import Thresholds
-from workers.roi import find_regions_aligned, find_regions_recipe
-from workers.verdict import board_score, decide, region_verdicts
 
 if TYPE_CHECKING:
-    from workers.explain import Explainer
+    from inspection.explain import Explainer
 
 
 log = logging.getLogger("linecheck.worker")

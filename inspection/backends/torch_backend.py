@@ -1,0 +1,52 @@
+"""PyTorch backend: the registry folder's ``weights.pt`` in the architecture of its card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inspection.model.nets import build_model
+from inspection.model.preprocess import preprocess, softmax
+from inspection.model.registry import WEIGHTS_FILE, load_card
+
+
+class TorchClassifier:
+    """:class:`inspection.backends.base.Classifier` on PyTorch eager, device "cpu" or "cuda[:i]".
+
+    ``threads`` sets ``torch.set_num_threads`` (process-wide) when given.
+    """
+
+    def __init__(self, model_dir: Path, device: str = "cpu", threads: int | None = None) -> None:
+        model_dir = Path(model_dir)
+        card = load_card(model_dir)
+        self.card = card
+        self.version: str = card.version
+        self.input_size: int = card.input_size
+        self.classes: tuple[str, ...] = card.classes
+        dev = torch.device(device)
+        if dev.type not in ("cpu", "cuda"):
+            raise ValueError(f"torch backend device must be 'cpu' or 'cuda[:i]', got {device!r}")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+        self.device = dev
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
+        weights = model_dir / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"no torch weights {WEIGHTS_FILE} in {model_dir}")
+        module = build_model(card.arch, len(card.classes), pretrained=False)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        module.load_state_dict(state, strict=True)
+        self.module = module.to(dev).eval()
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        x = preprocess(crops, self.input_size)
+        if x.shape[0] == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        with torch.inference_mode():
+            logits = self.module(torch.from_numpy(x).to(self.device))
+        return softmax(logits.float().cpu().numpy())

@@ -1,0 +1,87 @@
+"""Crops around candidate regions, and their training labels, for the region classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from inspection.model.labels import CLASSES
+from inspection.roi import RoiParams, align_template
+from schemas.events import Box, DefectType, GroundTruth
+
+__all__ = ["CLASSES", "label_candidates", "make_crops"]
+
+
+def _square(box: Box, context: float) -> tuple[int, int, int]:
+    """Centre and half-side of a square holding the box plus `context` of its size around."""
+    side = max(box.x2 - box.x1, box.y2 - box.y1) * (1.0 + 2.0 * context)
+    half = max(4, round(side / 2))
+    return (box.x1 + box.x2) // 2, (box.y1 + box.y2) // 2, half
+
+
+def make_crops(
+    image: np.ndarray,
+    template: np.ndarray | None,
+    boxes: Sequence[Box],
+    size: int = 64,
+    context: float = 0.25,
+    params: RoiParams = RoiParams(),
+    aligned: bool = False,
+) -> np.ndarray:
+    """(N, 3, size, size) uint8 crops: board, reference, |board − reference|.
+
+    The reference is the template aligned as the ROI stage aligns it (pass `aligned=True`
+    with the ROI stage's aligned template to skip aligning again), or, without a
+    template, a median-filtered board (which erases specks and thin spurs, so the third
+    channel still highlights small defects). Each crop is a square around its box with
+    `context` of the box's size added on each side; outside the image is padded with the
+    nearest edge (a board's border continues its copper, it is not a black frame).
+    """
+    if image.ndim != 2 or image.size == 0 or image.dtype != np.uint8:
+        raise ValueError(
+            f"image must be a non-empty 2-D uint8 array, got {image.shape} {image.dtype}"
+        )
+    if size < 8:
+        raise ValueError(f"crop size must be ≥ 8, got {size}")
+    out = np.zeros((len(boxes), 3, size, size), np.uint8)
+    if not boxes:
+        return out
+    if template is None:
+        reference = cv2.medianBlur(image, 5)
+    elif aligned:  # already aligned by the ROI stage (find_regions_aligned)
+        reference = template
+    else:
+        reference = align_template(image, template, params)
+    halves = [_square(b, context)[2] for b in boxes]
+    pad = max(halves) + 1
+    stack = np.stack([image, reference, cv2.absdiff(image, reference)], axis=-1)
+    padded = cv2.copyMakeBorder(stack, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    for i, box in enumerate(boxes):
+        cx, cy, half = _square(box, context)
+        y0, x0 = cy - half + pad, cx - half + pad
+        patch = padded[y0 : y0 + 2 * half, x0 : x0 + 2 * half]
+        # INTER_AREA keeps thin features when shrinking; nearest would drop them at random
+        interp = cv2.INTER_AREA if 2 * half > size else cv2.INTER_LINEAR
+        out[i] = cv2.resize(patch, (size, size), interpolation=interp).transpose(2, 0, 1)
+    return out
+
+
+def label_candidates(
+    candidates: Sequence[Box],
+    truths: Sequence[GroundTruth] | Sequence[tuple[Box, DefectType]],
+    iou_threshold: float = 0.33,
+) -> list[int]:
+    """Class index per candidate: the type of the best-overlapping truth above the IoU
+    threshold (DeepPCB's matching rule), else 0 ("none")."""
+    pairs = [(t.box, t.defect_type) if isinstance(t, GroundTruth) else t for t in truths]
+    labels = []
+    for cand in candidates:
+        best, label = iou_threshold, 0
+        for box, kind in pairs:
+            iou = cand.iou(box)
+            if iou > best:
+                best, label = iou, CLASSES.index(kind.value)
+        labels.append(label)
+    return labels

@@ -1,0 +1,246 @@
+"""Class-activation maps (CAM, Zhou et al. 2016) for the region classifier.
+
+Both architectures end in global average pooling and one linear layer, so the evidence for
+class ``c`` at feature position (i, j) is ``sum_k classifier.weight[c, k] * features[k, i, j]``
+(the logit of ``c`` is exactly that map's mean plus the bias). Upsampled to the crop, it
+shows which pixels made the classifier call a region what it called it.
+
+- :func:`class_activation_maps`: the pure function, crops in, (N, S, S) maps in [0, 1] out;
+- :func:`render_board`: a picture of a board with its regions, types and heatmaps, and
+  :func:`zoom_panel`: the explained crops enlarged with their heatmaps;
+- :func:`save_explanation`: the PNG of one board's failed or doubtful regions (what a worker
+  writes beside a verdict);
+- :class:`Explainer`: a model folder's torch weights loaded once, for a worker.
+
+torch is imported lazily: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from inspection.crops import _square
+from inspection.model.preprocess import preprocess
+from schemas.events import Box, RegionVerdict
+
+if TYPE_CHECKING:
+    from inspection.model.nets import ClassifierNet
+    from inspection.model.registry import Thresholds
+
+CONTEXT = 0.25  # make_crops' default context: a crop covers the box plus 25 % each side
+
+
+def class_activation_maps(
+    module: ClassifierNet,
+    crops: np.ndarray,
+    classes: Sequence[int] | np.ndarray | None = None,
+    normalise: bool = True,
+) -> np.ndarray:
+    """CAM of each crop for its class (default: the predicted class), (N, S, S) float32.
+
+    ``crops``: uint8 (N, 3, S, S), as the classifier takes them. With ``normalise`` each map
+    is scaled to [0, 1] (negative evidence clipped to 0, then divided by the map's maximum;
+    an all-negative map is all 0); without it the raw class evidence is returned (its mean
+    over the map, plus the bias, is the class's logit).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(preprocess(crops))
+    n, _, s, _ = x.shape
+    if n == 0:
+        return np.zeros((0, s, s), np.float32)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            feats = module.features(x)  # (N, C, h, w)
+            weight = module.classifier.weight  # (K, C)
+            if classes is None:
+                logits = module.classifier(feats.mean(dim=(2, 3)))
+                idx = logits.argmax(1)
+            else:
+                idx = torch.as_tensor(np.asarray(classes), dtype=torch.long)
+                if idx.shape != (n,):
+                    raise ValueError(f"classes must hold one index per crop, got {idx.shape}")
+            cams = torch.einsum("nchw,nc->nhw", feats, weight[idx])
+            cams = F.interpolate(cams[:, None], size=(s, s), mode="bilinear", align_corners=False)
+            out = cams[:, 0].float().numpy()
+    finally:
+        module.train(was_training)
+    if normalise:
+        out = np.clip(out, 0.0, None)
+        peak = out.reshape(n, -1).max(axis=1)
+        out = out / np.where(peak > 0, peak, 1.0)[:, None, None]
+    return out.astype(np.float32)
+
+
+def heat_colours(cam: np.ndarray) -> np.ndarray:
+    """A [0, 1] map as a BGR uint8 image (jet colour map)."""
+    return cv2.applyColorMap(np.clip(cam * 255.0, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+
+
+def _paste_heat(canvas: np.ndarray, box: Box, cam: np.ndarray, alpha: float = 0.5) -> None:
+    """Blend ``cam`` (a crop's map) into ``canvas`` over the square the crop was cut from."""
+    h, w = canvas.shape[:2]
+    cx, cy, half = _square(box, CONTEXT)
+    x0, y0, x1, y1 = cx - half, cy - half, cx + half, cy + half
+    heat = cv2.resize(heat_colours(cam), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    weight = cv2.resize(cam, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)[..., None]
+    cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    if cx0 >= cx1 or cy0 >= cy1:
+        return
+    part = heat[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0].astype(np.float32)
+    a = alpha * weight[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+    region = canvas[cy0:cy1, cx0:cx1].astype(np.float32)
+    canvas[cy0:cy1, cx0:cx1] = (region * (1 - a) + part * a).astype(np.uint8)
+
+
+def render_board(
+    image: np.ndarray,
+    regions: Sequence[RegionVerdict],
+    cams: np.ndarray | None = None,
+    truths: Sequence[tuple[Box, str]] = (),
+    title: str = "",
+) -> np.ndarray:
+    """BGR picture of a board: each region's heatmap (when ``cams`` has one per region), its
+    box (red: called a defect, orange: "none" but scored ≥ 0.1, grey: clean) with type and
+    score, and ground-truth boxes in green when given."""
+    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    canvas = (canvas.astype(np.float32) * 0.6 + 255 * 0.4).astype(np.uint8)  # lighten
+    if cams is not None:
+        if len(cams) != len(regions):
+            raise ValueError(f"{len(cams)} heatmaps for {len(regions)} regions")
+        for r, cam in zip(regions, cams, strict=True):
+            _paste_heat(canvas, r.box, cam)
+    for box, kind in truths:
+        cv2.rectangle(canvas, (box.x1, box.y1), (box.x2 - 1, box.y2 - 1), (0, 160, 0), 1)
+        cv2.putText(
+            canvas, kind, (box.x1, box.y2 + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 120, 0), 1
+        )
+    for r in regions:
+        b = r.box
+        if r.defect_type is not None:
+            colour, text = (0, 0, 230), f"{r.defect_type.value} {r.score:.2f}"
+        elif r.score >= 0.1:
+            colour, text = (0, 140, 255), f"none? {r.score:.2f}"
+        else:
+            colour, text = (150, 150, 150), ""
+        cv2.rectangle(canvas, (b.x1, b.y1), (b.x2 - 1, b.y2 - 1), colour, 2)
+        if text:
+            y = b.y1 - 4 if b.y1 > 14 else b.y2 + 12
+            cv2.putText(canvas, text, (b.x1, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1)
+    if title:
+        cv2.putText(canvas, title, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    return canvas
+
+
+def zoom_panel(
+    crops: np.ndarray,
+    cams: np.ndarray,
+    labels: Sequence[str],
+    height: int,
+    tile: int = 128,
+) -> np.ndarray:
+    """Columns of enlarged crops (board channel) with their heatmaps, ``height`` pixels tall,
+    each tile captioned with its label; a BGR uint8 image (0 columns wide when no crops)."""
+    per_col = max(1, height // tile)
+    cols = -(-len(crops) // per_col) if len(crops) else 0
+    panel = np.full((height, cols * tile, 3), 255, np.uint8)
+    for i, (crop, cam, label) in enumerate(zip(crops, cams, labels, strict=True)):
+        board = cv2.resize(crop[0], (tile, tile), interpolation=cv2.INTER_NEAREST)
+        base = cv2.cvtColor(board, cv2.COLOR_GRAY2BGR).astype(np.float32)
+        heat = heat_colours(cv2.resize(cam, (tile, tile), interpolation=cv2.INTER_LINEAR))
+        a = 0.6 * cv2.resize(cam, (tile, tile), interpolation=cv2.INTER_LINEAR)[..., None]
+        img = (base * (1 - a) + heat.astype(np.float32) * a).astype(np.uint8)
+        cv2.rectangle(img, (0, 0), (tile - 1, tile - 1), (80, 80, 80), 1)
+        cv2.putText(img, label, (3, tile - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 200), 1)
+        r, c = i % per_col, i // per_col
+        panel[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = img
+    return panel
+
+
+def needs_explaining(region: RegionVerdict, thresholds: Thresholds | None) -> bool:
+    """A region is explained when it failed or is doubtful: called a defect, or scored at or
+    above the pass threshold (so it alone would send the board to review or fail)."""
+    if region.defect_type is not None:
+        return True
+    return thresholds is not None and region.score >= thresholds.pass_below
+
+
+def save_explanation(
+    path: Path,
+    image: np.ndarray,
+    crops: np.ndarray,
+    regions: Sequence[RegionVerdict],
+    module: ClassifierNet,
+    thresholds: Thresholds | None = None,
+    truths: Sequence[tuple[Box, str]] = (),
+    title: str = "",
+) -> Path | None:
+    """Write ``path`` (PNG): the board with CAM heatmaps of its failed or doubtful regions.
+
+    ``crops`` are the regions' classifier crops (one per region, same order). Returns the
+    path, or None (nothing written) when no region needs explaining.
+    """
+    if len(crops) != len(regions):
+        raise ValueError(f"{len(crops)} crops for {len(regions)} regions")
+    chosen = [i for i, r in enumerate(regions) if needs_explaining(r, thresholds)]
+    if not chosen and not truths:
+        return None
+    cams = np.zeros((len(regions), crops.shape[-1], crops.shape[-1]), np.float32)
+    if chosen:
+        cams[chosen] = class_activation_maps(module, crops[chosen])
+    picture = render_board(image, regions, cams, truths, title)
+    if chosen:  # the explained regions enlarged beside the board, so the heatmaps are legible
+        kinds = [regions[i].defect_type for i in chosen]
+        labels = [
+            f"{k.value if k is not None else 'none'} {regions[i].score:.2f}"
+            for i, k in zip(chosen, kinds, strict=True)
+        ]
+        panel = zoom_panel(crops[chosen], cams[chosen], labels, picture.shape[0])
+        picture = np.concatenate([picture, panel], axis=1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), picture, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+        raise OSError(f"cannot write {path}")
+    return path
+
+
+class Explainer:
+    """A model folder's torch weights, loaded once, to explain verdicts as PNGs.
+
+    ``Explainer(model_dir).save(path, image, crops, verdict.regions, thresholds)`` writes the
+    heatmaps of a board's failed or doubtful regions (``crops`` are the classifier's crops of
+    ``verdict.regions``, e.g. from :func:`inspection.crops.make_crops`).
+    """
+
+    def __init__(self, model_dir: Path) -> None:
+        import torch
+
+        from inspection.model.nets import build_model
+        from inspection.model.registry import WEIGHTS_FILE, load_card
+
+        card = load_card(model_dir)
+        module = build_model(card.arch, len(card.classes), pretrained=False)
+        state = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        module.load_state_dict(state, strict=True)
+        self.module = module.eval()
+        self.card = card
+
+    def save(
+        self,
+        path: Path,
+        image: np.ndarray,
+        crops: np.ndarray,
+        regions: Sequence[RegionVerdict],
+        thresholds: Thresholds | None = None,
+    ) -> Path | None:
+        return save_explanation(
+            path, image, crops, regions, self.module, thresholds or self.card.thresholds
+        )

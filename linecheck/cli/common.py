@@ -1,0 +1,27 @@
+"""What every `linecheck` command module shares: the stderr console and the settings option."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from infra.settings import Settings, load_settings
+
+err = Console(stderr=True)
+ConfigOption = Annotated[
+    Optional[Path],  # noqa: UP045 - typer needs Optional on 3.11
+    typer.Option("--config", "-c", envvar="LINECHECK_CONFIG", help="TOML settings file"),
+]
+
+
+def settings_or_exit(config: Path | None) -> Settings:
+    """The validated settings, or exit 2 with the validation error on stderr."""
+    try:
+        return load_settings(config)
+    except (ValidationError, FileNotFoundError, ValueError) as exc:
+        err.print(f"[red]invalid configuration:[/red] {exc}")
+        raise typer.Exit(2) from exc

@@ -1,0 +1,249 @@
+"""The `linecheck` command (typer + rich)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from linecheck.cli.common import ConfigOption, err, settings_or_exit
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Automatic visual inspection of flagged PCBs: Kafka in, verdicts out.",
+)
+schemas_app = typer.Typer(no_args_is_help=True, help="Message contracts (JSON Schema).")
+db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL audit store.")
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(db_app, name="db")
+
+
+@app.command()
+def config(config: ConfigOption = None) -> None:
+    """Validate the settings (file + LINECHECK_* environment) and print them resolved."""
+    settings = settings_or_exit(config)
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+
+
+@app.command()
+def demo(
+    boards: Annotated[int, typer.Option(min=1, help="boards to publish")] = 200,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes in the group")] = 2,
+    rate: Annotated[
+        float | None, typer.Option(help="boards/s (default: as fast as possible)")
+    ] = None,
+    seed: int = 0,
+    external: Annotated[
+        bool, typer.Option(help="use the Kafka/PostgreSQL/Redis of the settings")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="last line: the summary as JSON")] = False,
+    drift: Annotated[
+        bool,
+        typer.Option(
+            help="from board N/2 on, noisier scans and more misregistration "
+            "(published at 12 boards/s unless --rate)"
+        ),
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Run the whole flow end to end on the embedded servers and print a summary."""
+    from linecheck.demo import DemoError, run_demo
+
+    settings = settings_or_exit(config)
+    try:
+        result = run_demo(
+            settings,
+            boards,
+            workers=workers,
+            rate=rate,
+            seed=seed,
+            external=external,
+            drift=drift,
+            console=err,
+        )
+    except DemoError as exc:
+        err.print(f"[red]demo failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    table = Table(title="linecheck demo")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in result.as_dict().items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        table.add_row(key, shown)
+    err.print(table)
+    if as_json:
+        print(json.dumps(result.as_dict()))
+    ok = result.published == result.audit_rows + result.deadletter
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def worker(config: ConfigOption = None) -> None:
+    """Run one inspection worker (joins the consumer group of the settings)."""
+    import asyncio
+
+    from workers.inspection_app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = settings_or_exit(config)
+    asyncio.run(create_app(settings).run())
+
+
+@app.command()
+def simulate(
+    boards: Annotated[int, typer.Option(min=1)] = 100,
+    rate: Annotated[Optional[float], typer.Option(help="boards/s")] = None,  # noqa: UP045
+    source: Annotated[
+        str, typer.Option(help="'synthetic' or a folder in DeepPCB's layout")
+    ] = "synthetic",
+    line: str = "L1",
+    machine: str = "aoi-1",
+    seed: int = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Publish N flagged boards at a given rate, like a line would."""
+    from rich.progress import Progress
+
+    from infra.kafka_admin import ensure_topics
+    from infra.object_store import ObjectStore
+    from producers.publisher import BoardPublisher
+    from producers.simulator import deeppcb_samples, publish_boards, synthetic_samples
+
+    settings = settings_or_exit(config)
+    if source == "synthetic":
+        samples = synthetic_samples(seed=seed)
+    elif Path(source).is_dir():
+        samples = deeppcb_samples(Path(source))
+    else:
+        err.print(f"[red]--source must be 'synthetic' or an existing folder, got {source!r}[/red]")
+        raise typer.Exit(2)
+    ensure_topics(settings.kafka.bootstrap_servers, settings.topics, settings.kafka.partitions)
+    store = ObjectStore(settings.images.object_store)
+    publisher = BoardPublisher(
+        settings.kafka.bootstrap_servers,
+        settings.topics.flagged,
+        store,
+        settings.images.inline_max_bytes,
+    )
+    with Progress(console=err) as progress:
+        task = progress.add_task("publishing", total=boards)
+        done = publish_boards(
+            publisher,
+            store,
+            samples,
+            boards,
+            rate=rate,
+            line=line,
+            machine=machine,
+            on_published=lambda n: progress.update(task, completed=n),
+        )
+    err.print(f"published {len(done)} boards to {settings.topics.flagged}")
+
+
+@app.command()
+def publish(
+    image: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="board image file")],
+    line: Annotated[str, typer.Option()],
+    machine: Annotated[str, typer.Option()],
+    product: Annotated[str, typer.Option()],
+    serial: Annotated[str, typer.Option()],
+    template_id: Annotated[Optional[str], typer.Option(help="reference template id")] = None,  # noqa: UP045
+    template: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="register this template file under --template-id",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Publish one flagged board (what a line test machine calls)."""
+    from infra.object_store import ObjectStore
+    from producers.publisher import BoardPublisher
+
+    settings = settings_or_exit(config)
+    media = {
+        ".png": "image/png",
+        ".jpg": "image/jpeg",
+        ".jpeg": "image/jpeg",
+        ".bmp": "image/bmp",
+        ".tif": "image/tiff",
+        ".tiff": "image/tiff",
+    }.get(image.suffix.lower())
+    if media is None:
+        err.print(f"[red]unsupported image type {image.suffix!r}: use png, jpg, bmp or tif[/red]")
+        raise typer.Exit(2)
+    store = ObjectStore(settings.images.object_store)
+    if template is not None:
+        if not template_id:
+            err.print("[red]--template needs --template-id[/red]")
+            raise typer.Exit(2)
+        from infra.images import decode_gray, encode_png
+
+        store.put_template(
+            template_id, encode_png(decode_gray(template.read_bytes(), str(template)))
+        )
+    publisher = BoardPublisher(
+        settings.kafka.bootstrap_servers,
+        settings.topics.flagged,
+        store,
+        settings.images.inline_max_bytes,
+    )
+    event = publisher.publish(
+        image.read_bytes(),
+        media_type=media,
+        line=line,
+        machine=machine,
+        product=product,
+        board_serial=serial,
+        template_id=template_id,
+    )
+    publisher.flush()
+    print(event.event_id)
+
+
+@schemas_app.command("export")
+def schemas_export(
+    out: Annotated[Path, typer.Argument(help="folder for the JSON Schemas")],
+    config: ConfigOption = None,
+) -> None:
+    """Write the JSON Schema of every message and the workers' AsyncAPI document."""
+    from schemas.events import json_schemas
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+        err.print(f"wrote {out / f'{name}.schema.json'}")
+    from workers.asyncapi import asyncapi_document
+
+    doc = asyncapi_document(settings_or_exit(config))
+    (out / "asyncapi.json").write_text(json.dumps(doc, indent=2) + "\n")
+    err.print(f"wrote {out / 'asyncapi.json'} (AsyncAPI {doc['asyncapi']})")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head", config: ConfigOption = None) -> None:
+    """Apply the Alembic migrations to the audit store."""
+    from infra.db import current_revision, upgrade
+
+    settings = settings_or_exit(config)
+    upgrade(settings.postgres.url, revision)
+    err.print(f"audit store at revision {current_revision(settings.postgres.url)}")
+
+
+from linecheck.cli.quality import register as _register_quality  # noqa: E402
+
+_register_quality(app)
+
+from linecheck.cli.models import register as _register_models  # noqa: E402
+
+_register_models(app)
+
+if __name__ == "__main__":  # pragma: no cover
+    app(prog_name="linecheck")

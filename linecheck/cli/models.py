@@ -1,0 +1,276 @@
+"""Model commands of the `linecheck` CLI: train, calibrate, evaluate, quantize.
+
+Registered in :mod:`linecheck.cli` by :func:`register`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from infra.settings import Settings
+from linecheck.cli.common import ConfigOption, err, settings_or_exit
+
+DataOption = Annotated[
+    Path,
+    typer.Option(
+        "--data", exists=True, file_okay=False, help="DeepPCB-layout folder (labelled pairs)"
+    ),
+]
+SplitOption = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--split",
+        exists=True,
+        dir_okay=False,
+        help="split file (DeepPCB format) listing the validation pairs; their board groups "
+        "are held out of training (default: groups 13000 and 92000; evaluate and calibrate: "
+        "the model's validation groups)",
+    ),
+]
+ModelOption = Annotated[
+    str, typer.Option("--model", help="model version (folder name) or 'latest'")
+]
+ARCHS = ("small", "efficientnet_lite0")
+
+
+def _model_dir(settings: Settings, version: str) -> Path:
+    from inspection.model.registry import resolve_model
+
+    try:
+        return resolve_model(settings.model.models_dir, version)
+    except FileNotFoundError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def train(
+    data: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            help="DeepPCB-layout folder, or a folder of <class>_<n>.jpg images; "
+            "without it, synthetic boards",
+        ),
+    ] = None,
+    split: SplitOption = None,
+    task: Annotated[
+        str, typer.Option(help="auto | detect (DeepPCB pairs) | classify (labelled images)")
+    ] = "auto",
+    boards: Annotated[int, typer.Option(min=10, help="synthetic boards (without --data)")] = 240,
+    arch: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="small | efficientnet_lite0 (default: small; classify: efficientnet_lite0)"
+        ),
+    ] = None,
+    epochs: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=1, help="default: 8 synthetic, 10 DeepPCB, 10 classify"),
+    ] = None,
+    size: Annotated[int, typer.Option(min=16, help="image size for --task classify")] = 128,
+    seed: int = 0,
+    threads: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=1, help="torch threads (default: all cores)"),
+    ] = None,
+    int8: Annotated[bool, typer.Option(help="also save the INT8 IR (DeepPCB)")] = True,
+    version: Annotated[Optional[str], typer.Option(help="model version name")] = None,  # noqa: UP045
+    config: ConfigOption = None,
+) -> None:
+    """Train a classifier, calibrate it and register it (OpenVINO IR, FP32 and INT8).
+
+    With --data on DeepPCB: region crops from the ROI stage labelled by overlap with the
+    annotations, validation on held-out board groups, thresholds for board-level FNR ≤ 0.1 %.
+    With --data on a folder of <class>_<n>.jpg images (NEU-DET): a multi-class classifier
+    with a stratified 20 % hold-out, registered under <models_dir>/classify/.
+    """
+    settings = settings_or_exit(config)
+    if task == "auto" and data is not None:
+        from training.deeppcb_model import is_deeppcb
+
+        task = "detect" if is_deeppcb(data) else "classify"
+    arch = arch or ("efficientnet_lite0" if task == "classify" else "small")
+    if arch not in ARCHS:
+        err.print(f"[red]--arch must be one of {', '.join(ARCHS)}, got {arch!r}[/red]")
+        raise typer.Exit(2)
+    if data is None:
+        from training.synthetic_model import train_synthetic
+
+        model_dir = train_synthetic(
+            settings,
+            boards=boards,
+            arch=arch,  # type: ignore[arg-type]
+            epochs=epochs or 8,
+            seed=seed,
+            version=version,
+            console=err,
+        )
+        print(model_dir)
+        return
+    from training.deeppcb_model import train_deeppcb, train_image_folder
+
+    if task == "detect":
+        model_dir = train_deeppcb(
+            settings.model.models_dir,
+            data,
+            split,
+            arch=arch,  # type: ignore[arg-type]
+            epochs=epochs or 10,
+            seed=seed,
+            threads=threads,
+            version=version,
+            int8=int8,
+            cache_dir=settings.work_dir / "cache",
+            console=err,
+        )
+    elif task == "classify":
+        model_dir = train_image_folder(
+            settings.model.models_dir / "classify",
+            data,
+            arch=arch,  # type: ignore[arg-type]
+            epochs=epochs or 10,
+            size=size,
+            seed=seed,
+            threads=threads,
+            version=version,
+            console=err,
+        )
+    else:
+        err.print(f"[red]--task must be auto, detect or classify, got {task!r}[/red]")
+        raise typer.Exit(2)
+    print(model_dir)
+
+
+def calibrate(
+    data: DataOption,
+    split: SplitOption = None,
+    model: ModelOption = "latest",
+    target_fnr: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.001,
+    seed: int = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Re-choose a model's thresholds on labelled data: board-level FNR ≤ target first, then
+    the least review; stored in the model card."""
+    from training.deeppcb_model import calibrate_model
+
+    settings = settings_or_exit(config)
+    model_dir = _model_dir(settings, model)
+    thresholds, rates = calibrate_model(
+        model_dir, data, split, target_fnr=target_fnr, seed=seed, console=err
+    )
+    table = Table(title=f"calibrated {model_dir.name}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in {**thresholds.model_dump(), **rates}.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    err.print(table)
+    print(json.dumps({"thresholds": thresholds.model_dump(), **rates}))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    from training.deeppcb_model import HEADLINE_METRICS
+
+    for key in (*HEADLINE_METRICS, "truths", "images_per_s"):
+        if key in metrics:
+            table.add_row(key, _fmt(metrics[key]))
+    for kind, row in metrics.get("per_class", {}).items():
+        table.add_row(
+            f"{kind}: ap / precision / recall",
+            " / ".join(_fmt(row[k]) for k in ("ap", "precision", "recall")),
+        )
+    for group, row in metrics.get("per_group", {}).items():
+        table.add_row(
+            f"{group}: F / mAP / roi_recall",
+            " / ".join(_fmt(row.get(k)) for k in ("f_score", "map", "roi_recall")),
+        )
+    for group, row in metrics.get("board_rates_cross_group", {}).items():
+        table.add_row(
+            f"{group} (thresholds from the other groups): FNR / FPR / review",
+            " / ".join(_fmt(row[k]) for k in ("board_fnr", "board_fpr", "review_rate")),
+        )
+    return table
+
+
+def evaluate(
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="output folder")],
+    split: SplitOption = None,
+    model: ModelOption = "latest",
+    variant: Annotated[str, typer.Option(help="fp32 | int8 (OpenVINO IR)")] = "fp32",
+    draw: Annotated[int, typer.Option(min=0, help="save pictures of N boards")] = 0,
+    seed: int = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Evaluate a model on labelled pairs (DeepPCB protocol: IoU > 0.33, same type):
+    OUT/detections/<id>.txt, OUT/metrics.json, and with --draw N pictures in OUT/boards/."""
+    from training.deeppcb_model import evaluate_model
+
+    settings = settings_or_exit(config)
+    if variant not in ("fp32", "int8"):
+        err.print(f"[red]--variant must be fp32 or int8, got {variant!r}[/red]")
+        raise typer.Exit(2)
+    model_dir = _model_dir(settings, model)
+    try:
+        metrics = evaluate_model(
+            model_dir, data, split, out, variant=variant, draw=draw, seed=seed, console=err
+        )
+    except FileNotFoundError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    err.print(
+        metrics_table(metrics, f"{model_dir.name} ({variant}) on {', '.join(metrics['groups'])}")
+    )
+    print(
+        json.dumps(
+            {
+                k: metrics[k]
+                for k in ("f_score", "map", "roi_recall", "board_fnr", "review_rate")
+                if k in metrics
+            }
+        )
+    )
+
+
+def quantize(
+    data: DataOption,
+    split: SplitOption = None,
+    model: ModelOption = "latest",
+    seed: int = 0,
+    config: ConfigOption = None,
+) -> None:
+    """(Re)make a DeepPCB model's INT8 IR (NNCF post-training quantization) from crops of the
+    training pairs."""
+    from training.crop_table import build_table, samples_of
+    from training.deeppcb_model import split_deeppcb
+    from training.quantize import quantize_int8
+
+    settings = settings_or_exit(config)
+    model_dir = _model_dir(settings, model)
+    samples = samples_of(data)
+    train_s, _ = split_deeppcb(samples, data, split)
+    table = build_table(data, train_s, seed=seed, cache_dir=settings.work_dir / "cache")
+    print(quantize_int8(model_dir, table.crops, seed=seed))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the model commands to the main CLI."""
+    app.command()(train)
+    app.command()(calibrate)
+    app.command()(evaluate)
+    app.command()(quantize)

@@ -1,0 +1,138 @@
+"""Where verdicts land besides the results topic: the PostgreSQL audit store and Redis.
+
+The audit insert is idempotent on the event id (ON CONFLICT DO NOTHING), so a redelivered
+event never doubles a row; Redis counters move only when the row was new, so they do not
+double either. Redis is a cache of live counters, rebuildable from the audit store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import Engine
+
+from infra.db import make_engine, verdicts
+from infra.stats import audit_sampled
+from schemas.events import Verdict, VerdictLabel
+
+
+class AuditStore:
+    def __init__(self, url: str, audit_rate: float = 0.0) -> None:
+        self.engine: Engine = make_engine(url)
+        self.audit_rate = audit_rate
+
+    def _row(self, verdict: Verdict, partition: int | None, offset: int | None) -> dict[str, Any]:
+        return {
+            "event_id": verdict.event_id,
+            "line": verdict.line,
+            "machine": verdict.machine,
+            "product": verdict.product,
+            "board_serial": verdict.board_serial,
+            "verdict": verdict.verdict.value,
+            "board_score": verdict.board_score,
+            "n_regions": len(verdict.regions),
+            "regions": [r.model_dump(mode="json") for r in verdict.regions],
+            "roi_method": verdict.roi_method,
+            "model_version": verdict.model_version,
+            "threshold_version": verdict.threshold_version,
+            "decode_ms": verdict.timings.decode_ms,
+            "roi_ms": verdict.timings.roi_ms,
+            "classify_ms": verdict.timings.classify_ms,
+            "total_ms": verdict.timings.total_ms,
+            "explain_ms": verdict.timings.explain_ms,
+            "explanation_uri": verdict.explanation_uri,
+            "worker": verdict.worker,
+            "source_partition": partition,
+            "source_offset": offset,
+            "inspected_at": verdict.inspected_at,
+            "decided_at": verdict.decided_at,
+            # automatic decisions are sampled for audit review, deterministically by event id
+            "audit_sampled": verdict.verdict is not VerdictLabel.REVIEW
+            and audit_sampled(verdict.event_id, self.audit_rate),
+            "audit_rate": self.audit_rate,
+        }
+
+    def record_many(self, items: Sequence[tuple[Verdict, int | None, int | None]]) -> set[str]:
+        """Insert the audit rows of (verdict, partition, offset) in one statement and one
+        transaction; return the event ids that were new (a redelivered event is not)."""
+        if not items:
+            return set()
+        rows = {v.event_id: self._row(v, p, o) for v, p, o in items}  # one row per event id
+        stmt = (
+            insert(verdicts)
+            .values(list(rows.values()))
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(verdicts.c.event_id)
+        )
+        with self.engine.begin() as conn:
+            return set(conn.execute(stmt).scalars())
+
+    def record(
+        self, verdict: Verdict, partition: int | None = None, offset: int | None = None
+    ) -> bool:
+        """Insert the verdict's audit row; False when the event already had one."""
+        return bool(self.record_many([(verdict, partition, offset)]))
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(verdicts)).scalar_one())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class LiveStats:
+    """Rolling counters per line and verdict, in time buckets that expire after the window."""
+
+    BUCKET_S = 60
+
+    def __init__(self, url: str, prefix: str = "linecheck", window_s: int = 3600) -> None:
+        self.client = redis.Redis.from_url(url, decode_responses=True)
+        self.prefix = prefix
+        self.window_s = window_s
+
+    def _bucket(self, at: datetime) -> int:
+        return int(at.timestamp()) // self.BUCKET_S * self.BUCKET_S
+
+    def record(self, verdict: Verdict) -> None:
+        self.record_many([verdict], [])
+
+    def record_many(self, verdicts: Sequence[Verdict], deadletter_stages: Sequence[str]) -> None:
+        """Count new verdicts and dead letters in one round trip (a MULTI/EXEC pipeline)."""
+        if not verdicts and not deadletter_stages:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        for verdict in verdicts:
+            key = f"{self.prefix}:verdicts:{verdict.line}:{self._bucket(verdict.decided_at)}"
+            pipe.hincrby(key, verdict.verdict.value, 1)
+            pipe.hincrby(key, "boards", 1)
+            pipe.expire(key, self.window_s + self.BUCKET_S)
+            pipe.hincrby(f"{self.prefix}:totals", verdict.verdict.value, 1)
+        for stage in deadletter_stages:
+            pipe.hincrby(f"{self.prefix}:deadletters", stage, 1)
+        pipe.execute()
+
+    def record_deadletter(self, stage: str) -> None:
+        self.record_many([], [stage])
+
+    def window(self, line: str, now: datetime | None = None) -> dict[str, int]:
+        """Counts per verdict over the rolling window ending at `now`."""
+        end = self._bucket(now or datetime.now(UTC))
+        totals: dict[str, int] = {}
+        for bucket in range(end - self.window_s + self.BUCKET_S, end + 1, self.BUCKET_S):
+            for field, value in self.client.hgetall(
+                f"{self.prefix}:verdicts:{line}:{bucket}"
+            ).items():
+                totals[str(field)] = totals.get(str(field), 0) + int(value)
+        return totals
+
+    def totals(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self.client.hgetall(f"{self.prefix}:totals").items()}
+
+    def close(self) -> None:
+        self.client.close()

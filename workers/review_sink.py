@@ -1,0 +1,273 @@
+"""The review sink: a FastStream app that closes the quality loop (`linecheck review-sink`).
+
+- boards.reviews: review outcomes joined with verdicts in PostgreSQL (`ReviewStore`); a bad
+  or untrustworthy outcome goes to boards.deadletter with the reason;
+- boards.verdicts: every verdict feeds the label-free drift windows (Redis);
+- boards.deadletter: kept in the `deadletters` table for the operations dashboard.
+Alerts go to boards.alerts and the `alerts` table. Handlers are thin: `QualitySink` holds
+the logic, and tests call it directly. Run one instance (the drift windows are per line).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import anyio
+import redis
+from faststream import AckPolicy, FastStream
+from faststream.confluent import KafkaBroker, KafkaMessage
+from faststream.message import StreamMessage
+from pydantic import ValidationError
+
+from infra.settings import Settings
+from schemas.events import Alert, DeadLetter, ReviewOutcome, Verdict, VerdictLabel
+from workers.drift import BoardObservation, DriftMonitor, LabelObservation
+from workers.inspector import _is_json_error, _validation_reason, default_worker_name
+from workers.review_store import OutcomeResult, QualityStore, ReviewRejected
+
+log = logging.getLogger("linecheck.review_sink")
+
+
+async def _raw_body(msg: StreamMessage[Any]) -> bytes:
+    return bytes(msg.body)
+
+
+def card_baselines(settings: Settings) -> Callable[[str], tuple[float, float]]:
+    """model version → (FNR, FPR) baseline: the model card's board-level validation metrics
+    when it has them (`board_fnr`/`board_fpr` at the top, under `val` as `linecheck train
+    --data` writes them, or `board: {fnr, fpr}`), else the configured baselines."""
+    q = settings.quality
+
+    def pick(metrics: dict[str, Any], key: str, default: float) -> float:
+        for where in (metrics, metrics.get("val"), metrics.get("board")):
+            if isinstance(where, dict):
+                value = where.get(f"board_{key}", where.get(key) if where is not metrics else None)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    return float(value)
+        return default
+
+    @lru_cache(maxsize=32)
+    def lookup(version: str) -> tuple[float, float]:
+        try:
+            from inspection.model.registry import load_card
+
+            metrics = load_card(settings.model.models_dir / version).metrics
+        except (FileNotFoundError, ValueError):  # no card for that version here
+            return q.baseline_fnr, q.baseline_fpr
+        return pick(metrics, "fnr", q.baseline_fnr), pick(metrics, "fpr", q.baseline_fpr)
+
+    return lookup
+
+
+@dataclass
+class ReviewHandled:
+    result: OutcomeResult | None = None
+    deadletter: DeadLetter | None = None
+    alerts: list[Alert] = field(default_factory=list)
+
+
+class QualitySink:
+    def __init__(self, settings: Settings, worker: str | None = None) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.worker = worker or f"review-sink@{default_worker_name()}"
+        self.store = QualityStore(settings.postgres.url)
+        self.redis = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+        self.prefix = settings.redis.key_prefix
+        self.monitor = DriftMonitor(
+            self.redis,
+            settings.quality,
+            prefix=self.prefix,
+            baselines=card_baselines(settings),
+            references=self.store,
+        )
+
+    def _dead(
+        self, raw: bytes, stage: str, reason: str, event_id: str | None, where: tuple[Any, ...]
+    ) -> DeadLetter:
+        partition, offset, key = where
+        return DeadLetter(
+            source_topic=self.topics.reviews,
+            partition=partition,
+            offset=offset,
+            key=key.decode("utf-8", "replace") if key is not None else None,
+            stage=stage,  # type: ignore[arg-type]
+            reason=reason,
+            event_id=event_id,
+            original_b64=base64.b64encode(raw).decode("ascii"),
+            worker=self.worker,
+        )
+
+    def handle_review(
+        self, raw: bytes, partition: int | None = None, offset: int | None = None,
+        key: bytes | None = None,
+    ) -> ReviewHandled:  # fmt: skip
+        where = (partition, offset, key)
+        try:
+            outcome = ReviewOutcome.model_validate_json(raw)
+        except ValidationError as exc:
+            if _is_json_error(exc):
+                reason = f"message is not valid JSON: {_validation_reason(exc)}"
+                return ReviewHandled(deadletter=self._dead(raw, "decode", reason, None, where))
+            reason = f"not a ReviewOutcome: {_validation_reason(exc)}"
+            return ReviewHandled(deadletter=self._dead(raw, "validate", reason, None, where))
+        try:
+            result = self.store.record(outcome)
+        except ReviewRejected as exc:
+            return ReviewHandled(
+                deadletter=self._dead(raw, "validate", str(exc), outcome.event_id, where)
+            )
+        handled = ReviewHandled(result=result)
+        v = result.verdict
+        if result.status in ("new", "superseded") and v is not None:
+            sampled = v["verdict"] == VerdictLabel.REVIEW.value or bool(v["audit_sampled"])
+            if sampled:  # only the unbiased sample feeds the rolling error rates
+                rate = float(v["audit_rate"])  # type: ignore[arg-type]
+                weight = 1.0 if v["verdict"] == "review" else 1.0 / rate
+                handled.alerts = self.monitor.observe_label(
+                    LabelObservation(
+                        event_id=outcome.event_id,
+                        line=str(v["line"]),
+                        model_version=str(v["model_version"]),
+                        verdict=str(v["verdict"]),
+                        defective=outcome.defective,
+                        weight=weight,
+                        decided_at=v["decided_at"].timestamp(),  # type: ignore[attr-defined]
+                    )
+                )
+        self._keep(handled.alerts)
+        return handled
+
+    def handle_verdict(self, raw: bytes) -> list[Alert]:
+        verdict = Verdict.model_validate_json(raw)  # our own workers' output: errors raise
+        alerts = self.monitor.observe_board(
+            BoardObservation(
+                event_id=verdict.event_id,
+                line=verdict.line,
+                model_version=verdict.model_version,
+                verdict=verdict.verdict.value,
+                score=verdict.board_score,
+                n_regions=len(verdict.regions),
+                decided_at=verdict.decided_at.timestamp(),
+            )
+        )
+        self.redis.incr(f"{self.prefix}:quality:verdicts_seen")
+        self._keep(alerts)
+        return alerts
+
+    def handle_deadletter(self, raw: bytes, partition: int, offset: int) -> None:
+        try:
+            dead = DeadLetter.model_validate_json(raw)
+        except ValidationError:
+            log.error("unreadable dead-letter record at %s/%s: skipped", partition, offset)
+            return
+        self.store.record_deadletter(dead, partition, offset)
+
+    def _keep(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            log.warning("ALERT %s: %s", alert.metric, alert.message)
+            self.store.record_alert(alert)
+
+    def close(self) -> None:
+        self.store.close()
+        self.redis.close()
+
+
+def create_quality_app(settings: Settings, sink: QualitySink | None = None) -> FastStream:
+    topics = settings.topics
+    broker = KafkaBroker(
+        settings.kafka.bootstrap_servers,
+        enable_idempotence=True,
+        acks="all",
+        description="linecheck review sink: review outcomes and verdicts in, alerts out",
+    )
+    alerts_out = broker.publisher(topics.alerts, title="alerts", schema=Alert)
+    dead_out = broker.publisher(topics.deadletter, title="deadletter", schema=DeadLetter)
+    state: dict[str, QualitySink] = {}
+    if sink is not None:
+        state["sink"] = sink
+    assigned: set[str] = set()
+    ready_file = settings.worker.ready_file
+    group = f"{settings.kafka.group_id}-quality"
+
+    def on_assign_for(name: str) -> Any:
+        def on_assign(consumer: Any, partitions: list[Any]) -> None:
+            if partitions:
+                assigned.add(name)
+            if len(assigned) == 3 and ready_file is not None:
+                ready_file.parent.mkdir(parents=True, exist_ok=True)
+                ready_file.touch()
+
+        return on_assign
+
+    common: dict[str, Any] = dict(
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        session_timeout_ms=settings.kafka.session_timeout_ms,
+        max_poll_interval_ms=settings.kafka.max_poll_interval_ms,
+        heartbeat_interval_ms=max(1000, settings.kafka.session_timeout_ms // 4),
+        decoder=_raw_body,
+    )
+
+    @broker.subscriber(
+        topics.reviews, group_id=f"{group}-reviews", on_assign=on_assign_for("reviews"),
+        title="reviews", description="ReviewOutcome from operators and the MES", **common,
+    )  # fmt: skip
+    async def on_review(body: bytes, msg: KafkaMessage) -> None:
+        raw = msg.raw_message
+        assert not isinstance(raw, tuple)
+        handled = await anyio.to_thread.run_sync(
+            state["sink"].handle_review, body, raw.partition(), raw.offset(), raw.key()
+        )
+        if handled.deadletter is not None:
+            log.warning("review dead-lettered: %s", handled.deadletter.reason)
+            await dead_out.publish(handled.deadletter, key=raw.key())
+        for alert in handled.alerts:
+            await alerts_out.publish(alert, key=alert.line.encode())
+
+    @broker.subscriber(
+        topics.verdicts, group_id=f"{group}-verdicts", on_assign=on_assign_for("verdicts"),
+        title="verdicts", description="Verdicts: the label-free drift windows", **common,
+    )  # fmt: skip
+    async def on_verdict(body: bytes) -> None:
+        alerts = await anyio.to_thread.run_sync(state["sink"].handle_verdict, body)
+        for alert in alerts:
+            await alerts_out.publish(alert, key=alert.line.encode())
+
+    @broker.subscriber(
+        topics.deadletter, group_id=f"{group}-deadletters",
+        on_assign=on_assign_for("deadletters"), title="deadletters",
+        description="Dead letters, kept for the operations dashboard", **common,
+    )  # fmt: skip
+    async def on_deadletter(body: bytes, msg: KafkaMessage) -> None:
+        raw = msg.raw_message
+        assert not isinstance(raw, tuple)
+        await anyio.to_thread.run_sync(
+            state["sink"].handle_deadletter, body, raw.partition() or 0, raw.offset() or 0
+        )
+
+    app = FastStream(broker)
+
+    @app.on_startup
+    async def _start() -> None:
+        if "sink" not in state:
+            from infra.db import upgrade
+            from infra.kafka_admin import ensure_topics
+
+            await anyio.to_thread.run_sync(upgrade, settings.postgres.url)
+            await anyio.to_thread.run_sync(
+                ensure_topics, settings.kafka.bootstrap_servers, topics, settings.kafka.partitions
+            )
+            state["sink"] = QualitySink(settings, settings.worker.name)
+
+    @app.after_shutdown
+    async def _close() -> None:
+        if "sink" in state:
+            state["sink"].close()
+
+    return app
