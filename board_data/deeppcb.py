@@ -15,7 +15,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from schemas.events import Box, DefectType, GroundTruth
@@ -35,6 +34,8 @@ class DeepPcbSample:
 
 
 def _read_gray(path: Path) -> np.ndarray:
+    import cv2  # lazily: listing and parsing a data set needs no OpenCV
+
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise ValueError(f"cannot read image {path}")

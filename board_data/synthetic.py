@@ -10,20 +10,15 @@ pixels plus a 10 px margin. Everything is deterministic from (seed, index).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import cv2
 import numpy as np
 
-from schemas.events import Box, DefectType, GroundTruth
-
-COPPER = 0
-BACKGROUND = 255
-BOX_MARGIN_PX = 10  # DeepPCB's annotations extend ~10 px beyond the defect on every side
-
-_DIRS = ((1, 0), (0, 1), (1, 1), (1, -1))  # crossing directions, and their opposites
+from board_data.scan import BACKGROUND, COPPER, ScanConditions, misregister, scan_image
+from board_data.synthetic_defects import DefectPainter
+from schemas.events import DefectType, GroundTruth
 
 
 @dataclass(frozen=True)
@@ -37,22 +32,6 @@ class SyntheticBoard:
     @property
     def defective(self) -> bool:
         return bool(self.defects)
-
-
-@dataclass(frozen=True)
-class ScanConditions:
-    """What a line-scan camera does to a board, between board and template."""
-
-    max_shift_px: float = 2.0
-    """misregistration: uniform shift in each axis, up to this"""
-    max_rotation_deg: float = 0.3
-    """misregistration: uniform rotation about the centre, up to this"""
-    blur_sigma: float = 0.8
-    """optics blur before binarisation: rounds corners, roughens edges with the noise below"""
-    edge_noise: float = 25.0
-    """grey-level noise (std) added before binarisation: jagged edges like DeepPCB's"""
-    noise: float = 0.002
-    """share of pixels flipped as salt-and-pepper speckle after binarisation"""
 
 
 @dataclass
@@ -166,178 +145,6 @@ def _make_design(size: int, rng: np.random.Generator) -> np.ndarray:
     return np.where(image < 128, COPPER, BACKGROUND).astype(np.uint8)  # binary, like DeepPCB
 
 
-class _Defects:
-    """Puts defects on a binary copper mask (True = copper), one at a time, apart."""
-
-    def __init__(self, copper: np.ndarray, rng: np.random.Generator) -> None:
-        self.cu = copper
-        self.rng = rng
-        self.size = copper.shape[0]
-        u8 = copper.astype(np.uint8)
-        self.dist_in = cv2.distanceTransform(u8, cv2.DIST_L2, 3)  # depth inside copper
-        self.dist_out = cv2.distanceTransform(1 - u8, cv2.DIST_L2, 3)  # distance to copper
-        _, self.parts = cv2.connectedComponents(u8, connectivity=8)
-        self.busy = np.zeros_like(u8)  # areas taken by earlier defects (with spacing)
-
-    def _pick(self, where: np.ndarray) -> tuple[int, int] | None:
-        m = 24  # keep defects off the border so their boxes stay whole-ish
-        where = where.copy()
-        where[:m], where[-m:], where[:, :m], where[:, -m:] = False, False, False, False
-        ys, xs = np.nonzero(where & (self.busy == 0))
-        if len(xs) == 0:
-            return None
-        i = int(self.rng.integers(len(xs)))
-        return int(xs[i]), int(ys[i])
-
-    def _run(self, x: int, y: int, dx: int, dy: int, copper: bool, limit: int) -> int:
-        """Steps from (x, y) along (dx, dy) while the pixel stays `copper` (up to limit)."""
-        n = 0
-        while n < limit:
-            u, v = x + (n + 1) * dx, y + (n + 1) * dy
-            if not (0 <= u < self.size and 0 <= v < self.size) or self.cu[v, u] != copper:
-                break
-            n += 1
-        return n
-
-    def _commit(self, new: np.ndarray) -> Box | None:
-        changed = new != self.cu
-        if changed.sum() < 12:
-            return None
-        ys, xs = np.nonzero(changed)
-        x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-        if max(x2 - x1, y2 - y1) > 60:
-            return None  # DeepPCB defects are small; a big change is a bad draw
-        m = BOX_MARGIN_PX
-        cv2.rectangle(self.busy, (x1 - 2 * m, y1 - 2 * m), (x2 + 2 * m, y2 + 2 * m), 1, -1)
-        self.cu = new
-        s = self.size
-        return Box(x1=max(0, x1 - m), y1=max(0, y1 - m), x2=min(s, x2 + m), y2=min(s, y2 + m))
-
-    def _draw(self, fn: Callable[[np.ndarray], object], value: bool) -> np.ndarray:
-        m = np.zeros(self.cu.shape, np.uint8)
-        fn(m)
-        new = self.cu.copy()
-        new[m > 0] = value
-        return new
-
-    def open(self) -> Box | None:
-        # a trace centre line: deep enough to be copper, shallow enough to be a trace
-        p = self._pick((self.dist_in >= 2.5) & (self.dist_in <= 8))
-        if p is None:
-            return None
-        x, y = p
-        # the crossing direction is the one with the shortest copper run through p
-        runs = [
-            (self._run(x, y, dx, dy, True, 30), self._run(x, y, -dx, -dy, True, 30), dx, dy)
-            for dx, dy in _DIRS
-        ]
-        a, b, dx, dy = min(runs, key=lambda r: r[0] + r[1])
-        if a + b > 24:
-            return None
-        gap = int(self.rng.integers(3, 9))
-        p0 = (x - (a + 2) * dx, y - (a + 2) * dy)
-        p1 = (x + (b + 2) * dx, y + (b + 2) * dy)
-        return self._commit(self._draw(lambda m: cv2.line(m, p0, p1, 1, gap), False))
-
-    def short(self) -> Box | None:
-        # a narrow gap between two different conductors, bridged across; most picks are
-        # near one conductor only, so try a few
-        gaps = (self.dist_out >= 1.5) & (self.dist_out <= 9)
-        for _ in range(12):
-            p = self._pick(gaps)
-            if p is None:
-                return None
-            box = self._bridge(*p)
-            if box is not None:
-                return box
-        return None
-
-    def _bridge(self, x: int, y: int) -> Box | None:
-        best = None
-        for dx, dy in _DIRS:
-            a = self._run(x, y, -dx, -dy, False, 24)
-            b = self._run(x, y, dx, dy, False, 24)
-            u0, v0 = x - (a + 1) * dx, y - (a + 1) * dy
-            u1, v1 = x + (b + 1) * dx, y + (b + 1) * dy
-            inside = all(0 <= t < self.size for t in (u0, v0, u1, v1))
-            if not inside or a >= 24 or b >= 24:
-                continue
-            if self.parts[v0, u0] != self.parts[v1, u1] and (best is None or a + b < best[0]):
-                best = (a + b, (u0, v0), (u1, v1))
-        if best is None:
-            return None
-        _, p0, p1 = best
-        width = int(self.rng.integers(2, 7))
-        return self._commit(self._draw(lambda m: cv2.line(m, p0, p1, 1, width), True))
-
-    def _edge_normal(self, x: int, y: int) -> tuple[float, float] | None:
-        """Unit vector from copper towards the substrate at an edge point."""
-        dirs = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if dx or dy]
-        free = [(self._run(x, y, dx, dy, False, 30), dx, dy) for dx, dy in dirs]
-        n, dx, dy = max(free)
-        if n < 12:
-            return None
-        norm = float(np.hypot(dx, dy))
-        return dx / norm, dy / norm
-
-    def mousebite(self) -> Box | None:
-        p = self._pick((self.dist_in >= 0.5) & (self.dist_in <= 1.5))
-        if p is None:
-            return None
-        normal = self._edge_normal(*p)
-        if normal is None:
-            return None
-        x, y = p
-        tx, ty = -normal[1], normal[0]  # along the edge
-
-        def bites(m: np.ndarray) -> None:
-            for _ in range(int(self.rng.integers(1, 4))):
-                t = self.rng.uniform(-6, 6)
-                r = int(self.rng.integers(3, 7))  # ≥ 3 px deep: shallower ones vanish in the scan
-                c = (round(x + t * tx), round(y + t * ty))
-                cv2.circle(m, c, r, 1, -1)
-
-        return self._commit(self._draw(bites, False))
-
-    def spur(self) -> Box | None:
-        p = self._pick((self.dist_in >= 0.5) & (self.dist_in <= 1.5))
-        if p is None:
-            return None
-        normal = self._edge_normal(*p)
-        if normal is None:
-            return None
-        x, y = p
-        length = self.rng.uniform(6, 13)
-        # a little sideways lean, as real spurs rarely stick out square
-        lean = self.rng.uniform(-0.5, 0.5)
-        ex = x + length * (normal[0] - lean * normal[1])
-        ey = y + length * (normal[1] + lean * normal[0])
-        width = int(self.rng.integers(3, 5))
-        end = (round(ex), round(ey))
-        return self._commit(self._draw(lambda m: cv2.line(m, (x, y), end, 1, width), True))
-
-    def copper(self) -> Box | None:
-        p = self._pick(self.dist_out >= 16)
-        if p is None:
-            return None
-        axes = (int(self.rng.integers(2, 9)), int(self.rng.integers(2, 6)))
-        angle = float(self.rng.uniform(0, 180))
-        return self._commit(
-            self._draw(lambda m: cv2.ellipse(m, p, axes, angle, 0, 360, 1, -1), True)
-        )
-
-    def pin_hole(self) -> Box | None:
-        r = int(self.rng.integers(2, 6))
-        p = self._pick(self.dist_in >= r + 4)
-        if p is None:
-            return None
-        axes = (r, max(2, r - int(self.rng.integers(0, 2))))
-        angle = float(self.rng.uniform(0, 180))
-        return self._commit(
-            self._draw(lambda m: cv2.ellipse(m, p, axes, angle, 0, 360, 1, -1), False)
-        )
-
-
 class BoardGenerator:
     """Deterministic source of synthetic boards: `board(i)` is the same for the same seed."""
 
@@ -397,33 +204,18 @@ class BoardGenerator:
         d = int(rng.integers(self.n_designs))
         tid = self.template_ids[d]
         template = self.template(tid)
-        copper = self._misregister(template, rng) < 128
+        copper = misregister(template, rng, self.scan) < 128
         defective = rng.random() < self.defect_rate
         truths: list[GroundTruth] = []
         if defective:
             copper, truths = self._add_defects(copper, int(rng.integers(3, 13)), rng)
-        image = self._scan(copper, rng)
+        image = scan_image(np.where(copper, COPPER, BACKGROUND), rng, self.scan)
         return SyntheticBoard(image, template, tuple(truths), tid, f"SYN-{self.seed}-{d}")
-
-    def _misregister(self, template: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        sc = self.scan
-        dx, dy = rng.uniform(-sc.max_shift_px, sc.max_shift_px, size=2)
-        angle = rng.uniform(-sc.max_rotation_deg, sc.max_rotation_deg)
-        c = (self.size - 1) / 2
-        m = cv2.getRotationMatrix2D((c, c), angle, 1.0)
-        m[:, 2] += (dx, dy)
-        return cv2.warpAffine(
-            template,
-            m,
-            (self.size, self.size),
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
 
     def _add_defects(
         self, copper: np.ndarray, n: int, rng: np.random.Generator
     ) -> tuple[np.ndarray, list[GroundTruth]]:
-        defects = _Defects(copper, rng)
+        defects = DefectPainter(copper, rng)
         makers = {
             DefectType.OPEN: defects.open,
             DefectType.SHORT: defects.short,
@@ -441,16 +233,3 @@ class BoardGenerator:
             if box is not None:
                 truths.append(GroundTruth(box, kind))
         return defects.cu, truths
-
-    def _scan(self, copper: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        sc = self.scan
-        grey: np.ndarray = np.where(copper, COPPER, BACKGROUND).astype(np.float32)
-        if sc.blur_sigma > 0:
-            grey = cv2.GaussianBlur(grey, (0, 0), sc.blur_sigma)
-        if sc.edge_noise > 0:
-            grey += rng.normal(0.0, sc.edge_noise, grey.shape).astype(np.float32)
-        image = np.where(grey < 128, COPPER, BACKGROUND).astype(np.uint8)
-        if sc.noise > 0:
-            flip = rng.random(image.shape) < sc.noise
-            image[flip] = BACKGROUND - image[flip]
-        return image

@@ -11,7 +11,11 @@ from inspection.model.labels import CLASSES
 from inspection.roi import RoiParams, align_template
 from schemas.events import Box, DefectType, GroundTruth
 
-__all__ = ["CLASSES", "label_candidates", "make_crops"]
+__all__ = ["CLASSES", "CROP_SIZE", "label_candidates", "make_crops"]
+
+CROP_SIZE = 64
+"""Side of a classifier crop in pixels, for models trained on boards (a model card records
+the size its model takes: ``ModelCard.input_size``)."""
 
 
 def _square(box: Box, context: float) -> tuple[int, int, int]:
@@ -25,7 +29,7 @@ def make_crops(
     image: np.ndarray,
     template: np.ndarray | None,
     boxes: Sequence[Box],
-    size: int = 64,
+    size: int = CROP_SIZE,
     context: float = 0.25,
     params: RoiParams = RoiParams(),
     aligned: bool = False,

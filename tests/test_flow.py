@@ -14,7 +14,7 @@ from infra.images import encode_png
 from infra.kafka_admin import ensure_topics, read_topic
 from infra.object_store import ObjectStore
 from infra.settings import Settings
-from linecheck.demo import start_workers, stop_workers
+from linecheck.processes import start_workers, stop_workers
 from producers.publisher import BoardPublisher
 from producers.simulator import publish_boards, synthetic_samples
 from schemas.events import DeadLetter, Verdict

@@ -14,8 +14,8 @@ from infra.db import make_engine, review_outcome_history, verdicts
 from infra.kafka_admin import ensure_topics, read_topic
 from infra.settings import Settings
 from infra.stats import audit_sampled
-from linecheck.demo import start_review_sink, stop_workers, wait_ready
-from linecheck.review_queue import publish_outcomes
+from linecheck.processes import start_review_sink, stop_workers, wait_ready
+from producers.review_outcomes import publish_outcomes
 from schemas.events import DeadLetter, DefectType, ReviewOutcome, StageTimings, Verdict
 from tests.helpers import wait_until
 from workers.audit_sink import AuditStore

@@ -1,10 +1,15 @@
-"""Board-level thresholds from validation scores: a target FNR first, then the least review."""
+"""Board-level thresholds from validation scores: a target FNR first, then the least review
+(``calibrate_thresholds``); ``calibrate_model`` re-chooses a registered model's thresholds on
+labelled DeepPCB-layout data (``linecheck calibrate``)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from rich.console import Console
 
 from inspection.model.registry import Thresholds
 
@@ -47,3 +52,36 @@ def calibrate_thresholds(
         threshold_version=f"cal-{stamp}",
         target_fnr=target_fnr,
     )
+
+
+def calibrate_model(
+    model_dir: Path,
+    data: Path,
+    split_file: Path | None = None,
+    *,
+    target_fnr: float = 0.001,
+    seed: int = 0,
+    threads: int | None = None,
+    console: Console | None = None,
+) -> tuple[Thresholds, dict[str, Any]]:
+    """Re-choose a registered model's thresholds on labelled DeepPCB-layout data and store
+    them in its card (never in the graph). Returns the thresholds and the rates they give."""
+    from inspection.backends import load_classifier
+    from inspection.model.registry import load_card, update_card
+    from training.scoring import board_arrays, board_rates, score_pairs
+    from training.splits import eval_samples, model_val_groups
+
+    console = console or Console(stderr=True)
+    samples = eval_samples(data, split_file, model_val_groups(load_card(model_dir)))
+    classifier = load_classifier(model_dir, backend="openvino", threads=threads)
+    results = score_pairs(samples, classifier, console, seed=seed)
+    scores, defective = board_arrays(results)
+    thresholds = calibrate_thresholds(scores, defective, target_fnr=target_fnr)
+    rates = board_rates(scores, defective, thresholds)
+    card = load_card(model_dir)
+    metrics = {
+        **card.metrics,
+        "calibration": {"data": str(data), "pairs": len(samples), **rates},
+    }
+    update_card(model_dir, card.model_copy(update={"thresholds": thresholds, "metrics": metrics}))
+    return thresholds, rates

@@ -8,12 +8,12 @@ Per pair (board under test + its template) the rows are:
 - ``TRUTH``: the ground-truth boxes themselves, and ``JITTER``: copies with their edges moved
   a little (ROI boxes never fit an annotation exactly);
 - ``GOOD``: candidates the ROI stage finds on a *good* board, the pair's template moved by a
-  small misregistration and scanner noise (:func:`simulate_good_board`): all "none", the
-  false calls a real line produces;
+  small misregistration and scanner noise (:func:`board_data.scan.simulate_good_board`): all
+  "none", the false calls a real line produces;
 - ``RANDOM``: random defect-free squares ("none").
 
 Crops are made through the serving path (:func:`inspection.crops.make_crops` on the template
-aligned as the ROI stage aligns it), so training and serving see the same pixels.
+the ROI stage aligned), so training and serving see the same pixels.
 """
 
 from __future__ import annotations
@@ -24,67 +24,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from board_data.deeppcb import DeepPcbSample, iter_samples, read_split
-from inspection.crops import label_candidates, make_crops
-from inspection.roi import RoiParams, align_template, boxes_from_mask, difference_mask
+from board_data.deeppcb import DeepPcbSample
+from board_data.scan import simulate_good_board
+from inspection.crops import CROP_SIZE, label_candidates, make_crops
+from inspection.roi import RoiParams, find_regions_aligned
 from schemas.events import Box, GroundTruth
+from training.splits import samples_of
 
 CANDIDATE, TRUTH, JITTER, GOOD, RANDOM = 0, 1, 2, 3, 4
 KINDS = ("candidate", "truth", "jitter", "good", "random")
-CACHE_VERSION = "deeppcb-crops-v1"
-DEFAULT_VAL_GROUPS = ("group13000", "group92000")
-"""Held-out board designs when no split file is given (309 of the 1,000 pairs)."""
-
-
-def simulate_good_board(
-    template: np.ndarray,
-    rng: np.random.Generator,
-    max_shift_px: float = 1.5,
-    max_rotation_deg: float = 0.2,
-    blur_sigma: float = 0.7,
-    edge_noise: float = 20.0,
-    jpeg_quality: int = 90,
-) -> np.ndarray:
-    """A defect-free board as a scanner would deliver it: the template moved by a sub-pixel
-    shift and a small rotation, blurred, edge-noised, re-binarised and JPEG-encoded (DeepPCB's
-    images are binarised JPEGs). Same shape and dtype as ``template``."""
-    h, w = template.shape
-    angle = float(rng.uniform(-max_rotation_deg, max_rotation_deg))
-    m = np.asarray(cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0), np.float64)
-    m[:, 2] = m[:, 2] + rng.uniform(-max_shift_px, max_shift_px, size=2)
-    moved = np.asarray(
-        cv2.warpAffine(
-            template, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        ),
-        np.float32,
-    )
-    if blur_sigma > 0:
-        moved = np.asarray(cv2.GaussianBlur(moved, (0, 0), blur_sigma), np.float32)
-    moved = moved + rng.normal(0.0, edge_noise, size=moved.shape).astype(np.float32)
-    binary = np.where(moved > 127.5, 255, 0).astype(np.uint8)
-    ok, jpg = cv2.imencode(".jpg", binary, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-    if not ok:  # pragma: no cover - OpenCV always encodes a uint8 image
-        raise RuntimeError("JPEG encoding failed")
-    decoded = np.asarray(cv2.imdecode(jpg, cv2.IMREAD_GRAYSCALE), np.uint8)
-    return decoded
-
-
-def regions(
-    image: np.ndarray, template: np.ndarray, params: RoiParams = RoiParams()
-) -> tuple[np.ndarray, list[Box]]:
-    """(aligned template, candidate boxes): the ROI stage's answer, aligning only once."""
-    aligned = align_template(image, template, params)
-    return aligned, boxes_from_mask(difference_mask(image, aligned, params), params)
-
-
-def crops_for(
-    image: np.ndarray, aligned: np.ndarray, boxes: Sequence[Box], size: int = 64
-) -> np.ndarray:
-    """Crops of ``boxes`` against an already aligned template (as make_crops would make them)."""
-    return make_crops(image, aligned, boxes, size=size, params=RoiParams(align=False))
+CACHE_VERSION = "deeppcb-crops-v2"  # v2: good boards scanned by board_data.scan
 
 
 def jitter_box(box: Box, rng: np.random.Generator, shape: tuple[int, int], amount: float) -> Box:
@@ -156,7 +107,7 @@ class CropTable:
 def pair_rows(
     sample: DeepPcbSample,
     rng: np.random.Generator,
-    size: int = 64,
+    size: int = CROP_SIZE,
     jitters: int = 2,
     random_negatives: int = 2,
     params: RoiParams = RoiParams(),
@@ -164,7 +115,7 @@ def pair_rows(
     """(crops, labels, kinds, boxes) of one DeepPCB pair (see the module's docstring)."""
     image, template = sample.load()
     truths: list[GroundTruth] = list(sample.truths)
-    aligned, candidates = regions(image, template, params)
+    candidates, aligned = find_regions_aligned(image, template, params)
     labels = label_candidates(candidates, truths)
     boxes: list[Box] = list(candidates)
     kinds = [CANDIDATE] * len(candidates)
@@ -181,20 +132,14 @@ def pair_rows(
     boxes += rand
     labels += [0] * len(rand)
     kinds += [RANDOM] * len(rand)
-    crops = [crops_for(image, aligned, boxes, size)]
+    crops = [make_crops(image, aligned, boxes, size, aligned=True)]
     good = simulate_good_board(template, rng)
-    good_aligned, good_boxes = regions(good, template, params)
-    crops.append(crops_for(good, good_aligned, good_boxes, size))
+    good_boxes, good_aligned = find_regions_aligned(good, template, params)
+    crops.append(make_crops(good, good_aligned, good_boxes, size, aligned=True))
     boxes += good_boxes
     labels += [0] * len(good_boxes)
     kinds += [GOOD] * len(good_boxes)
     return np.concatenate(crops), labels, kinds, boxes
-
-
-def samples_of(root: Path) -> list[DeepPcbSample]:
-    root = Path(root)
-    split = root / "trainval.txt"
-    return read_split(root, split) if split.is_file() else list(iter_samples(root))
 
 
 def _cache_key(root: Path, samples: Sequence[DeepPcbSample], size: int, seed: int) -> str:
@@ -213,7 +158,7 @@ def _cache_key(root: Path, samples: Sequence[DeepPcbSample], size: int, seed: in
 def build_table(
     root: Path,
     samples: Sequence[DeepPcbSample] | None = None,
-    size: int = 64,
+    size: int = CROP_SIZE,
     seed: int = 0,
     cache_dir: Path | None = Path(".linecheck/cache"),
     progress: Callable[[int, int], None] | None = None,

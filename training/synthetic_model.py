@@ -15,15 +15,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rich.console import Console
 
-from infra.progress import new_progress
+from infra.progress import progress_bar
 from infra.settings import Settings
+from inspection.crops import CROP_SIZE
 
 if TYPE_CHECKING:
     from board_data.synthetic import BoardGenerator, SyntheticBoard
     from inspection.backends.base import Classifier
     from inspection.model.nets import Arch
-
-CROP_SIZE = 64
 
 
 @dataclass
@@ -59,11 +58,10 @@ def build_crop_set(
 ) -> CropSet:
     rng = np.random.default_rng(seed)
     parts: list[CropSet] = []
-    with new_progress(console) as progress:
-        task = progress.add_task(f"cropping {what} boards", total=len(indices))
+    with progress_bar(console, f"cropping {what} boards", len(indices)) as step:
         for i in indices:
             parts.append(board_crops(gen.board(i), rng, size))
-            progress.advance(task)
+            step()
     return CropSet(
         np.concatenate([p.crops for p in parts]), np.concatenate([p.labels for p in parts])
     )
@@ -78,8 +76,7 @@ def board_scores(
     from inspection.verdict import board_score, region_verdicts
 
     scores, truths = [], []
-    with new_progress(console) as progress:
-        task = progress.add_task("calibrating on held-out boards", total=len(indices))
+    with progress_bar(console, "calibrating on held-out boards", len(indices)) as step:
         for i in indices:
             board = gen.board(i)
             boxes, aligned = find_regions_aligned(board.image, board.template)
@@ -88,7 +85,7 @@ def board_scores(
             )
             scores.append(board_score(region_verdicts(boxes, probs)))
             truths.append(board.defective)
-            progress.advance(task)
+            step()
     return np.asarray(scores), np.asarray(truths)
 
 
@@ -109,7 +106,7 @@ def train_synthetic(
     from inspection.backends.torch_backend import TorchClassifier
     from inspection.model.registry import ModelCard, data_hash, save_model, update_card
     from training.calibration import calibrate_thresholds
-    from training.trainer import train_classifier
+    from training.trainer import train_with_progress
 
     console = console or Console(stderr=True)
     started = time.monotonic()
@@ -122,29 +119,16 @@ def train_synthetic(
         f"{len(train_set.labels)} training crops, {len(val_set.labels)} validation crops; "
         f"class counts {np.bincount(train_set.labels, minlength=7).tolist()}"
     )
-    with new_progress(console) as progress:
-        task = progress.add_task(f"training {arch}", total=epochs)
-
-        def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
-            progress.update(
-                task,
-                completed=epoch,
-                description=(
-                    f"training {arch} · val loss {metrics.get('val_loss', float('nan')):.3f} "
-                    f"acc {metrics.get('val_accuracy', float('nan')):.3f}"
-                ),
-            )
-
-        result = train_classifier(
-            train_set.crops,
-            train_set.labels,
-            val_set.crops,
-            val_set.labels,
-            arch=arch,
-            epochs=epochs,
-            seed=seed,
-            progress=on_epoch,
-        )
+    result = train_with_progress(
+        console,
+        train_set.crops,
+        train_set.labels,
+        val_set.crops,
+        val_set.labels,
+        arch=arch,
+        epochs=epochs,
+        seed=seed,
+    )
     module = result.module
     version = version or time.strftime("syn-%Y%m%d-%H%M%S", time.gmtime())
     card = ModelCard(

@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 from torch import nn
 
+from infra.progress import progress_bar
 from inspection.model.labels import CLASSES
 from inspection.model.nets import Arch, build_model
 from inspection.model.preprocess import preprocess
@@ -277,3 +279,32 @@ def train_classifier(
         )
     finally:
         torch.set_num_threads(old_threads)
+
+
+def train_with_progress(
+    console: Console,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    *,
+    arch: Arch,
+    epochs: int,
+    **kwargs: Any,
+) -> TrainResult:
+    """:func:`train_classifier` with a progress bar on ``console``: one step per epoch,
+    showing the last epoch's validation loss and accuracy."""
+    with progress_bar(console, f"training {arch}", epochs) as step:
+
+        def on_epoch(epoch: int, total: int, row: dict[str, float]) -> None:
+            step(
+                completed=epoch,
+                description=(
+                    f"training {arch} · epoch {epoch} val loss {row['val_loss']:.4f} "
+                    f"acc {row['val_accuracy']:.4f} ({row['seconds']:.0f}s)"
+                ),
+            )
+
+        return train_classifier(
+            train_x, train_y, val_x, val_y, arch=arch, epochs=epochs, progress=on_epoch, **kwargs
+        )

@@ -10,9 +10,10 @@ from schemas.events import FlaggedBoard
 
 
 def asyncapi_document(settings: Settings) -> dict[str, Any]:
-    from workers.inspection_app import create_app
+    from workers.inspection_app import create_inspection_app
 
-    doc: dict[str, Any] = json.loads(create_app(settings).schema.to_specification().to_json())
+    spec = create_inspection_app(settings).schema.to_specification()
+    doc: dict[str, Any] = json.loads(spec.to_json())
     # The handler takes the raw bytes (it validates them itself, so that bad input can be
     # dead-lettered), which FastStream documents as a binary payload: document the
     # FlaggedBoard contract the bytes are validated against instead.

@@ -26,7 +26,8 @@ from infra.settings import Settings
 from schemas.events import DeadLetter, Verdict
 from workers import metrics
 from workers.audit_sink import AuditStore, LiveStats
-from workers.inspector import Inspector, SourceInfo, default_worker_name
+from workers.inspector import Inspector, SourceInfo
+from workers.messages import default_worker_name
 
 log = logging.getLogger("linecheck.worker")
 
@@ -99,7 +100,7 @@ def build_context(settings: Settings) -> WorkerContext:
     )
 
 
-def create_app(settings: Settings, context: WorkerContext | None = None) -> FastStream:
+def create_inspection_app(settings: Settings, context: WorkerContext | None = None) -> FastStream:
     """The worker application; `context` is built at startup unless given (tests)."""
     topics = settings.topics
     broker = KafkaBroker(

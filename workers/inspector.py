@@ -6,12 +6,9 @@ call it directly. The stages never import torch or openvino; the classifier is a
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
-import os
 import re
-import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -28,6 +25,7 @@ from inspection.model.registry import Thresholds
 from inspection.roi import find_regions_aligned, find_regions_recipe
 from inspection.verdict import board_score, decide, region_verdicts
 from schemas.events import DeadLetter, FlaggedBoard, RegionVerdict, StageTimings, Verdict
+from workers.messages import dead_letter, decode_failure, default_worker_name
 
 if TYPE_CHECKING:
     from inspection.explain import Explainer
@@ -35,10 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("linecheck.worker")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
-def default_worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class InspectionError(Exception):
@@ -56,15 +50,6 @@ class SourceInfo:
     partition: int | None = None
     offset: int | None = None
     key: bytes | None = None
-
-
-def _validation_reason(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "(message)"
-        parts.append(f"{where}: {err['msg']}")
-    more = f" (+{exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
-    return "; ".join(parts) + more
 
 
 class Inspector:
@@ -187,24 +172,17 @@ class Inspector:
             event_id = event.event_id
             return self.inspect(event)
         except ValidationError as exc:
-            if _is_json_error(exc):
-                stage, reason = "decode", f"message is not valid JSON: {_validation_reason(exc)}"
-            else:
-                stage, reason = "validate", _validation_reason(exc)
+            stage, reason = decode_failure(exc)
         except InspectionError as exc:
             stage, reason = exc.stage, exc.reason
-        return DeadLetter(
-            source_topic=source.topic,
+        return dead_letter(
+            raw,
+            topic=source.topic,
             partition=source.partition,
             offset=source.offset,
-            key=source.key.decode("utf-8", "replace") if source.key is not None else None,
-            stage=stage,  # type: ignore[arg-type]
+            key=source.key,
+            stage=stage,
             reason=reason,
             event_id=event_id,
-            original_b64=base64.b64encode(raw).decode("ascii"),
             worker=self.worker,
         )
-
-
-def _is_json_error(exc: ValidationError) -> bool:
-    return any(err["type"] == "json_invalid" for err in exc.errors())

@@ -4,13 +4,12 @@
   or untrustworthy outcome goes to boards.deadletter with the reason;
 - boards.verdicts: every verdict feeds the label-free drift windows (Redis);
 - boards.deadletter: kept in the `deadletters` table for the operations dashboard.
-Alerts go to boards.alerts and the `alerts` table. Handlers are thin: `QualitySink` holds
+Alerts go to boards.alerts and the `alerts` table. Handlers are thin: `ReviewSink` holds
 the logic, and tests call it directly. Run one instance (the drift windows are per line).
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,8 +26,8 @@ from pydantic import ValidationError
 from infra.settings import Settings
 from schemas.events import Alert, DeadLetter, ReviewOutcome, Verdict, VerdictLabel
 from workers.drift import BoardObservation, DriftMonitor, LabelObservation
-from workers.inspector import _is_json_error, _validation_reason, default_worker_name
-from workers.review_store import OutcomeResult, QualityStore, ReviewRejected
+from workers.messages import dead_letter, decode_failure, default_worker_name
+from workers.review_store import OutcomeResult, ReviewRejected, ReviewStore
 
 log = logging.getLogger("linecheck.review_sink")
 
@@ -71,12 +70,12 @@ class ReviewHandled:
     alerts: list[Alert] = field(default_factory=list)
 
 
-class QualitySink:
+class ReviewSink:
     def __init__(self, settings: Settings, worker: str | None = None) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.worker = worker or f"review-sink@{default_worker_name()}"
-        self.store = QualityStore(settings.postgres.url)
+        self.store = ReviewStore(settings.postgres.url)
         self.redis = redis.Redis.from_url(settings.redis.url, decode_responses=True)
         self.prefix = settings.redis.key_prefix
         self.monitor = DriftMonitor(
@@ -91,15 +90,15 @@ class QualitySink:
         self, raw: bytes, stage: str, reason: str, event_id: str | None, where: tuple[Any, ...]
     ) -> DeadLetter:
         partition, offset, key = where
-        return DeadLetter(
-            source_topic=self.topics.reviews,
+        return dead_letter(
+            raw,
+            topic=self.topics.reviews,
             partition=partition,
             offset=offset,
-            key=key.decode("utf-8", "replace") if key is not None else None,
-            stage=stage,  # type: ignore[arg-type]
+            key=key,
+            stage=stage,
             reason=reason,
             event_id=event_id,
-            original_b64=base64.b64encode(raw).decode("ascii"),
             worker=self.worker,
         )
 
@@ -111,11 +110,10 @@ class QualitySink:
         try:
             outcome = ReviewOutcome.model_validate_json(raw)
         except ValidationError as exc:
-            if _is_json_error(exc):
-                reason = f"message is not valid JSON: {_validation_reason(exc)}"
-                return ReviewHandled(deadletter=self._dead(raw, "decode", reason, None, where))
-            reason = f"not a ReviewOutcome: {_validation_reason(exc)}"
-            return ReviewHandled(deadletter=self._dead(raw, "validate", reason, None, where))
+            stage, reason = decode_failure(exc)
+            if stage == "validate":
+                reason = f"not a ReviewOutcome: {reason}"
+            return ReviewHandled(deadletter=self._dead(raw, stage, reason, None, where))
         try:
             result = self.store.record(outcome)
         except ReviewRejected as exc:
@@ -178,7 +176,7 @@ class QualitySink:
         self.redis.close()
 
 
-def create_quality_app(settings: Settings, sink: QualitySink | None = None) -> FastStream:
+def create_review_sink_app(settings: Settings, sink: ReviewSink | None = None) -> FastStream:
     topics = settings.topics
     broker = KafkaBroker(
         settings.kafka.bootstrap_servers,
@@ -188,7 +186,7 @@ def create_quality_app(settings: Settings, sink: QualitySink | None = None) -> F
     )
     alerts_out = broker.publisher(topics.alerts, title="alerts", schema=Alert)
     dead_out = broker.publisher(topics.deadletter, title="deadletter", schema=DeadLetter)
-    state: dict[str, QualitySink] = {}
+    state: dict[str, ReviewSink] = {}
     if sink is not None:
         state["sink"] = sink
     assigned: set[str] = set()
@@ -263,7 +261,7 @@ def create_quality_app(settings: Settings, sink: QualitySink | None = None) -> F
             await anyio.to_thread.run_sync(
                 ensure_topics, settings.kafka.bootstrap_servers, topics, settings.kafka.partitions
             )
-            state["sink"] = QualitySink(settings, settings.worker.name)
+            state["sink"] = ReviewSink(settings, settings.worker.name)
 
     @app.after_shutdown
     async def _close() -> None:

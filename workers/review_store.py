@@ -64,6 +64,9 @@ _SAME = ("event_id", "line", "board_serial", "defective", "defect_types", "regio
 
 
 class ReviewStore:
+    """The review sink's tables: outcomes (current and history), dead letters, and the
+    drift monitor's alerts and references (a :class:`workers.drift.ReferenceStore`)."""
+
     def __init__(self, url: str) -> None:
         self.engine: Engine = make_engine(url)
 
@@ -199,13 +202,6 @@ class ReviewStore:
                 ).mappings()
             ]
 
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-class QualityStore(ReviewStore):
-    """ReviewStore plus the drift monitor's tables: alerts and stored references."""
-
     def record_alert(self, alert: Alert) -> bool:
         stmt = (
             insert(alerts)
@@ -259,3 +255,6 @@ class QualityStore(ReviewStore):
         )
         with self.engine.begin() as conn:
             conn.execute(stmt)
+
+    def close(self) -> None:
+        self.engine.dispose()

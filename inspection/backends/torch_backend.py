@@ -7,9 +7,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inspection.model.nets import build_model
+from inspection.model.nets import ClassifierNet, build_model
 from inspection.model.preprocess import preprocess, softmax
-from inspection.model.registry import WEIGHTS_FILE, load_card
+from inspection.model.registry import WEIGHTS_FILE, ModelCard, load_card
+
+
+def load_module(model_dir: Path, card: ModelCard | None = None) -> ClassifierNet:
+    """The folder's ``weights.pt`` in its card's architecture, on the CPU, in eval mode."""
+    model_dir = Path(model_dir)
+    card = card or load_card(model_dir)
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"no torch weights {WEIGHTS_FILE} in {model_dir}")
+    module = build_model(card.arch, len(card.classes), pretrained=False)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    module.load_state_dict(state, strict=True)
+    return module.eval()
 
 
 class TorchClassifier:
@@ -35,13 +48,7 @@ class TorchClassifier:
             if threads < 1:
                 raise ValueError(f"threads must be >= 1, got {threads}")
             torch.set_num_threads(threads)
-        weights = model_dir / WEIGHTS_FILE
-        if not weights.is_file():
-            raise FileNotFoundError(f"no torch weights {WEIGHTS_FILE} in {model_dir}")
-        module = build_model(card.arch, len(card.classes), pretrained=False)
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        module.load_state_dict(state, strict=True)
-        self.module = module.to(dev).eval()
+        self.module = load_module(model_dir, card).to(dev).eval()
 
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:
         x = preprocess(crops, self.input_size)

@@ -87,11 +87,11 @@ def worker(config: ConfigOption = None) -> None:
     """Run one inspection worker (joins the consumer group of the settings)."""
     import asyncio
 
-    from workers.inspection_app import create_app
+    from workers.inspection_app import create_inspection_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = settings_or_exit(config)
-    asyncio.run(create_app(settings).run())
+    asyncio.run(create_inspection_app(settings).run())
 
 
 @app.command()
@@ -107,10 +107,9 @@ def simulate(
     config: ConfigOption = None,
 ) -> None:
     """Publish N flagged boards at a given rate, like a line would."""
-    from rich.progress import Progress
-
     from infra.kafka_admin import ensure_topics
     from infra.object_store import ObjectStore
+    from infra.progress import progress_bar
     from producers.publisher import BoardPublisher
     from producers.simulator import deeppcb_samples, publish_boards, synthetic_samples
 
@@ -130,8 +129,7 @@ def simulate(
         store,
         settings.images.inline_max_bytes,
     )
-    with Progress(console=err) as progress:
-        task = progress.add_task("publishing", total=boards)
+    with progress_bar(err, "publishing", boards) as step:
         done = publish_boards(
             publisher,
             store,
@@ -140,7 +138,7 @@ def simulate(
             rate=rate,
             line=line,
             machine=machine,
-            on_published=lambda n: progress.update(task, completed=n),
+            on_published=lambda n: step(completed=n),
         )
     err.print(f"published {len(done)} boards to {settings.topics.flagged}")
 

@@ -93,7 +93,7 @@ def train(
     """
     settings = settings_or_exit(config)
     if task == "auto" and data is not None:
-        from training.deeppcb_model import is_deeppcb
+        from training.splits import is_deeppcb
 
         task = "detect" if is_deeppcb(data) else "classify"
     arch = arch or ("efficientnet_lite0" if task == "classify" else "small")
@@ -114,7 +114,8 @@ def train(
         )
         print(model_dir)
         return
-    from training.deeppcb_model import train_deeppcb, train_image_folder
+    from training.deeppcb_model import train_deeppcb
+    from training.image_folder_model import train_image_folder
 
     if task == "detect":
         model_dir = train_deeppcb(
@@ -158,7 +159,7 @@ def calibrate(
 ) -> None:
     """Re-choose a model's thresholds on labelled data: board-level FNR ≤ target first, then
     the least review; stored in the model card."""
-    from training.deeppcb_model import calibrate_model
+    from training.calibration import calibrate_model
 
     settings = settings_or_exit(config)
     model_dir = _model_dir(settings, model)
@@ -184,7 +185,7 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
     table = Table(title=title)
     table.add_column("measure")
     table.add_column("value", justify="right")
-    from training.deeppcb_model import HEADLINE_METRICS
+    from training.evaluation import HEADLINE_METRICS
 
     for key in (*HEADLINE_METRICS, "truths", "images_per_s"):
         if key in metrics:
@@ -219,7 +220,7 @@ def evaluate(
 ) -> None:
     """Evaluate a model on labelled pairs (DeepPCB protocol: IoU > 0.33, same type):
     OUT/detections/<id>.txt, OUT/metrics.json, and with --draw N pictures in OUT/boards/."""
-    from training.deeppcb_model import evaluate_model
+    from training.evaluation import evaluate_model
 
     settings = settings_or_exit(config)
     if variant not in ("fp32", "int8"):
@@ -256,9 +257,9 @@ def quantize(
 ) -> None:
     """(Re)make a DeepPCB model's INT8 IR (NNCF post-training quantization) from crops of the
     training pairs."""
-    from training.crop_table import build_table, samples_of
-    from training.deeppcb_model import split_deeppcb
+    from training.crop_table import build_table
     from training.quantize import quantize_int8
+    from training.splits import samples_of, split_deeppcb
 
     settings = settings_or_exit(config)
     model_dir = _model_dir(settings, model)

@@ -44,7 +44,8 @@ def review(
     """Publish a review outcome (what the board really was) to boards.reviews."""
     from pydantic import ValidationError
 
-    from linecheck.review_queue import lookup_board, publish_outcomes
+    from linecheck.review_queue import lookup_board
+    from producers.review_outcomes import publish_outcomes
     from schemas.events import DefectType, ReviewOutcome
 
     settings = settings_or_exit(config)
@@ -103,11 +104,11 @@ def review_sink(config: ConfigOption = None) -> None:
     """Run the review sink: outcomes joined with verdicts, drift windows, alerts."""
     import asyncio
 
-    from workers.review_sink import create_quality_app
+    from workers.review_sink import create_review_sink_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = settings_or_exit(config)
-    asyncio.run(create_quality_app(settings).run())
+    asyncio.run(create_review_sink_app(settings).run())
 
 
 def report(

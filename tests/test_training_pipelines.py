@@ -13,30 +13,18 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from board_data.deeppcb import read_detections, write_annotations
+from board_data.image_folder import labelled_images
+from board_data.scan import simulate_good_board
 from board_data.synthetic import BoardGenerator
 from inspection.model.registry import Thresholds, load_card
 from inspection.roi import find_regions_reference
 from schemas.events import Box
-from training.crop_table import (
-    CANDIDATE,
-    GOOD,
-    TRUTH,
-    build_table,
-    jitter_box,
-    samples_of,
-    simulate_good_board,
-)
-from training.deeppcb_model import (
-    board_rates,
-    calibrate_model,
-    eval_samples,
-    is_deeppcb,
-    labelled_images,
-    split_deeppcb,
-    stratified_split,
-    train_deeppcb,
-    train_image_folder,
-)
+from training.calibration import calibrate_model
+from training.crop_table import CANDIDATE, GOOD, TRUTH, build_table, jitter_box
+from training.deeppcb_model import train_deeppcb
+from training.image_folder_model import stratified_split, train_image_folder
+from training.scoring import board_rates
+from training.splits import eval_samples, is_deeppcb, samples_of, split_deeppcb
 
 from .conftest import DEEPPCB
 
@@ -231,13 +219,13 @@ def test_classify_folder_of_labelled_images(tmp_path: Path) -> None:
 def test_real_deeppcb_roi_recall_on_one_group() -> None:
     if not DEEPPCB.is_dir():
         pytest.skip(reason=f"DeepPCB not found at {DEEPPCB}")
-    from training.crop_table import regions
+    from inspection.roi import find_regions_reference
     from training.detection_metrics import roi_recall
 
     samples = [s for s in samples_of(DEEPPCB) if s.group == "group50600"][:20]
     boxes, truths = [], []
     for s in samples:
         image, template = s.load()
-        boxes.append(regions(image, template)[1])
+        boxes.append(find_regions_reference(image, template))
         truths.append(s.truths)
     assert roi_recall(boxes, truths) >= 0.97

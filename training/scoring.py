@@ -1,0 +1,130 @@
+"""DeepPCB pairs through the serving path (ROI → crops → classifier, as a worker runs them),
+each with a simulated good twin (its template misregistered and scanned), and the
+board-level rates of a set of thresholds on the scores."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from rich.console import Console
+
+from board_data.deeppcb import DeepPcbSample
+from board_data.scan import simulate_good_board
+from infra.progress import progress_bar
+from inspection.crops import make_crops
+from inspection.roi import find_regions_aligned
+from inspection.verdict import DEFECT_TYPES, board_score, decide, region_verdicts
+from schemas.events import Box, DefectType
+
+if TYPE_CHECKING:
+    from inspection.backends.base import Classifier
+    from inspection.model.registry import Thresholds
+
+
+@dataclass
+class PairResult:
+    """One DeepPCB pair through the serving path: the board and its simulated good twin."""
+
+    sample: DeepPcbSample
+    boxes: list[Box]
+    probs: np.ndarray
+    good_boxes: list[Box]
+    good_probs: np.ndarray
+    seconds: float  # ROI + crops + classifier on the board under test
+    crops: np.ndarray | None = field(default=None, repr=False)
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def score(self) -> float:
+        return board_score(region_verdicts(self.boxes, self.probs))
+
+    @property
+    def good_score(self) -> float:
+        return board_score(region_verdicts(self.good_boxes, self.good_probs))
+
+    def detections(self) -> list[tuple[Box, float, DefectType]]:
+        return detections_of(self.boxes, self.probs)
+
+
+def detections_of(boxes: Sequence[Box], probs: np.ndarray) -> list[tuple[Box, float, DefectType]]:
+    """Regions the classifier calls a defect: (box, P(type), type)."""
+    out = []
+    for box, p in zip(boxes, probs, strict=True):
+        k = int(np.argmax(p))
+        if k > 0:
+            out.append((box, float(p[k]), DEFECT_TYPES[k - 1]))
+    return out
+
+
+def good_board_rng(image_id: str, seed: int = 0) -> np.random.Generator:
+    """The random stream of a pair's simulated good twin: the same for the same pair."""
+    return np.random.default_rng([seed, zlib.crc32(image_id.encode())])
+
+
+def score_pairs(
+    samples: Sequence[DeepPcbSample],
+    classifier: Classifier,
+    console: Console,
+    seed: int = 0,
+    keep: Callable[[int], bool] = lambda i: False,
+) -> list[PairResult]:
+    """Each pair's board (and its simulated good twin) through ROI → crops → classifier,
+    as a worker runs them. ``keep(i)`` keeps the crops and image of pair ``i`` (to draw it)."""
+    out = []
+    size = classifier.input_size
+    with progress_bar(console, "inspecting boards", len(samples)) as advance:
+        for i, sample in enumerate(samples):
+            image, template = sample.load()
+            t0 = time.perf_counter()
+            boxes, aligned = find_regions_aligned(image, template)
+            crops = make_crops(image, aligned, boxes, size, aligned=True)
+            probs = classifier.predict_proba(crops)
+            seconds = time.perf_counter() - t0
+            good = simulate_good_board(template, good_board_rng(sample.image_id, seed))
+            g_boxes, g_aligned = find_regions_aligned(good, template)
+            g_probs = classifier.predict_proba(
+                make_crops(good, g_aligned, g_boxes, size, aligned=True)
+            )
+            kept = keep(i)
+            out.append(
+                PairResult(
+                    sample,
+                    boxes,
+                    probs,
+                    g_boxes,
+                    g_probs,
+                    seconds,
+                    crops if kept else None,
+                    image if kept else None,
+                )
+            )
+            advance()
+    return out
+
+
+def board_arrays(results: Sequence[PairResult]) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, defective) over every tested board (defective) and every good twin."""
+    scores = [r.score for r in results] + [r.good_score for r in results]
+    defective = [True] * len(results) + [False] * len(results)
+    return np.asarray(scores), np.asarray(defective)
+
+
+def board_rates(
+    scores: np.ndarray, defective: np.ndarray, thresholds: Thresholds
+) -> dict[str, float]:
+    """FNR (defective boards passed), FPR (good boards failed) and review rate."""
+    verdicts = np.asarray([decide(thresholds, float(s)).value for s in scores])
+    defective = np.asarray(defective, bool)
+    n_pos, n_neg = int(defective.sum()), int((~defective).sum())
+    return {
+        "board_fnr": float((verdicts[defective] == "pass").sum() / max(n_pos, 1)),
+        "board_fpr": float((verdicts[~defective] == "fail").sum() / max(n_neg, 1)),
+        "review_rate": float((verdicts == "review").mean()) if len(verdicts) else 0.0,
+        "defective_boards": n_pos,
+        "good_boards": n_neg,
+    }
