@@ -1,31 +1,28 @@
-"""Class-activation maps (CAM, Zhou et al. 2016) for the region classifier.
+"""Explanations of verdicts: class-activation heatmaps (:mod:`inspection.cam`) drawn over the
+board and its enlarged regions.
 
-Both architectures end in global average pooling and one linear layer, so the evidence for
-class ``c`` at feature position (i, j) is ``sum_k classifier.weight[c, k] * features[k, i, j]``
-(the logit of ``c`` is exactly that map's mean plus the bias). Upsampled to the crop, it
-shows which pixels made the classifier call a region what it called it.
-
-- :func:`class_activation_maps`: the pure function, crops in, (N, S, S) maps in [0, 1] out;
+- :func:`class_activation_maps`: a torch module's maps, crops in, (N, S, S) in [0, 1] out;
 - :func:`render_board`: a picture of a board with its regions, types and heatmaps, and
   :func:`zoom_panel`: the explained crops enlarged with their heatmaps;
 - :func:`save_explanation`: the PNG of one board's failed or doubtful regions (what a worker
   writes beside a verdict);
-- :class:`Explainer`: a model folder's torch weights loaded once, for a worker.
+- :class:`Explainer`: a model folder's CAM model loaded once, for a worker (OpenVINO by
+  default: a worker serving with OpenVINO never loads torch).
 
-torch is imported lazily: importing this module is cheap.
+torch and openvino are imported lazily: importing this module is cheap.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
 
+from inspection.cam import CamModel, OpenVINOCam, TorchCam, normalise_maps
 from inspection.crops import _square
-from inspection.model.preprocess import preprocess
 from schemas.events import Box, RegionVerdict
 
 if TYPE_CHECKING:
@@ -41,43 +38,13 @@ def class_activation_maps(
     classes: Sequence[int] | np.ndarray | None = None,
     normalise: bool = True,
 ) -> np.ndarray:
-    """CAM of each crop for its class (default: the predicted class), (N, S, S) float32.
-
-    ``crops``: uint8 (N, 3, S, S), as the classifier takes them. With ``normalise`` each map
-    is scaled to [0, 1] (negative evidence clipped to 0, then divided by the map's maximum;
-    an all-negative map is all 0); without it the raw class evidence is returned (its mean
-    over the map, plus the bias, is the class's logit).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(preprocess(crops))
-    n, _, s, _ = x.shape
-    if n == 0:
-        return np.zeros((0, s, s), np.float32)
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.inference_mode():
-            feats = module.features(x)  # (N, C, h, w)
-            weight = module.classifier.weight  # (K, C)
-            if classes is None:
-                logits = module.classifier(feats.mean(dim=(2, 3)))
-                idx = logits.argmax(1)
-            else:
-                idx = torch.as_tensor(np.asarray(classes), dtype=torch.long)
-                if idx.shape != (n,):
-                    raise ValueError(f"classes must hold one index per crop, got {idx.shape}")
-            cams = torch.einsum("nchw,nc->nhw", feats, weight[idx])
-            cams = F.interpolate(cams[:, None], size=(s, s), mode="bilinear", align_corners=False)
-            out = cams[:, 0].float().numpy()
-    finally:
-        module.train(was_training)
-    if normalise:
-        out = np.clip(out, 0.0, None)
-        peak = out.reshape(n, -1).max(axis=1)
-        out = out / np.where(peak > 0, peak, 1.0)[:, None, None]
-    return out.astype(np.float32)
+    """CAM of each crop for its class (default: the predicted class), (N, S, S) float32,
+    from a torch module. ``crops``: uint8 (N, 3, S, S), as the classifier takes them. With
+    ``normalise`` each map is scaled to [0, 1] (:func:`inspection.cam.normalise_maps`);
+    without it the raw class evidence is returned (its mean over the map, plus the bias, is
+    the class's logit)."""
+    maps = TorchCam(module).maps(crops, classes)
+    return normalise_maps(maps) if normalise else maps
 
 
 def heat_colours(cam: np.ndarray) -> np.ndarray:
@@ -178,7 +145,7 @@ def save_explanation(
     image: np.ndarray,
     crops: np.ndarray,
     regions: Sequence[RegionVerdict],
-    module: ClassifierNet,
+    cam: CamModel,
     thresholds: Thresholds | None = None,
     truths: Sequence[tuple[Box, str]] = (),
     title: str = "",
@@ -195,7 +162,7 @@ def save_explanation(
         return None
     cams = np.zeros((len(regions), crops.shape[-1], crops.shape[-1]), np.float32)
     if chosen:
-        cams[chosen] = class_activation_maps(module, crops[chosen])
+        cams[chosen] = normalise_maps(cam.maps(crops[chosen]))
     picture = render_board(image, regions, cams, truths, title)
     if chosen:  # the explained regions enlarged beside the board, so the heatmaps are legible
         kinds = [regions[i].defect_type for i in chosen]
@@ -213,25 +180,34 @@ def save_explanation(
 
 
 class Explainer:
-    """A model folder's torch weights, loaded once, to explain verdicts as PNGs.
+    """A model folder's CAM model, loaded once, to explain verdicts as PNGs.
 
     ``Explainer(model_dir).save(path, image, crops, verdict.regions, thresholds)`` writes the
     heatmaps of a board's failed or doubtful regions (``crops`` are the classifier's crops of
-    ``verdict.regions``, e.g. from :func:`inspection.crops.make_crops`).
+    ``verdict.regions``, e.g. from :func:`inspection.crops.make_crops`). ``backend``
+    "openvino" (the default) reads the FP32 IR and never imports torch; "torch" loads the
+    weights into the torch module.
     """
 
-    def __init__(self, model_dir: Path) -> None:
-        import torch
+    def __init__(
+        self,
+        model_dir: Path,
+        backend: Literal["openvino", "torch"] = "openvino",
+        device: str = "CPU",
+        threads: int | None = None,
+    ) -> None:
+        from inspection.model.registry import load_card
 
-        from inspection.model.nets import build_model
-        from inspection.model.registry import WEIGHTS_FILE, load_card
+        self.card = load_card(model_dir)
+        self.cam: CamModel
+        if backend == "openvino":
+            self.cam = OpenVINOCam(model_dir, device, threads)
+        elif backend == "torch":
+            from inspection.backends.torch_backend import load_module
 
-        card = load_card(model_dir)
-        module = build_model(card.arch, len(card.classes), pretrained=False)
-        state = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        module.load_state_dict(state, strict=True)
-        self.module = module.eval()
-        self.card = card
+            self.cam = TorchCam(load_module(model_dir, self.card))
+        else:
+            raise ValueError(f"backend must be 'openvino' or 'torch', got {backend!r}")
 
     def save(
         self,
@@ -242,5 +218,5 @@ class Explainer:
         thresholds: Thresholds | None = None,
     ) -> Path | None:
         return save_explanation(
-            path, image, crops, regions, self.module, thresholds or self.card.thresholds
+            path, image, crops, regions, self.cam, thresholds or self.card.thresholds
         )

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from inspection.cam import OpenVINOCam, TorchCam, normalise_maps
 from inspection.explain import class_activation_maps, render_board, save_explanation
 from inspection.model.nets import ClassifierNet, build_model
 from schemas.events import Box, DefectType, RegionVerdict
@@ -85,7 +86,7 @@ def test_save_explanation_draws_failed_regions_only(tmp_path: Path) -> None:
         ),
     ]
     crops = _crops_with_spot(2, [(32, 32), (32, 32)])
-    path = save_explanation(tmp_path / "b.png", image, crops, regions, Toy())
+    path = save_explanation(tmp_path / "b.png", image, crops, regions, TorchCam(Toy()))
     assert path is not None and path.is_file()
     picture = cv2.imread(str(path))
     assert picture.shape[0] == 200 and picture.shape[1] >= 200 + 128  # board + zoom panel
@@ -94,6 +95,34 @@ def test_save_explanation_draws_failed_regions_only(tmp_path: Path) -> None:
     cold = picture[125:145, 125:145].astype(int)
     assert np.abs(hot[..., 0] - hot[..., 2]).max() > 60
     assert np.abs(cold[..., 0] - cold[..., 2]).max() < 10
-    assert save_explanation(tmp_path / "c.png", image, crops[1:], regions[1:], Toy()) is None
+    assert (
+        save_explanation(tmp_path / "c.png", image, crops[1:], regions[1:], TorchCam(Toy())) is None
+    )
     with pytest.raises(ValueError):
         render_board(image, regions, np.zeros((1, 64, 64), np.float32))
+
+
+@pytest.mark.parametrize("arch", ["small", "efficientnet_lite0"])
+def test_openvino_cam_matches_the_torch_cam(arch: str, tmp_path: Path) -> None:
+    """A worker serving with OpenVINO explains from the IR, without torch: the same maps."""
+    from inspection.model.registry import ModelCard, save_model
+
+    torch.manual_seed(1)
+    module = build_model(arch, 7, pretrained=False)  # type: ignore[arg-type]
+    card = ModelCard(version=f"cam-{arch}", arch=arch, input_size=64)  # type: ignore[arg-type]
+    model_dir = save_model(module, card, tmp_path)
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, size=(5, 3, 64, 64), dtype=np.uint8)
+    expected = TorchCam(module).maps(crops)
+    got = OpenVINOCam(model_dir).maps(crops)
+    assert got.shape == expected.shape == (5, 64, 64)
+    scale = float(np.abs(expected).max())
+    assert scale > 0
+    assert np.abs(got - expected).max() <= 1e-3 * scale
+    # the chosen class is honoured, and normalised maps agree too
+    np.testing.assert_allclose(
+        normalise_maps(OpenVINOCam(model_dir).maps(crops, classes=[3] * 5)),
+        normalise_maps(TorchCam(module).maps(crops, classes=[3] * 5)),
+        atol=1e-3,
+    )
+    assert OpenVINOCam(model_dir).maps(crops[:0]).shape == (0, 64, 64)

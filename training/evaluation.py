@@ -167,7 +167,7 @@ def _draw(model_dir: Path, results: Sequence[PairResult], folder: Path, card: An
             r.image,
             r.crops,
             regions,
-            explainer.module,
+            explainer.cam,
             card.thresholds,
             truths=[(t.box, t.defect_type.value) for t in r.sample.truths],
             title=f"{r.sample.group}/{r.sample.image_id} score {r.score:.3f} "

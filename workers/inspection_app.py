@@ -85,7 +85,15 @@ def build_context(settings: Settings) -> WorkerContext:
     if settings.worker.explain:
         from inspection.explain import Explainer
 
-        explainer = Explainer(model_dir)
+        # the serving backend's own runtime: an OpenVINO worker never loads torch
+        explainer = Explainer(
+            model_dir,
+            backend=settings.model.backend,
+            device=(settings.model.device or "CPU")
+            if settings.model.backend == "openvino"
+            else "CPU",
+            threads=settings.model.threads,
+        )
     inspector = Inspector(
         classifier,
         card.require_thresholds(),
