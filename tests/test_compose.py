@@ -51,3 +51,20 @@ def test_compose_commands_are_commands_of_the_cli(compose: dict) -> None:  # typ
     assert kafka["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
     postgres = compose["services"]["postgres"]["environment"]
     assert postgres["POSTGRES_DB"] == "linecheck"
+
+
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    """A package added to pyproject.toml but not to the Dockerfile breaks the image."""
+    import re
+    import tomllib
+
+    root = COMPOSE.parents[1]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    packages = {
+        p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
+    copied = set(
+        re.findall(r"^COPY (\w+) \./\1$", (root / "compose" / "Dockerfile").read_text(), re.M)
+    )
+    assert packages == copied
+    assert packages == set(pyproject["tool"]["importlinter"]["root_packages"])
