@@ -41,23 +41,29 @@ class ObjectStore:
             os.replace(tmp, path)  # atomic: a reader never sees half a file
         return path.as_uri()
 
-    def get(self, uri: str) -> bytes:
+    def get(self, uri: str, max_bytes: int | None = None) -> bytes:
+        """The object a ``file://`` claim-check URI names, inside this store only; every way
+        it can be wrong (scheme, null byte, outside the store, missing, a folder, unreadable,
+        larger than ``max_bytes``) is a :class:`StorageError` naming the URI."""
         parsed = urlparse(uri)
         if parsed.scheme != "file":
             raise StorageError(f"unsupported claim-check URI scheme {parsed.scheme!r} in {uri!r}")
-        path = Path(unquote(parsed.path)).resolve()
+        raw_path = unquote(parsed.path)
+        if "\x00" in raw_path:
+            raise StorageError(f"claim-check URI {uri!r} contains a null byte")
+        try:
+            path = Path(raw_path).resolve()
+        except (OSError, ValueError, RuntimeError) as exc:  # symlink loops, odd names
+            raise StorageError(f"claim-check URI {uri!r} cannot be resolved: {exc}") from None
         if not path.is_relative_to(self.root):
             raise StorageError(
                 f"claim-check URI {uri!r} points outside the object store {self.root}"
             )
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise StorageError(f"claim-check object not found: {uri}") from None
+        return _read(path, uri, max_bytes)
 
-    def image_bytes(self, ref: ImageRef) -> bytes:
+    def image_bytes(self, ref: ImageRef, max_bytes: int | None = None) -> bytes:
         """The bytes of an inline or claim-checked image, checked against its sha256 if given."""
-        data = ref.data if ref.data is not None else self.get(ref.uri or "")
+        data = ref.data if ref.data is not None else self.get(ref.uri or "", max_bytes)
         if ref.sha256 and hashlib.sha256(data).hexdigest() != ref.sha256:
             raise StorageError(f"image bytes do not match sha256 {ref.sha256}")
         return data
@@ -77,6 +83,39 @@ class ObjectStore:
             os.replace(tmp, path)
         return path
 
-    def get_template(self, template_id: str) -> bytes | None:
+    def get_template(self, template_id: str, max_bytes: int | None = None) -> bytes | None:
+        """The template's PNG bytes, or None when the store has no such template."""
         path = self.template_path(template_id)
-        return path.read_bytes() if path.exists() else None
+        if not path.exists():
+            return None
+        return _read(path, f"template {template_id!r}", max_bytes)
+
+    def template_ids(self) -> list[str]:
+        """Every template id in the store, sorted."""
+        folder = self.root / "templates"
+        return sorted(p.stem for p in folder.glob("*.png")) if folder.is_dir() else []
+
+    def remove_template(self, template_id: str) -> bool:
+        """Delete a template; False when there was none."""
+        path = self.template_path(template_id)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def _read(path: Path, what: str, max_bytes: int | None) -> bytes:
+    try:
+        if path.is_dir():
+            raise StorageError(f"{what} names a folder, not an object")
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            raise StorageError(
+                f"{what} is {path.stat().st_size} bytes, over the limit of {max_bytes} "
+                "(images.max_bytes)"
+            )
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise StorageError(f"claim-check object not found: {what}") from None
+    except OSError as exc:  # permissions, a name too long, a broken link, an I/O error
+        raise StorageError(f"{what} cannot be read: {type(exc).__name__}: {exc.strerror}") from None

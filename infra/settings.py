@@ -17,6 +17,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from infra.images import ImagePolicy
 from schemas.topics import Topics
 
 
@@ -64,6 +65,20 @@ class ImageSettings(_Section):
     object_store: Path = Field(
         default=Path(".linecheck/objects"), description="claim-check and template folder"
     )
+    max_bytes: int = Field(default=32 * 1024 * 1024, ge=1, description="largest encoded image")
+    max_pixels: int = Field(
+        default=40_000_000, ge=1, description="largest width × height, read from the header"
+    )
+    sixteen_bit: Literal["scale", "reject"] = Field(
+        default="scale", description="16-bit images: scaled by their real range, or refused"
+    )
+    colour: Literal["luma", "reject"] = Field(
+        default="luma", description="colour images: converted to luma (BT.601), or refused"
+    )
+
+    @property
+    def policy(self) -> ImagePolicy:
+        return ImagePolicy(self.max_bytes, self.max_pixels, self.sixteen_bit, self.colour)
 
 
 class ModelSettings(_Section):
@@ -87,6 +102,11 @@ class WorkerSettings(_Section):
     explain: bool = Field(
         default=True,
         description="save class-activation heatmaps of failed/doubtful regions beside verdicts",
+    )
+    review_products: list[str] = Field(
+        default_factory=list,
+        description="products whose boards go to review, uninspected, when their template is "
+        "missing (every other product's such boards are dead letters, stage 'template')",
     )
 
 

@@ -170,7 +170,11 @@ class Verdict(_Message):
         description="P(board defective): the highest region score, 0 without candidates"
     )
     regions: list[RegionVerdict]
-    roi_method: Literal["reference", "recipe"]
+    roi_method: Literal["reference", "recipe", "none"] = Field(
+        description="reference: against the product's template; recipe: design rules, no template "
+        "named; none: not inspected (a missing template on a product set to send such boards "
+        "to review)"
+    )
     model_version: str
     threshold_version: str
     pass_below: float
@@ -208,7 +212,9 @@ class DeadLetter(_Message):
     partition: int | None = None
     offset: int | None = None
     key: str | None = None
-    stage: Literal["decode", "validate", "image", "roi", "classify", "sink"]
+    stage: Literal[
+        "decode", "validate", "image", "template", "roi", "classify", "explain", "conflict", "sink"
+    ] = Field(description="where it failed; see the README's dead-letter stages")
     reason: str
     event_id: str | None = None
     original_b64: str = Field(description="the original message value, base64")

@@ -52,14 +52,35 @@ def test_a_board_with_its_template_gets_a_reference_based_verdict(inspector: Ins
     assert result.timings.total_ms >= result.timings.roi_ms > 0
 
 
-def test_without_a_template_the_recipe_roi_is_used(inspector: Inspector) -> None:
+def test_without_a_template_id_the_recipe_roi_is_used(inspector: Inspector) -> None:
     event = _event(inspector, template_id=None)
     result = inspector.process(event.model_dump_json().encode(), SOURCE)
     assert isinstance(result, Verdict) and result.roi_method == "recipe"
-    # An unknown template id falls back to the recipe as well, instead of failing the board.
+
+
+def test_a_missing_template_is_never_a_silent_recipe_pass(inspector: Inspector) -> None:
     event = _event(inspector, template_id="never-registered")
     result = inspector.process(event.model_dump_json().encode(), SOURCE)
-    assert isinstance(result, Verdict) and result.roi_method == "recipe"
+    assert isinstance(result, DeadLetter) and result.stage == "template"
+    assert "never-registered" in result.reason and "templates add" in result.reason
+    # a product configured for it sends such boards to a person instead
+    inspector.review_products = frozenset({event.product})
+    result = inspector.process(event.model_dump_json().encode(), SOURCE)
+    assert isinstance(result, Verdict)
+    assert result.verdict.value == "review" and result.roi_method == "none" and not result.regions
+
+
+def test_a_replaced_template_takes_effect(inspector: Inspector) -> None:
+    import numpy as np
+
+    event = _event(inspector)
+    assert event.template_id is not None
+    first = inspector.process(event.model_dump_json().encode(), SOURCE)
+    assert isinstance(first, Verdict)
+    # the golden board is re-scanned at another size: the cached one must not be used
+    inspector.store.put_template(event.template_id, encode_png(np.zeros((100, 100), np.uint8)))
+    again = inspector.process(event.model_dump_json().encode(), SOURCE)
+    assert isinstance(again, DeadLetter) and "100x100" in again.reason
 
 
 @pytest.mark.parametrize(

@@ -100,6 +100,8 @@ def build_context(settings: Settings) -> WorkerContext:
         ObjectStore(settings.images.object_store),
         worker=settings.worker.name or default_worker_name(),
         explainer=explainer,
+        policy=settings.images.policy,
+        review_products=frozenset(settings.worker.review_products),
     )
     return WorkerContext(
         inspector=inspector,

@@ -17,14 +17,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import ValidationError
 
-from infra.images import ImageDecodeError, decode_gray
+from infra.images import DEFAULT_POLICY, ImageDecodeError, ImagePolicy, decode_gray
 from infra.object_store import ObjectStore, StorageError
 from inspection.backends.base import Classifier
 from inspection.crops import make_crops
 from inspection.model.registry import Thresholds
 from inspection.roi import find_regions_aligned, find_regions_recipe
 from inspection.verdict import board_score, decide, region_verdicts
-from schemas.events import DeadLetter, FlaggedBoard, RegionVerdict, StageTimings, Verdict
+from schemas.events import (
+    DeadLetter,
+    FlaggedBoard,
+    RegionVerdict,
+    StageTimings,
+    Verdict,
+    VerdictLabel,
+)
 from workers.messages import dead_letter, decode_failure, default_worker_name
 
 if TYPE_CHECKING:
@@ -61,6 +68,8 @@ class Inspector:
         worker: str | None = None,
         template_cache_size: int = 64,
         explainer: Explainer | None = None,
+        policy: ImagePolicy = DEFAULT_POLICY,
+        review_products: frozenset[str] = frozenset(),
     ) -> None:
         self.classifier = classifier
         self.thresholds = thresholds
@@ -69,18 +78,35 @@ class Inspector:
         self._templates: OrderedDict[str, np.ndarray] = OrderedDict()
         self._template_cache_size = template_cache_size
         self.explainer = explainer
+        self.policy = policy
+        # products whose boards go to review, uninspected, when their template is missing
+        self.review_products = review_products
 
-    def template(self, template_id: str) -> np.ndarray | None:
-        """The reference template by id (LRU-cached: a product's template serves many boards)."""
-        cached = self._templates.get(template_id)
-        if cached is not None:
-            self._templates.move_to_end(template_id)
-            return cached
-        png = self.store.get_template(template_id)
+    def template(self, template_id: str) -> np.ndarray:
+        """The reference template by id, decoded under the image policy. Cached by content
+        (the store is read each time, a few kB): a replaced template takes effect at once."""
+        try:
+            png = self.store.get_template(template_id, self.policy.max_bytes)
+        except StorageError as exc:
+            raise InspectionError("template", str(exc)) from exc
         if png is None:
-            return None
-        image = decode_gray(png, what=f"template {template_id!r}")
-        self._templates[template_id] = image
+            raise InspectionError(
+                "template",
+                f"template {template_id!r} is not in the object store: add it with "
+                f"`linecheck templates add {template_id} FILE`, then replay the dead letter",
+            )
+        digest = hashlib.sha256(png).hexdigest()
+        cached = self._templates.get(digest)
+        if cached is not None:
+            self._templates.move_to_end(digest)
+            return cached
+        try:
+            image = decode_gray(png, what=f"template {template_id!r}", policy=self.policy)
+        except ImageDecodeError as exc:
+            raise InspectionError("template", str(exc)) from exc
+        except Exception as exc:  # a broken golden board fails its boards, not the worker
+            raise InspectionError("template", f"{type(exc).__name__}: {exc}") from exc
+        self._templates[digest] = image
         if len(self._templates) > self._template_cache_size:
             self._templates.popitem(last=False)
         return image
@@ -99,18 +125,49 @@ class Inspector:
         path = self.store.root / "explanations" / f"{name}.png"
         try:
             saved = self.explainer.save(path, image, crops, regions, self.thresholds)
-        except Exception as exc:  # an explanation is an extra: never lose the verdict for it
-            log.warning("no explanation for %s: %s: %s", event_id, type(exc).__name__, exc)
-            return None
+        except Exception as exc:  # the verdict promises an explanation: dead-letter, not loop
+            raise InspectionError("explain", f"{type(exc).__name__}: {exc}") from exc
         return saved.as_uri() if saved is not None else None
+
+    def _not_inspected(self, event: FlaggedBoard, reason: str) -> Verdict:
+        """A review verdict for a board that could not be inspected (see review_products)."""
+        log.warning("board %s sent to review uninspected: %s", event.event_id, reason)
+        return Verdict(
+            event_id=event.event_id,
+            line=event.line,
+            machine=event.machine,
+            product=event.product,
+            board_serial=event.board_serial,
+            verdict=VerdictLabel.REVIEW,
+            board_score=1.0,
+            regions=[],
+            roi_method="none",
+            model_version=self.classifier.version,
+            threshold_version=self.thresholds.threshold_version,
+            pass_below=self.thresholds.pass_below,
+            fail_at_or_above=self.thresholds.fail_at_or_above,
+            timings=StageTimings(),
+            worker=self.worker,
+            inspected_at=event.inspected_at,
+        )
 
     def inspect(self, event: FlaggedBoard) -> Verdict:
         t0 = time.perf_counter()
         try:
-            image = decode_gray(self.store.image_bytes(event.image), what="board image")
-            template = self.template(event.template_id) if event.template_id else None
+            data = self.store.image_bytes(event.image, self.policy.max_bytes)
+            image = decode_gray(data, what="board image", policy=self.policy)
         except (ImageDecodeError, StorageError) as exc:
             raise InspectionError("image", str(exc)) from exc
+        except Exception as exc:  # anything else about these bytes: dead-letter, do not loop
+            raise InspectionError("image", f"{type(exc).__name__}: {exc}") from exc
+        template = None
+        if event.template_id:
+            try:
+                template = self.template(event.template_id)
+            except InspectionError as exc:
+                if exc.stage == "template" and event.product in self.review_products:
+                    return self._not_inspected(event, exc.reason)
+                raise
         if template is not None and template.shape != image.shape:
             raise InspectionError(
                 "image",
