@@ -41,6 +41,8 @@ verdicts = sa.Table(
     ),
     sa.Column("audit_sampled", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("audit_rate", sa.Float, nullable=False, server_default="0"),
+    sa.Column("event_sha256", sa.Text),  # 0004: the decided event's canonical JSON, hashed
+    sa.Column("verdict_json", JSONB),  # 0004: the verdict as published
 )
 
 _TS = sa.DateTime(timezone=True)
@@ -128,8 +130,18 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_ID = 0x11EC4EC
 
 
-def make_engine(url: str) -> Engine:
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+def make_engine(
+    url: str, connect_timeout_s: int = 10, statement_timeout_ms: int | None = None
+) -> Engine:
+    """An engine whose connections give up after ``connect_timeout_s`` and whose statements
+    are cancelled after ``statement_timeout_ms`` when given (a hung server must not hold a
+    worker past Kafka's poll interval)."""
+    connect_args: dict[str, object] = {"connect_timeout": connect_timeout_s}
+    if statement_timeout_ms is not None:
+        connect_args["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
+    return sa.create_engine(
+        url, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=connect_args
+    )
 
 
 def alembic_config(url: str) -> alembic.config.Config:  # type: ignore[name-defined]  # noqa: F821

@@ -39,6 +39,9 @@ class KafkaSettings(_Section):
     # completes a group join within the rebalance timeout.
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
     max_poll_interval_ms: int = Field(default=60_000, ge=5_000)
+    delivery_timeout_ms: int = Field(
+        default=10_000, ge=1_000, description="a verdict not acknowledged by then fails the batch"
+    )
 
     @property
     def topics(self) -> Topics:
@@ -50,12 +53,19 @@ class PostgresSettings(_Section):
         default="postgresql+psycopg://linecheck:linecheck@127.0.0.1:5432/linecheck",
         description="SQLAlchemy URL of the audit store",
     )
+    connect_timeout_s: int = Field(default=5, ge=1, description="give up connecting after this")
+    statement_timeout_ms: int = Field(
+        default=15_000, ge=100, description="a worker's audit statement is cancelled after this"
+    )
 
 
 class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "linecheck"
     window_s: int = Field(default=3600, ge=60, description="rolling window of the live counters")
+    timeout_s: float = Field(
+        default=2.0, gt=0, description="connect and read timeout of every Redis call"
+    )
 
 
 class ImageSettings(_Section):
@@ -102,6 +112,12 @@ class WorkerSettings(_Section):
     explain: bool = Field(
         default=True,
         description="save class-activation heatmaps of failed/doubtful regions beside verdicts",
+    )
+    max_board_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="budget for inspecting one board (a 640x640 board takes ~0.04 s on one "
+        "core); batch_size × this plus the sinks' timeouts must fit in max_poll_interval_ms",
     )
     review_products: list[str] = Field(
         default_factory=list,

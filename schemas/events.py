@@ -187,6 +187,11 @@ class Verdict(_Message):
         default=None,
         description="PNG of the class-activation heatmaps of the failed or doubtful regions",
     )
+    event_sha256: str | None = Field(
+        default=None,
+        description="SHA-256 of the decided event (its canonical JSON): a redelivered event gets "
+        "this same verdict; the same event_id with another payload is a conflict (dead letter)",
+    )
 
 
 class ReviewOutcome(_Message):

@@ -64,8 +64,13 @@ def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_let
             event_id="dup-event-1",
         )
         first = claim_check.publish(encode_png(board.image), **twice)  # type: ignore[arg-type]
-        claim_check.publish(encode_png(board.image), **twice)  # type: ignore[arg-type]
+        claim_check.send(first)  # the line machine's retry: the same event again
         assert first.image.uri is not None and first.image.data is None
+        # The same id reused for another board: a conflict, never a second verdict.
+        other = BoardGenerator(seed=8).board(1)
+        reused = {**twice, "board_serial": "DUP-2", "template_id": other.template_id}
+        store.put_template(other.template_id, encode_png(other.template))
+        inline.publish(encode_png(other.image), **reused)  # type: ignore[arg-type]
         # Bad input: not JSON at all, and a valid event whose image is not an image.
         inline.send_raw(b'{"line": "L1", "board_serial": ', key=b"L1:broken")
         inline.publish(
@@ -87,7 +92,7 @@ def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_let
                 settings.kafka.bootstrap_servers,
                 topics.deadletter,
                 timeout=60,
-                until=lambda v: len(v) >= 2,
+                until=lambda v: len(v) >= 3,
             )
         ]
     finally:
@@ -118,9 +123,14 @@ def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_let
     assert failed and all(v.explanation_uri for v in failed)
     assert all(Path(urlparse(v.explanation_uri or "").path).is_file() for v in failed)
 
-    assert len(dead) == 2
+    assert len(dead) == 3
     by_stage = {d.stage: d for d in dead}
-    assert set(by_stage) == {"decode", "image"}
+    assert set(by_stage) == {"decode", "image", "conflict"}
+    assert by_stage["conflict"].event_id == "dup-event-1"
+    assert "already decided for another payload" in by_stage["conflict"].reason
+    assert [v.board_serial for v in out if v.event_id == "dup-event-1"] == ["DUP-1"] * len(
+        [v for v in out if v.event_id == "dup-event-1"]
+    )
     assert "json" in by_stage["decode"].reason.lower()
     assert base64.b64decode(by_stage["decode"].original_b64).startswith(b'{"line": "L1"')
     assert "not a decodable image" in by_stage["image"].reason
@@ -133,4 +143,8 @@ def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_let
     }
     assert sum(totals.values()) == len(ids)
     dead_counts = client.hgetall(f"{settings.redis.key_prefix}:deadletters")
-    assert {k.decode(): int(v) for k, v in dead_counts.items()} == {"decode": 1, "image": 1}
+    assert {k.decode(): int(v) for k, v in dead_counts.items()} == {
+        "decode": 1,
+        "image": 1,
+        "conflict": 1,
+    }

@@ -8,6 +8,7 @@ double either. Redis is a cache of live counters, rebuildable from the audit sto
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,9 +22,32 @@ from infra.stats import audit_sampled
 from schemas.events import Verdict, VerdictLabel
 
 
+@dataclass(frozen=True)
+class AuditBatch:
+    new: set[str]
+    """event ids whose row this batch inserted"""
+    stored: dict[str, tuple[str | None, dict[str, Any] | None]]
+    """every event id of the batch → (event_sha256, verdict_json) of its row"""
+
+    def resolve(self, verdict: Verdict) -> Verdict | None:
+        """The verdict to publish for ``verdict``'s event: the stored one when the event was
+        decided before (a redelivery gets the same verdict), None on a conflict (the same id
+        with another payload). Rows written before migration 0004 have no hash: trusted."""
+        sha, doc = self.stored.get(verdict.event_id, (None, None))
+        if sha is not None and verdict.event_sha256 is not None and sha != verdict.event_sha256:
+            return None
+        return Verdict.model_validate(doc) if doc is not None else verdict
+
+
 class AuditStore:
-    def __init__(self, url: str, audit_rate: float = 0.0) -> None:
-        self.engine: Engine = make_engine(url)
+    def __init__(
+        self,
+        url: str,
+        audit_rate: float = 0.0,
+        connect_timeout_s: int = 10,
+        statement_timeout_ms: int | None = None,
+    ) -> None:
+        self.engine: Engine = make_engine(url, connect_timeout_s, statement_timeout_ms)
         self.audit_rate = audit_rate
 
     def _row(self, verdict: Verdict, partition: int | None, offset: int | None) -> dict[str, Any]:
@@ -55,14 +79,23 @@ class AuditStore:
             "audit_sampled": verdict.verdict is not VerdictLabel.REVIEW
             and audit_sampled(verdict.event_id, self.audit_rate),
             "audit_rate": self.audit_rate,
+            "event_sha256": verdict.event_sha256,
+            "verdict_json": verdict.model_dump(mode="json"),
         }
 
     def record_many(self, items: Sequence[tuple[Verdict, int | None, int | None]]) -> set[str]:
         """Insert the audit rows of (verdict, partition, offset) in one statement and one
         transaction; return the event ids that were new (a redelivered event is not)."""
+        return self.record_batch(items).new
+
+    def record_batch(self, items: Sequence[tuple[Verdict, int | None, int | None]]) -> AuditBatch:
+        """Insert the batch's audit rows (the first verdict of an event id wins, also within
+        the batch) and read back what was already there for the others."""
         if not items:
-            return set()
-        rows = {v.event_id: self._row(v, p, o) for v, p, o in items}  # one row per event id
+            return AuditBatch(set(), {})
+        rows: dict[str, dict[str, Any]] = {}
+        for v, p, o in items:
+            rows.setdefault(v.event_id, self._row(v, p, o))
         stmt = (
             insert(verdicts)
             .values(list(rows.values()))
@@ -70,7 +103,23 @@ class AuditStore:
             .returning(verdicts.c.event_id)
         )
         with self.engine.begin() as conn:
-            return set(conn.execute(stmt).scalars())
+            new = set(conn.execute(stmt).scalars())
+            old = [e for e in rows if e not in new]
+            stored = (
+                {
+                    str(e): (sha, doc)
+                    for e, sha, doc in conn.execute(
+                        select(
+                            verdicts.c.event_id, verdicts.c.event_sha256, verdicts.c.verdict_json
+                        ).where(verdicts.c.event_id.in_(old))
+                    ).all()
+                }
+                if old
+                else {}
+            )
+        for e in new:  # within the batch, later copies compare with the first
+            stored[e] = (rows[e]["event_sha256"], rows[e]["verdict_json"])
+        return AuditBatch(new, stored)
 
     def record(
         self, verdict: Verdict, partition: int | None = None, offset: int | None = None
@@ -91,8 +140,12 @@ class LiveStats:
 
     BUCKET_S = 60
 
-    def __init__(self, url: str, prefix: str = "linecheck", window_s: int = 3600) -> None:
-        self.client = redis.Redis.from_url(url, decode_responses=True)
+    def __init__(
+        self, url: str, prefix: str = "linecheck", window_s: int = 3600, timeout_s: float = 2.0
+    ) -> None:
+        self.client = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
         self.prefix = prefix
         self.window_s = window_s
 

@@ -25,9 +25,9 @@ from infra.object_store import ObjectStore
 from infra.settings import Settings
 from schemas.events import DeadLetter, Verdict
 from workers import metrics
-from workers.audit_sink import AuditStore, LiveStats
+from workers.audit_sink import AuditBatch, AuditStore, LiveStats
 from workers.inspector import Inspector, SourceInfo
-from workers.messages import default_worker_name
+from workers.messages import dead_letter, default_worker_name
 
 log = logging.getLogger("linecheck.worker")
 
@@ -105,18 +105,79 @@ def build_context(settings: Settings) -> WorkerContext:
     )
     return WorkerContext(
         inspector=inspector,
-        audit=AuditStore(settings.postgres.url, settings.quality.audit_rate),
-        stats=LiveStats(settings.redis.url, settings.redis.key_prefix, settings.redis.window_s),
+        audit=AuditStore(
+            settings.postgres.url,
+            settings.quality.audit_rate,
+            settings.postgres.connect_timeout_s,
+            settings.postgres.statement_timeout_ms,
+        ),
+        stats=LiveStats(
+            settings.redis.url,
+            settings.redis.key_prefix,
+            settings.redis.window_s,
+            settings.redis.timeout_s,
+        ),
+    )
+
+
+def poll_budget_s(settings: Settings) -> float:
+    """The worst time one batch may hold the handler: every board at its budget, then the
+    audit statement, the Redis round trip and the broker's acks at their timeouts."""
+    return (
+        settings.kafka.batch_size * settings.worker.max_board_s
+        + settings.postgres.connect_timeout_s
+        + settings.postgres.statement_timeout_ms / 1e3
+        + 2 * settings.redis.timeout_s
+        + settings.kafka.delivery_timeout_ms / 1e3
+    )
+
+
+def check_poll_budget(settings: Settings) -> None:
+    """Refuse to start a worker whose worst batch would outlast ``max.poll.interval.ms``
+    (the group would evict it mid-batch, and the batch would be redone elsewhere)."""
+    budget = poll_budget_s(settings)
+    limit = settings.kafka.max_poll_interval_ms / 1e3
+    if budget >= 0.9 * limit:
+        raise ValueError(
+            f"a batch may take {budget:.0f}s (kafka.batch_size {settings.kafka.batch_size} × "
+            f"worker.max_board_s {settings.worker.max_board_s} + sink timeouts), over 90% of "
+            f"kafka.max_poll_interval_ms ({limit:.0f}s): lower the batch size or the timeouts, "
+            "or raise the poll interval"
+        )
+
+
+def conflict_letter(
+    body: bytes, source: SourceInfo, verdict: Verdict, audit: AuditBatch, ctx: WorkerContext
+) -> DeadLetter:
+    """The dead letter of an event whose id was already decided for another payload."""
+    stored, _ = audit.stored.get(verdict.event_id, (None, None))
+    return dead_letter(
+        body,
+        topic=source.topic,
+        partition=source.partition,
+        offset=source.offset,
+        key=source.key,
+        stage="conflict",
+        reason=(
+            f"event id {verdict.event_id!r} was already decided for another payload "
+            f"(sha256 {str(stored)[:16]}…, this one {str(verdict.event_sha256)[:16]}…): "
+            "the audit row and its verdict stand; publish the new board under a new id"
+        ),
+        event_id=verdict.event_id,
+        worker=ctx.inspector.worker,
     )
 
 
 def create_inspection_app(settings: Settings, context: WorkerContext | None = None) -> FastStream:
     """The worker application; `context` is built at startup unless given (tests)."""
     topics = settings.topics
+    check_poll_budget(settings)
     broker = KafkaBroker(
         settings.kafka.bootstrap_servers,
         enable_idempotence=True,
         acks="all",
+        request_timeout_ms=settings.kafka.delivery_timeout_ms,
+        config={"delivery.timeout.ms": settings.kafka.delivery_timeout_ms},
         description="linecheck inspection workers: flagged boards in, verdicts out",
     )
     verdicts = broker.publisher(
@@ -176,36 +237,29 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
         results = await anyio.to_thread.run_sync(
             lambda: [ctx.inspector.process(b, s) for b, s in zip(bodies, sources, strict=True)]
         )
-        decided = [(r, s) for r, s in zip(results, sources, strict=True) if isinstance(r, Verdict)]
+        decided = [
+            (r, s, b)
+            for r, s, b in zip(results, sources, bodies, strict=True)
+            if isinstance(r, Verdict)
+        ]
         dead = [(r, s) for r, s in zip(results, sources, strict=True) if isinstance(r, DeadLetter)]
-        for letter, source in dead:
-            log.warning(
-                "dead-lettered %s/%s at %s: %s",
-                source.partition,
-                source.offset,
-                letter.stage,
-                letter.reason,
-            )
         try:
             # Audit rows first: while the database is down nothing is published, so a
             # retried batch does not flood the MES with copies of its verdicts.
-            new = await anyio.to_thread.run_sync(
-                ctx.audit.record_many, [(v, s.partition, s.offset) for v, s in decided]
+            audit = await anyio.to_thread.run_sync(
+                ctx.audit.record_batch, [(v, s.partition, s.offset) for v, s, _ in decided]
             )
-            # A redelivered event is not new, and the same event twice in one batch is new
-            # once: the live counters must count each event once. (Dead letters count per
-            # delivery.)
-            first_seen = {v.event_id: v for v, _ in decided if v.event_id in new}
-            await anyio.to_thread.run_sync(
-                ctx.stats.record_many,
-                list(first_seen.values()),
-                [letter.stage for letter, _ in dead],
-            )
+            publish: list[Verdict] = []
+            for verdict, source, body in decided:
+                chosen = audit.resolve(verdict)
+                if chosen is None:  # the id was decided for another payload: never overwrite
+                    dead.append((conflict_letter(body, source, verdict, audit, ctx), source))
+                else:
+                    publish.append(chosen)  # a redelivery gets the verdict already audited
+            # The same event twice in one batch is new once: counters count each event once.
+            first_seen = {v.event_id: v for v in publish if v.event_id in audit.new}
             await asyncio.gather(
-                *(
-                    verdicts.publish(v, key=f"{v.line}:{v.board_serial}".encode())
-                    for v, _ in decided
-                ),
+                *(verdicts.publish(v, key=f"{v.line}:{v.board_serial}".encode()) for v in publish),
                 *(deadletters.publish(letter, key=s.key) for letter, s in dead),
             )
         except Exception as exc:
@@ -219,10 +273,31 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             await anyio.sleep(delay)
             raise
         backoff.reset()
-        for verdict, _ in decided:
+        for letter, source in dead:
+            log.warning(
+                "dead-lettered %s/%s at %s: %s",
+                source.partition,
+                source.offset,
+                letter.stage,
+                letter.reason,
+            )
+        # Live counters are a cache: Redis down must not stop the line (repair them with
+        # `linecheck stats rebuild`).
+        try:
+            await anyio.to_thread.run_sync(
+                ctx.stats.record_many,
+                list(first_seen.values()),
+                [letter.stage for letter, _ in dead],
+            )
+        except Exception as exc:
+            metrics.REDIS_FAILURES.inc()
+            log.error("live counters not updated for a batch of %d: %s", len(results), exc)
+        for verdict in publish:
             metrics.observe(verdict, first_seen.pop(verdict.event_id, None) is not None)
         for letter, _ in dead:
             metrics.DEADLETTERS.labels(letter.stage).inc()
+            if letter.stage == "conflict":
+                metrics.CONFLICTS.inc()
 
     app = FastStream(
         broker,

@@ -42,6 +42,12 @@ log = logging.getLogger("linecheck.worker")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+def event_digest(event: FlaggedBoard) -> str:
+    """SHA-256 of the event's canonical JSON: the identity of its payload (the same for a
+    redelivery or a byte-different re-serialisation of the same event)."""
+    return hashlib.sha256(event.model_dump_json().encode()).hexdigest()
+
+
 class InspectionError(Exception):
     """Bad input found while inspecting; `stage` says where, the message says what."""
 
@@ -149,6 +155,7 @@ class Inspector:
             timings=StageTimings(),
             worker=self.worker,
             inspected_at=event.inspected_at,
+            event_sha256=event_digest(event),
         )
 
     def inspect(self, event: FlaggedBoard) -> Verdict:
@@ -219,6 +226,7 @@ class Inspector:
             explanation_uri=explanation,
             worker=self.worker,
             inspected_at=event.inspected_at,
+            event_sha256=event_digest(event),
         )
 
     def process(self, raw: bytes, source: SourceInfo) -> Verdict | DeadLetter:

@@ -21,6 +21,14 @@ REGIONS = Histogram(
     "Candidate regions per board",
     buckets=(0, 1, 2, 4, 8, 16, 32, 64),
 )
+REDIS_FAILURES = Counter(
+    "linecheck_live_counter_failures_total",
+    "Batches whose Redis counters could not be written (the line went on; "
+    "`linecheck stats rebuild` repairs them)",
+)
+CONFLICTS = Counter(
+    "linecheck_event_conflicts_total", "Events reusing an id already decided for another payload"
+)
 ASSIGNED = Gauge("linecheck_assigned_partitions", "Partitions of boards.flagged held")
 
 

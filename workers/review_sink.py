@@ -76,7 +76,12 @@ class ReviewSink:
         self.topics = settings.topics
         self.worker = worker or f"review-sink@{default_worker_name()}"
         self.store = ReviewStore(settings.postgres.url)
-        self.redis = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+        self.redis = redis.Redis.from_url(
+            settings.redis.url,
+            decode_responses=True,
+            socket_timeout=settings.redis.timeout_s,
+            socket_connect_timeout=settings.redis.timeout_s,
+        )
         self.prefix = settings.redis.key_prefix
         self.monitor = DriftMonitor(
             self.redis,
