@@ -102,6 +102,9 @@ def test_review_outcomes_through_the_broker_land_once_latest_wins_bad_ones_dead_
         producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
         producer.produce(settings.topics.reviews, value=b'{"event_id": ', key=b"L1:x")
         producer.produce(settings.topics.reviews, value=b'{"event_id": "x"}', key=b"L1:x")
+        # anyone can write to boards.verdicts: foreign bytes must not stop the sink
+        producer.produce(settings.topics.verdicts, value=b"\x00garbage", key=b"L1:y")
+        producer.produce(settings.topics.verdicts, value=b'{"verdict": "pass"}', key=b"L1:y")
         producer.flush(10)
 
         store = ReviewStore(settings.postgres.url)
@@ -112,7 +115,7 @@ def test_review_outcomes_through_the_broker_land_once_latest_wins_bad_ones_dead_
                 settings.kafka.bootstrap_servers,
                 settings.topics.deadletter,
                 timeout=60,
-                until=lambda v: len(v) >= 4,
+                until=lambda v: len(v) >= 6,
             )
         ]
         current = store.current(event_id)
@@ -131,6 +134,12 @@ def test_review_outcomes_through_the_broker_land_once_latest_wins_bad_ones_dead_
     assert current["defective"] is False and current["reviewer"] == "mes"
     assert current["n_outcomes"] == 3 and current["contradicted"] is True
 
+    foreign = sorted(
+        (d.stage, d.reason) for d in dead if d.source_topic == settings.topics.verdicts
+    )
+    assert [s for s, _ in foreign] == ["decode", "validate"]
+    assert "not a Verdict" in foreign[1][1]
+    dead = [d for d in dead if d.source_topic != settings.topics.verdicts]
     assert len(dead) == 4
     assert {d.source_topic for d in dead} == {settings.topics.reviews}
     reasons = sorted((d.stage, d.reason) for d in dead)

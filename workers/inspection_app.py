@@ -28,6 +28,7 @@ from workers import metrics
 from workers.audit_sink import AuditBatch, AuditStore, LiveStats
 from workers.inspector import Inspector, SourceInfo
 from workers.messages import dead_letter, default_worker_name
+from workers.retry import Backoff
 
 log = logging.getLogger("linecheck.worker")
 
@@ -35,21 +36,6 @@ log = logging.getLogger("linecheck.worker")
 async def _raw_bodies(msg: StreamMessage[Any]) -> list[bytes]:
     """Hand the handler the undecoded values: validation is ours, so bad input is dead-lettered."""
     return [bytes(body) for body in msg.body]
-
-
-@dataclass
-class Backoff:
-    """Exponential delay after consecutive sink failures: 0.25 s doubling to `cap`."""
-
-    cap: float = 10.0
-    failures: int = 0
-
-    def failed(self) -> float:
-        self.failures += 1
-        return min(self.cap, 0.25 * 2 ** (self.failures - 1))
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 @dataclass

@@ -27,6 +27,7 @@ from infra.settings import Settings
 from schemas.events import Alert, DeadLetter, ReviewOutcome, Verdict, VerdictLabel
 from workers.drift import BoardObservation, DriftMonitor, LabelObservation
 from workers.messages import dead_letter, decode_failure, default_worker_name
+from workers.retry import Backoff
 from workers.review_store import OutcomeResult, ReviewRejected, ReviewStore
 
 log = logging.getLogger("linecheck.review_sink")
@@ -146,8 +147,22 @@ class ReviewSink:
         self._keep(handled.alerts)
         return handled
 
-    def handle_verdict(self, raw: bytes) -> list[Alert]:
-        verdict = Verdict.model_validate_json(raw)  # our own workers' output: errors raise
+    def handle_verdict(
+        self, raw: bytes, partition: int | None = None, offset: int | None = None,
+        key: bytes | None = None,
+    ) -> ReviewHandled:  # fmt: skip
+        """Feed a verdict to the drift windows; bytes that are not a Verdict (anyone can
+        write to the topic) become a dead letter instead of stopping the sink."""
+        try:
+            verdict = Verdict.model_validate_json(raw)
+        except ValidationError as exc:
+            stage, reason = decode_failure(exc)
+            if stage == "validate":
+                reason = f"not a Verdict: {reason}"
+            letter = self._dead(raw, stage, reason, None, (partition, offset, key))
+            return ReviewHandled(
+                deadletter=letter.model_copy(update={"source_topic": self.topics.verdicts})
+            )
         alerts = self.monitor.observe_board(
             BoardObservation(
                 event_id=verdict.event_id,
@@ -161,7 +176,7 @@ class ReviewSink:
         )
         self.redis.incr(f"{self.prefix}:quality:verdicts_seen")
         self._keep(alerts)
-        return alerts
+        return ReviewHandled(alerts=alerts)
 
     def handle_deadletter(self, raw: bytes, partition: int, offset: int) -> None:
         try:
@@ -179,6 +194,12 @@ class ReviewSink:
     def close(self) -> None:
         self.store.close()
         self.redis.close()
+
+
+async def _back_off(backoff: Backoff, what: str, exc: Exception) -> None:
+    delay = backoff.failed()
+    log.error("review sink failed on a %s (%s); retrying in %.1fs", what, exc, delay)
+    await anyio.sleep(delay)
 
 
 def create_review_sink_app(settings: Settings, sink: ReviewSink | None = None) -> FastStream:
@@ -208,6 +229,29 @@ def create_review_sink_app(settings: Settings, sink: ReviewSink | None = None) -
 
         return on_assign
 
+    backoffs = {name: Backoff() for name in ("reviews", "verdicts", "deadletters")}
+
+    async def handled(
+        handle: Callable[..., ReviewHandled], body: bytes, msg: KafkaMessage, backoff: Backoff
+    ) -> None:
+        """Run a handler off the event loop; publish its dead letter and alerts. A failure
+        (database or Redis down) backs off, then raises: not committed, retried."""
+        raw = msg.raw_message
+        assert not isinstance(raw, tuple)
+        try:
+            result = await anyio.to_thread.run_sync(
+                handle, body, raw.partition(), raw.offset(), raw.key()
+            )
+            if result.deadletter is not None:
+                log.warning("dead-lettered: %s", result.deadletter.reason)
+                await dead_out.publish(result.deadletter, key=raw.key())
+            for alert in result.alerts:
+                await alerts_out.publish(alert, key=alert.line.encode())
+        except Exception as exc:
+            await _back_off(backoff, raw.topic() or "message", exc)
+            raise
+        backoff.reset()
+
     common: dict[str, Any] = dict(
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
@@ -222,25 +266,14 @@ def create_review_sink_app(settings: Settings, sink: ReviewSink | None = None) -
         title="reviews", description="ReviewOutcome from operators and the MES", **common,
     )  # fmt: skip
     async def on_review(body: bytes, msg: KafkaMessage) -> None:
-        raw = msg.raw_message
-        assert not isinstance(raw, tuple)
-        handled = await anyio.to_thread.run_sync(
-            state["sink"].handle_review, body, raw.partition(), raw.offset(), raw.key()
-        )
-        if handled.deadletter is not None:
-            log.warning("review dead-lettered: %s", handled.deadletter.reason)
-            await dead_out.publish(handled.deadletter, key=raw.key())
-        for alert in handled.alerts:
-            await alerts_out.publish(alert, key=alert.line.encode())
+        await handled(state["sink"].handle_review, body, msg, backoffs["reviews"])
 
     @broker.subscriber(
         topics.verdicts, group_id=f"{group}-verdicts", on_assign=on_assign_for("verdicts"),
         title="verdicts", description="Verdicts: the label-free drift windows", **common,
     )  # fmt: skip
-    async def on_verdict(body: bytes) -> None:
-        alerts = await anyio.to_thread.run_sync(state["sink"].handle_verdict, body)
-        for alert in alerts:
-            await alerts_out.publish(alert, key=alert.line.encode())
+    async def on_verdict(body: bytes, msg: KafkaMessage) -> None:
+        await handled(state["sink"].handle_verdict, body, msg, backoffs["verdicts"])
 
     @broker.subscriber(
         topics.deadletter, group_id=f"{group}-deadletters",
@@ -250,9 +283,14 @@ def create_review_sink_app(settings: Settings, sink: ReviewSink | None = None) -
     async def on_deadletter(body: bytes, msg: KafkaMessage) -> None:
         raw = msg.raw_message
         assert not isinstance(raw, tuple)
-        await anyio.to_thread.run_sync(
-            state["sink"].handle_deadletter, body, raw.partition() or 0, raw.offset() or 0
-        )
+        try:
+            await anyio.to_thread.run_sync(
+                state["sink"].handle_deadletter, body, raw.partition() or 0, raw.offset() or 0
+            )
+        except Exception as exc:
+            await _back_off(backoffs["deadletters"], "dead letter", exc)
+            raise
+        backoffs["deadletters"].reset()
 
     app = FastStream(broker)
 
