@@ -170,7 +170,7 @@ def write_report(settings: Settings, out: Path, hours: float | None = None) -> P
     import matplotlib
 
     matplotlib.use("Agg")
-    engine = make_engine(settings.postgres.url)
+    engine = make_engine(settings.postgres.url.get_secret_value())
     try:
         found = time_range(engine, hours)
         if found is None:

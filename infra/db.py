@@ -180,3 +180,26 @@ def current_revision(url: str) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
+
+
+def head_revision() -> str:
+    """The newest migration of this code."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("postgresql://")).get_current_head()
+    assert head is not None
+    return head
+
+
+def prepare(url: str, migrate: bool) -> None:
+    """Apply the migrations when ``migrate`` (needs the owner's rights), else check that the
+    database is already at this code's head and say how to get it there when it is not."""
+    if migrate:
+        upgrade(url)
+        return
+    current, head = current_revision(url), head_revision()
+    if current != head:
+        raise RuntimeError(
+            f"the audit store is at migration {current or 'none'}, this code needs {head}: "
+            "run `linecheck db upgrade` (or set worker.migrate = true)"
+        )

@@ -6,10 +6,12 @@ config file > defaults. Nothing is read at import; call `load_settings`.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -49,9 +51,9 @@ class KafkaSettings(_Section):
 
 
 class PostgresSettings(_Section):
-    url: str = Field(
-        default="postgresql+psycopg://linecheck:linecheck@127.0.0.1:5432/linecheck",
-        description="SQLAlchemy URL of the audit store",
+    url: SecretStr = Field(
+        default=SecretStr("postgresql+psycopg://linecheck:linecheck@127.0.0.1:5432/linecheck"),
+        description="SQLAlchemy URL of the audit store (secret: redacted when printed)",
     )
     connect_timeout_s: int = Field(default=5, ge=1, description="give up connecting after this")
     statement_timeout_ms: int = Field(
@@ -60,7 +62,10 @@ class PostgresSettings(_Section):
 
 
 class RedisSettings(_Section):
-    url: str = "redis://127.0.0.1:6379/0"
+    url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        description="Redis URL (secret: redacted when printed)",
+    )
     key_prefix: str = "linecheck"
     window_s: int = Field(default=3600, ge=60, description="rolling window of the live counters")
     timeout_s: float = Field(
@@ -112,6 +117,11 @@ class WorkerSettings(_Section):
     explain: bool = Field(
         default=True,
         description="save class-activation heatmaps of failed/doubtful regions beside verdicts",
+    )
+    migrate: bool = Field(
+        default=False,
+        description="apply database migrations at start-up (needs owner rights); otherwise "
+        "workers check the schema and `linecheck db upgrade` applies it",
     )
     max_board_s: float = Field(
         default=1.0,
@@ -222,13 +232,36 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that reproduces `settings` in a child process (workers)."""
+    """The environment that reproduces `settings` in a child process (workers): secrets
+    revealed, since the child needs them."""
     env: dict[str, str] = {}
     for section, values in settings.model_dump(mode="json").items():
         if isinstance(values, dict):
+            model = getattr(settings, section)
             for key, value in values.items():
+                field = getattr(model, key)
+                if isinstance(field, SecretStr):
+                    value = field.get_secret_value()
                 if value is not None:
-                    env[f"LINECHECK_{section.upper()}__{key.upper()}"] = str(value)
+                    env[f"LINECHECK_{section.upper()}__{key.upper()}"] = (
+                        json.dumps(value) if isinstance(value, list | dict) else str(value)
+                    )
         elif values is not None:
             env[f"LINECHECK_{section.upper()}"] = str(values)
     return env
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for printing and logs)."""
+    return _PASSWORD.sub(r"\1***\2", url)
+
+
+_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*(@)")
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The settings as JSON-ready data, secrets shown with their passwords masked."""
+    out: dict[str, Any] = settings.model_dump(mode="json")
+    for section in ("postgres", "redis"):
+        out[section]["url"] = redact_url(getattr(settings, section).url.get_secret_value())
+    return out

@@ -147,7 +147,7 @@ def wait_for_quality(
     """Block until the review sink has seen every verdict and stored every outcome."""
     import redis
 
-    client = redis.Redis.from_url(live.redis.url)
+    client = redis.Redis.from_url(live.redis.url.get_secret_value())
     ids = [o.event_id for o in outcomes]
     deadline = time.monotonic() + timeout
     try:
@@ -244,11 +244,11 @@ def run_demo(
         raise DemoError(f"--boards must be at least 1, got {boards}")
     model_dir = ensure_model(settings, console=console)
     with services(settings, external, console) as live:
-        upgrade(live.postgres.url)
+        upgrade(live.postgres.url.get_secret_value())
         ensure_topics(live.kafka.bootstrap_servers, live.topics, live.kafka.partitions)
         procs = start_workers(live, workers, live.work_dir / "logs")
         sink = start_review_sink(live, live.work_dir / "logs")
-        engine = make_engine(live.postgres.url)
+        engine = make_engine(live.postgres.url.get_secret_value())
         drift_from = boards // 2 if drift else None
         if drift and rate is None:
             # A line produces boards at its pace; published all at once, boards would be
@@ -344,7 +344,7 @@ def run_demo(
 def _verdicts_seen(settings: Settings) -> int:
     import redis
 
-    client = redis.Redis.from_url(settings.redis.url)
+    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
     try:
         return int(client.get(f"{settings.redis.key_prefix}:quality:verdicts_seen") or 0)
     finally:

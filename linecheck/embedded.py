@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from pydantic import SecretStr
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -252,8 +254,8 @@ def services(settings: Settings, external: bool, console: Console) -> Iterator[S
     ):
         pass_through = settings.model_copy(deep=True)
         pass_through.kafka.bootstrap_servers = stack.kafka_bootstrap
-        pass_through.postgres.url = stack.postgres_url
-        pass_through.redis.url = stack.redis_url
+        pass_through.postgres.url = SecretStr(stack.postgres_url)
+        pass_through.redis.url = SecretStr(stack.redis_url)
         console.log(
             f"Kafka {stack.kafka_bootstrap} · PostgreSQL {stack.postgres.handle.pgdata} · "
             f"Redis {stack.redis_url}"

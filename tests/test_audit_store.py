@@ -42,15 +42,19 @@ def _verdict(label: VerdictLabel = VerdictLabel.FAIL, event_id: str | None = Non
 
 
 def test_migrations_are_at_head_and_rerunnable(settings: Settings) -> None:
-    upgrade(settings.postgres.url)  # already applied by the session fixture: a no-op
+    upgrade(
+        settings.postgres.url.get_secret_value()
+    )  # already applied by the session fixture: a no-op
     from alembic.script import ScriptDirectory
 
     from infra.db import alembic_config
 
-    head = ScriptDirectory.from_config(alembic_config(settings.postgres.url)).get_current_head()
+    head = ScriptDirectory.from_config(
+        alembic_config(settings.postgres.url.get_secret_value())
+    ).get_current_head()
     assert head is not None and head >= "0001"
-    assert current_revision(settings.postgres.url) == head
-    engine = make_engine(settings.postgres.url)
+    assert current_revision(settings.postgres.url.get_secret_value()) == head
+    engine = make_engine(settings.postgres.url.get_secret_value())
     try:
         columns = {c["name"] for c in sa.inspect(engine).get_columns("verdicts")}
     finally:
@@ -66,7 +70,7 @@ def test_migrations_are_at_head_and_rerunnable(settings: Settings) -> None:
 
 
 def test_the_same_event_recorded_twice_is_one_row(settings: Settings) -> None:
-    store = AuditStore(settings.postgres.url)
+    store = AuditStore(settings.postgres.url.get_secret_value())
     try:
         v = _verdict()
         before = store.count()
@@ -88,7 +92,9 @@ def test_the_same_event_recorded_twice_is_one_row(settings: Settings) -> None:
 
 
 def test_live_counters_roll_per_line(settings: Settings) -> None:
-    stats = LiveStats(settings.redis.url, settings.redis.key_prefix, window_s=600)
+    stats = LiveStats(
+        settings.redis.url.get_secret_value(), settings.redis.key_prefix, window_s=600
+    )
     try:
         for label in (VerdictLabel.PASS, VerdictLabel.PASS, VerdictLabel.REVIEW):
             stats.record(_verdict(label))

@@ -37,8 +37,8 @@ def test_every_linecheck_setting_in_compose_is_a_valid_setting(
             monkeypatch.setenv(key, str(value))
         settings = load_settings()  # unknown or malformed keys raise here
         assert settings.kafka.bootstrap_servers == "kafka:9092"
-        assert settings.postgres.url.endswith("@postgres:5432/linecheck")
-        assert settings.redis.url == "redis://redis:6379/0"
+        assert settings.postgres.url.get_secret_value().endswith("@postgres:5432/linecheck")
+        assert settings.redis.url.get_secret_value().endswith("@redis:6379/0")
 
 
 def test_compose_commands_are_commands_of_the_cli(compose: dict) -> None:  # type: ignore[type-arg]
@@ -68,3 +68,19 @@ def test_the_image_copies_every_package_the_project_installs() -> None:
     )
     assert packages == copied
     assert packages == set(pyproject["tool"]["importlinter"]["root_packages"])
+
+
+def test_servers_listen_on_localhost_and_no_password_is_committed(
+    compose: dict,  # type: ignore[type-arg]
+) -> None:
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every address"
+    text = COMPOSE.read_text()
+    assert "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?" in text
+    assert "linecheck:linecheck@" not in text and "ADMIN_PASSWORD: admin" not in text
+    # workers do not run DDL: the one-shot migrate job does
+    for name in ("worker", "review-sink"):
+        env = compose["services"][name]["environment"]
+        assert env.get("LINECHECK_WORKER__MIGRATE", "false") in ("false", False)
+    assert compose["services"]["migrate"]["command"] == ["db", "upgrade"]

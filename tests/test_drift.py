@@ -40,7 +40,7 @@ def _run(
 
 
 def _monitor(settings: Settings, name: str, **quality: object) -> DriftMonitor:
-    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    client = redis.Redis.from_url(settings.redis.url.get_secret_value(), decode_responses=True)
     q = QualitySettings(**quality)  # type: ignore[arg-type]
     return DriftMonitor(client, q, prefix=f"{settings.redis.key_prefix}:{name}")
 

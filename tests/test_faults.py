@@ -6,6 +6,7 @@ import time
 import uuid
 
 import sqlalchemy as sa
+from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from infra.db import make_engine, upgrade
@@ -22,11 +23,11 @@ from tests.helpers import wait_until
 def _own_database(settings: Settings) -> str:
     """A fresh database on the session's server, so this test can break it alone."""
     name = f"fault_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(settings.postgres.url, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(settings.postgres.url.get_secret_value(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    url = make_url(settings.postgres.url).set(database=name)
+    url = make_url(settings.postgres.url.get_secret_value()).set(database=name)
     rendered = url.render_as_string(hide_password=False)
     upgrade(rendered)
     return rendered
@@ -35,7 +36,7 @@ def _own_database(settings: Settings) -> str:
 def test_audit_store_outage_holds_the_events_and_loses_none(settings: Settings) -> None:
     url = _own_database(settings)
     settings = settings.model_copy(
-        update={"postgres": settings.postgres.model_copy(update={"url": url})}
+        update={"postgres": settings.postgres.model_copy(update={"url": SecretStr(url)})}
     )
     topics = settings.topics
     ensure_topics(settings.kafka.bootstrap_servers, topics, settings.kafka.partitions)
@@ -92,7 +93,7 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_doubles_nothing(settings: 
     store = ObjectStore(settings.images.object_store)
     publisher = BoardPublisher(settings.kafka.bootstrap_servers, topics.flagged, store, 10**7)
     workers = start_workers(settings, 2, settings.work_dir / "logs")
-    engine = make_engine(settings.postgres.url)
+    engine = make_engine(settings.postgres.url.get_secret_value())
 
     def audited(ids: list[str]) -> list[str]:
         with engine.connect() as conn:

@@ -22,7 +22,7 @@ from tests.helpers import wait_until
 
 
 def _audit_rows(settings: Settings, ids: list[str]) -> list[tuple[str, str]]:
-    engine = make_engine(settings.postgres.url)
+    engine = make_engine(settings.postgres.url.get_secret_value())
     try:
         with engine.connect() as conn:
             return [
@@ -137,7 +137,7 @@ def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_let
     assert by_stage["image"].event_id == "not-an-image"
 
     # Live counters moved once per new audit row, not per delivery.
-    client = redis.Redis.from_url(settings.redis.url)
+    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
     totals = {
         k.decode(): int(v) for k, v in client.hgetall(f"{settings.redis.key_prefix}:totals").items()
     }

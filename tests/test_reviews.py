@@ -46,7 +46,7 @@ def make_verdict(event_id: str, verdict: str = "pass", **kw: object) -> Verdict:
 
 
 def test_audit_sink_marks_the_audit_sample_deterministically(settings: Settings) -> None:
-    store = AuditStore(settings.postgres.url, audit_rate=0.5)
+    store = AuditStore(settings.postgres.url.get_secret_value(), audit_rate=0.5)
     ids = [f"aud-{uuid.uuid4().hex}" for _ in range(40)]
     try:
         for i, event_id in enumerate(ids):
@@ -71,7 +71,7 @@ def test_review_outcomes_through_the_broker_land_once_latest_wins_bad_ones_dead_
 ) -> None:
     ensure_topics(settings.kafka.bootstrap_servers, settings.topics, 1)
     event_id = f"rev-{uuid.uuid4().hex}"
-    audit = AuditStore(settings.postgres.url, audit_rate=0.0)
+    audit = AuditStore(settings.postgres.url.get_secret_value(), audit_rate=0.0)
     audit.record(make_verdict(event_id, "review"))
     audit.close()
     serial = f"S-{event_id}"
@@ -107,7 +107,7 @@ def test_review_outcomes_through_the_broker_land_once_latest_wins_bad_ones_dead_
         producer.produce(settings.topics.verdicts, value=b'{"verdict": "pass"}', key=b"L1:y")
         producer.flush(10)
 
-        store = ReviewStore(settings.postgres.url)
+        store = ReviewStore(settings.postgres.url.get_secret_value())
         wait_until(lambda: len(store.history(event_id)) == 3, 60, "three outcomes in the history")
         dead = [
             DeadLetter.model_validate_json(v)
@@ -151,7 +151,7 @@ def test_review_outcomes_through_the_broker_land_once_latest_wins_bad_ones_dead_
     assert "names 'OTHER' on 'L9'" in text
 
     # the sink also keeps the dead letters it sees for the operations dashboard
-    engine = make_engine(settings.postgres.url)
+    engine = make_engine(settings.postgres.url.get_secret_value())
     try:
         wait_until(
             lambda: _count_deadletters(engine, settings.topics.reviews) == 4, 30, "dead-letter rows"
@@ -186,7 +186,7 @@ def test_review_command_publishes_an_outcome_looked_up_from_the_audit_store(
 
     ensure_topics(settings.kafka.bootstrap_servers, settings.topics, 1)
     event_id = f"cli-{uuid.uuid4().hex}"
-    audit = AuditStore(settings.postgres.url)
+    audit = AuditStore(settings.postgres.url.get_secret_value())
     audit.record(make_verdict(event_id, "review", line="L7"))
     audit.close()
     env = settings_env(settings)

@@ -47,7 +47,7 @@ class WorkerContext:
 
 def build_context(settings: Settings) -> WorkerContext:
     """Load the model and connect the sinks (heavy: do it once per worker process)."""
-    from infra.db import upgrade
+    from infra.db import prepare
     from inspection.backends import load_classifier
     from inspection.model.registry import load_card, resolve_model
 
@@ -58,7 +58,7 @@ def build_context(settings: Settings) -> WorkerContext:
         # core, makes the workers fight over the cores (2 workers on 2 cores: 25 boards/s
         # with OpenCV's default threads, 43 with one each; benchmarks/pipeline.py).
         cv2.setNumThreads(settings.model.threads)
-    upgrade(settings.postgres.url)
+    prepare(settings.postgres.url.get_secret_value(), settings.worker.migrate)
     model_dir = resolve_model(settings.model.models_dir, settings.model.version)
     card = load_card(model_dir)
     classifier = load_classifier(
@@ -92,13 +92,13 @@ def build_context(settings: Settings) -> WorkerContext:
     return WorkerContext(
         inspector=inspector,
         audit=AuditStore(
-            settings.postgres.url,
+            settings.postgres.url.get_secret_value(),
             settings.quality.audit_rate,
             settings.postgres.connect_timeout_s,
             settings.postgres.statement_timeout_ms,
         ),
         stats=LiveStats(
-            settings.redis.url,
+            settings.redis.url.get_secret_value(),
             settings.redis.key_prefix,
             settings.redis.window_s,
             settings.redis.timeout_s,

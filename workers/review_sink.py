@@ -76,9 +76,9 @@ class ReviewSink:
         self.settings = settings
         self.topics = settings.topics
         self.worker = worker or f"review-sink@{default_worker_name()}"
-        self.store = ReviewStore(settings.postgres.url)
+        self.store = ReviewStore(settings.postgres.url.get_secret_value())
         self.redis = redis.Redis.from_url(
-            settings.redis.url,
+            settings.redis.url.get_secret_value(),
             decode_responses=True,
             socket_timeout=settings.redis.timeout_s,
             socket_connect_timeout=settings.redis.timeout_s,
@@ -297,10 +297,12 @@ def create_review_sink_app(settings: Settings, sink: ReviewSink | None = None) -
     @app.on_startup
     async def _start() -> None:
         if "sink" not in state:
-            from infra.db import upgrade
+            from infra.db import prepare
             from infra.kafka_admin import ensure_topics
 
-            await anyio.to_thread.run_sync(upgrade, settings.postgres.url)
+            await anyio.to_thread.run_sync(
+                prepare, settings.postgres.url.get_secret_value(), settings.worker.migrate
+            )
             await anyio.to_thread.run_sync(
                 ensure_topics, settings.kafka.bootstrap_servers, topics, settings.kafka.partitions
             )

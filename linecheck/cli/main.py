@@ -27,7 +27,9 @@ app.add_typer(db_app, name="db")
 def config(config: ConfigOption = None) -> None:
     """Validate the settings (file + LINECHECK_* environment) and print them resolved."""
     settings = settings_or_exit(config)
-    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    from infra.settings import redacted
+
+    print(json.dumps(redacted(settings), indent=2))
 
 
 @app.command()
@@ -231,8 +233,10 @@ def db_upgrade(revision: str = "head", config: ConfigOption = None) -> None:
     from infra.db import current_revision, upgrade
 
     settings = settings_or_exit(config)
-    upgrade(settings.postgres.url, revision)
-    err.print(f"audit store at revision {current_revision(settings.postgres.url)}")
+    upgrade(settings.postgres.url.get_secret_value(), revision)
+    err.print(
+        f"audit store at revision {current_revision(settings.postgres.url.get_secret_value())}"
+    )
 
 
 from linecheck.cli.quality import register as _register_quality  # noqa: E402

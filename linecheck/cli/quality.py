@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from pydantic import SecretStr
 
 from linecheck.cli.common import ConfigOption, err, settings_or_exit
 
@@ -50,7 +51,7 @@ def review(
 
     settings = settings_or_exit(config)
     if line is None or serial is None:
-        found = lookup_board(settings.postgres.url, event_id)
+        found = lookup_board(settings.postgres.url.get_secret_value(), event_id)
         if found is None:
             err.print(f"[red]no audit row for event {event_id!r}: give --line and --serial[/red]")
             raise typer.Exit(2)
@@ -86,7 +87,7 @@ def review_queue(
     from linecheck.review_queue import review_queue as queue
 
     settings = settings_or_exit(config)
-    rows = queue(settings.postgres.url, limit=limit, line=line)
+    rows = queue(settings.postgres.url.get_secret_value(), limit=limit, line=line)
     if as_json:
         for row in rows:
             print(json.dumps(row, default=str))
@@ -132,7 +133,7 @@ def report(
 
             with demo_postgres(settings.work_dir) as url:
                 live = settings.model_copy(deep=True)
-                live.postgres.url = url
+                live.postgres.url = SecretStr(url)
                 write_report(live, out, hours=hours)
         else:
             write_report(settings, out, hours=hours)
@@ -173,7 +174,9 @@ def dashboards_push(
     from dashboards.provision import provision
 
     settings = settings_or_exit(config)
-    done = provision(url, settings.postgres.url, token=token, basic=(user, password))
+    done = provision(
+        url, settings.postgres.url.get_secret_value(), token=token, basic=(user, password)
+    )
     for line in done:
         err.print(line)
 
