@@ -189,3 +189,49 @@ class LiveStats:
 
     def close(self) -> None:
         self.client.close()
+
+
+def rebuild_live_stats(stats: LiveStats, url: str) -> dict[str, int]:
+    """Recompute ``stats``' counters from the audit store (after Redis was flushed or was
+    down): the totals per verdict, the window buckets per line, the dead letters per stage
+    (from the review sink's ``deadletters`` table). Returns the totals written."""
+    from infra.db import deadletters
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            totals: dict[str, int] = dict(
+                conn.execute(select(verdicts.c.verdict, func.count()).group_by(verdicts.c.verdict))
+                .tuples()
+                .all()
+            )
+            since = datetime.now(UTC).timestamp() - stats.window_s - stats.BUCKET_S
+            recent = conn.execute(
+                select(verdicts.c.line, verdicts.c.verdict, verdicts.c.decided_at).where(
+                    verdicts.c.decided_at >= func.to_timestamp(since)
+                )
+            ).all()
+            stages: dict[str, int] = dict(
+                conn.execute(
+                    select(deadletters.c.stage, func.count()).group_by(deadletters.c.stage)
+                )
+                .tuples()
+                .all()
+            )
+    finally:
+        engine.dispose()
+    pipe = stats.client.pipeline(transaction=True)
+    for key in stats.client.scan_iter(f"{stats.prefix}:verdicts:*"):
+        pipe.delete(key)
+    pipe.delete(f"{stats.prefix}:totals", f"{stats.prefix}:deadletters")
+    for verdict, n in totals.items():
+        pipe.hset(f"{stats.prefix}:totals", str(verdict), int(n))
+    for stage, n in stages.items():
+        pipe.hset(f"{stats.prefix}:deadletters", str(stage), int(n))
+    for line, verdict, decided_at in recent:
+        key = f"{stats.prefix}:verdicts:{line}:{stats._bucket(decided_at)}"
+        pipe.hincrby(key, str(verdict), 1)
+        pipe.hincrby(key, "boards", 1)
+        pipe.expire(key, stats.window_s + stats.BUCKET_S)
+    pipe.execute()
+    return {str(k): int(v) for k, v in totals.items()}

@@ -45,9 +45,9 @@ class WorkerContext:
     stats: LiveStats
 
 
-def build_context(settings: Settings) -> WorkerContext:
-    """Load the model and connect the sinks (heavy: do it once per worker process)."""
-    from infra.db import prepare
+def build_inspector(settings: Settings) -> Inspector:
+    """The per-event code with the configured model, explainer, store and image policy
+    (heavy: once per process). `linecheck inspect` runs it without any server."""
     from inspection.backends import load_classifier
     from inspection.model.registry import load_card, resolve_model
 
@@ -58,7 +58,6 @@ def build_context(settings: Settings) -> WorkerContext:
         # core, makes the workers fight over the cores (2 workers on 2 cores: 25 boards/s
         # with OpenCV's default threads, 43 with one each; benchmarks/pipeline.py).
         cv2.setNumThreads(settings.model.threads)
-    prepare(settings.postgres.url.get_secret_value(), settings.worker.migrate)
     model_dir = resolve_model(settings.model.models_dir, settings.model.version)
     card = load_card(model_dir)
     classifier = load_classifier(
@@ -72,15 +71,14 @@ def build_context(settings: Settings) -> WorkerContext:
         from inspection.explain import Explainer
 
         # the serving backend's own runtime: an OpenVINO worker never loads torch
+        on_openvino = settings.model.backend == "openvino"
         explainer = Explainer(
             model_dir,
             backend=settings.model.backend,
-            device=(settings.model.device or "CPU")
-            if settings.model.backend == "openvino"
-            else "CPU",
+            device=(settings.model.device or "CPU") if on_openvino else "CPU",
             threads=settings.model.threads,
         )
-    inspector = Inspector(
+    return Inspector(
         classifier,
         card.require_thresholds(),
         ObjectStore(settings.images.object_store),
@@ -89,8 +87,15 @@ def build_context(settings: Settings) -> WorkerContext:
         policy=settings.images.policy,
         review_products=frozenset(settings.worker.review_products),
     )
+
+
+def build_context(settings: Settings) -> WorkerContext:
+    """Check the audit store's schema, load the model and connect the sinks."""
+    from infra.db import prepare
+
+    prepare(settings.postgres.url.get_secret_value(), settings.worker.migrate)
     return WorkerContext(
-        inspector=inspector,
+        inspector=build_inspector(settings),
         audit=AuditStore(
             settings.postgres.url.get_secret_value(),
             settings.quality.audit_rate,

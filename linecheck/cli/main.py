@@ -249,3 +249,7 @@ _register_models(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app(prog_name="linecheck")
+
+from linecheck.cli.operations import register as _register_operations  # noqa: E402
+
+_register_operations(app)
