@@ -129,6 +129,11 @@ class WorkerSettings(_Section):
         description="budget for inspecting one board (a 640x640 board takes ~0.04 s on one "
         "core); batch_size × this plus the sinks' timeouts must fit in max_poll_interval_ms",
     )
+    fault_slow_file: Path | None = Field(
+        default=None,
+        description="fault injection (linecheck chaos): while this file exists, each board "
+        "takes the seconds it holds longer",
+    )
     review_products: list[str] = Field(
         default_factory=list,
         description="products whose boards go to review, uninspected, when their template is "

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,3 +101,75 @@ def stop_workers(workers: list[WorkerProcess], timeout: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             w.proc.kill()
             w.proc.wait(timeout)
+
+
+class Supervisor:
+    """Keeps children running: one that exits is started again after a backoff (1 s
+    doubling to 30 s; reset once it has run a minute), and every restart is logged and
+    counted. ``watch()`` runs it on a background thread until ``stop()``."""
+
+    def __init__(self, settings: Settings, log_dir: Path, log: Callable[[str], None] = print):
+        self.settings = settings
+        self.log_dir = log_dir
+        self.log = log
+        self.children: dict[str, WorkerProcess] = {}
+        self.restarts: dict[str, int] = {}
+        self._specs: dict[str, tuple[str, dict[str, str]]] = {}
+        self._due: dict[str, float] = {}
+        self._started: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, command: str, name: str, **env: str) -> WorkerProcess:
+        with self._lock:
+            self._specs[name] = (command, env)
+            self.restarts.setdefault(name, 0)
+            return self._start(name)
+
+    def _start(self, name: str) -> WorkerProcess:
+        command, env = self._specs[name]
+        child = spawn(command, name, self.settings, self.log_dir, **env)
+        self.children[name] = child
+        self._started[name] = time.monotonic()
+        return child
+
+    def poll(self) -> list[str]:
+        """Restart the children that exited and whose backoff has passed; their names."""
+        restarted = []
+        now = time.monotonic()
+        with self._lock:
+            for name, child in list(self.children.items()):
+                if child.proc.poll() is None:
+                    continue
+                if name not in self._due:
+                    ran = now - self._started[name]
+                    tries = 0 if ran > 60 else self.restarts[name]
+                    delay = min(30.0, 2.0**tries)
+                    self._due[name] = now + delay
+                    self.log(
+                        f"{name} exited with code {child.proc.returncode} after {ran:.0f}s; "
+                        f"restarting in {delay:.0f}s"
+                    )
+                elif now >= self._due[name]:
+                    del self._due[name]
+                    self.restarts[name] += 1
+                    self._start(name)
+                    restarted.append(name)
+        return restarted
+
+    def watch(self, every: float = 0.5) -> None:
+        def loop() -> None:
+            while not self._stop.wait(every):
+                self.poll()
+
+        self._thread = threading.Thread(target=loop, name="supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop restarting, then stop every child (SIGTERM: they finish what is in hand)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._lock:
+            stop_workers(list(self.children.values()), timeout)

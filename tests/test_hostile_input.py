@@ -20,10 +20,14 @@ from infra.images import (
 from infra.object_store import ObjectStore
 from inspection.backends import load_classifier
 from inspection.model.registry import load_card
+from producers.hostile import (
+    bmp_with_header,
+    hostile_events,
+    png_with_header,
+    sixteen_bit_and_colour,
+)
 from schemas.events import DeadLetter, FlaggedBoard, ImageRef, Verdict
 from workers.inspector import Inspector, SourceInfo
-
-from .hostile import bmp_with_header, hostile_events, png_with_header, sixteen_bit_and_colour
 
 SOURCE = SourceInfo(topic="boards.flagged", partition=0, offset=7, key=b"L1:S")
 

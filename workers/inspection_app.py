@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -109,6 +111,16 @@ def build_context(settings: Settings) -> WorkerContext:
             settings.redis.timeout_s,
         ),
     )
+
+
+def injected_delay(path: Path | None) -> float:
+    """Seconds to add per board while the fault-injection file exists (chaos runs only)."""
+    if path is None:
+        return 0.0
+    try:
+        return max(0.0, float(path.read_text().strip() or 0))
+    except (OSError, ValueError):
+        return 0.0
 
 
 def poll_budget_s(settings: Settings) -> float:
@@ -225,9 +237,17 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             )
             for r in records
         ]
-        results = await anyio.to_thread.run_sync(
-            lambda: [ctx.inspector.process(b, s) for b, s in zip(bodies, sources, strict=True)]
-        )
+        delay = injected_delay(settings.worker.fault_slow_file)
+
+        def inspect_all() -> list[Verdict | DeadLetter]:
+            out = []
+            for body, source in zip(bodies, sources, strict=True):
+                if delay:
+                    time.sleep(delay)
+                out.append(ctx.inspector.process(body, source))
+            return out
+
+        results = await anyio.to_thread.run_sync(inspect_all)
         decided = [
             (r, s, b)
             for r, s, b in zip(results, sources, bodies, strict=True)

@@ -253,3 +253,46 @@ if __name__ == "__main__":  # pragma: no cover
 from linecheck.cli.operations import register as _register_operations  # noqa: E402
 
 _register_operations(app)
+
+
+@app.command()
+def chaos(
+    boards: Annotated[int, typer.Option(min=1, help="good boards to publish")] = 2000,
+    hostile: Annotated[int, typer.Option(min=1, help="hostile messages (30+ kinds)")] = 200,
+    workers: Annotated[int, typer.Option(min=1, help="supervised worker processes")] = 3,
+    rate: Annotated[float, typer.Option(min=0.1, help="messages/s published")] = 40.0,
+    slow_s: Annotated[float, typer.Option(min=1.0, help="seconds worker-1 is made slow")] = 25.0,
+    external: Annotated[
+        bool, typer.Option(help="use the settings' servers (no server restarts)")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """The worst day, repeatable: hostile input, killed workers, database and Redis
+    restarts and a slow worker, then the delivery invariants. Exit 1 when one fails."""
+    from linecheck.chaos import run_chaos
+
+    settings = settings_or_exit(config)
+    report = run_chaos(
+        settings,
+        boards=boards,
+        hostile=hostile,
+        workers=workers,
+        rate=rate,
+        slow_s=slow_s,
+        external=external,
+        console=err,
+    )
+    if as_json:
+        print(json.dumps(report.as_dict()))
+    else:
+        table = Table(title="linecheck chaos")
+        table.add_column("invariant")
+        table.add_column("holds")
+        for name, holds in report.invariants.items():
+            table.add_row(name, "[green]yes[/green]" if holds else "[red]NO[/red]")
+        err.print(table)
+        for fault in report.faults:
+            err.print(fault)
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,448 @@
+"""`linecheck chaos`: the worst day, repeatable.
+
+Publishes good boards interleaved with hostile messages (``producers.hostile``), and while
+they flow: kills workers with SIGKILL (the supervisor restarts them), restarts PostgreSQL,
+restarts Redis empty (a flush), and makes one worker slower than Kafka's poll interval for
+a while. Then it checks the invariants of at-least-once delivery with idempotent sinks and
+reports how long each fault took to recover. With ``--external`` the server restarts are
+skipped (they are not ours to restart).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import contextlib
+import itertools
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import SecretStr
+from rich.console import Console
+
+from infra.db import make_engine, upgrade, verdicts
+from infra.images import encode_png
+from infra.kafka_admin import ensure_topics, read_topic
+from infra.object_store import ObjectStore
+from infra.settings import Settings
+from linecheck.embedded import EmbeddedStack, embedded_stack, start_postgres, start_redis
+from linecheck.processes import Supervisor
+from producers.hostile import Hostile, hostile_events
+from producers.publisher import BoardPublisher
+from producers.simulator import synthetic_samples
+from schemas.events import DeadLetter, Verdict
+
+
+@dataclass
+class ChaosReport:
+    boards: int
+    hostile: int
+    hostile_kinds: int
+    verdicts: int
+    deadletters: int
+    elapsed_s: float
+    invariants: dict[str, bool] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(self.invariants.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def chaos_settings(settings: Settings) -> Settings:
+    """Small batches and short timeouts, so that faults land mid-batch and a slow worker
+    outlasts the poll interval within seconds (the poll budget still holds)."""
+    s = settings.model_copy(deep=True)
+    s.kafka.batch_size = 4
+    s.kafka.session_timeout_ms = 6_000
+    s.kafka.max_poll_interval_ms = 15_000
+    s.kafka.delivery_timeout_ms = 4_000
+    s.postgres.connect_timeout_s = 2
+    s.postgres.statement_timeout_ms = 3_000
+    s.redis.timeout_s = 0.5
+    s.worker.max_board_s = 0.5
+    s.worker.fault_slow_file = s.work_dir / "chaos" / "slow-worker-1"
+    return s
+
+
+@contextlib.contextmanager
+def _servers(settings: Settings, external: bool) -> Iterator[tuple[Settings, EmbeddedStack | None]]:
+    if external:
+        yield settings, None
+        return
+    with embedded_stack(settings.work_dir) as stack:
+        live = settings.model_copy(deep=True)
+        live.kafka.bootstrap_servers = stack.kafka_bootstrap
+        live.postgres.url = SecretStr(stack.postgres_url)
+        live.redis.url = SecretStr(stack.redis_url)
+        yield live, stack
+
+
+class _Run:
+    """The moving parts of one chaos run, and the faults it injects."""
+
+    def __init__(
+        self,
+        live: Settings,
+        stack: EmbeddedStack | None,
+        console: Console,
+        probe: Callable[[], str],
+    ) -> None:
+        self.live = live
+        self.stack = stack
+        self.console = console
+        self.engine = make_engine(live.postgres.url.get_secret_value(), 2)
+        self.faults: list[dict[str, Any]] = []
+        # publishes one more good board and returns its event id: recovery is measured by
+        # what happens to boards published after the fault, whatever else is in flight
+        self.probe = probe
+
+    def audited(self, event_id: str) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                return (
+                    conn.execute(
+                        sa.select(verdicts.c.event_id).where(verdicts.c.event_id == event_id)
+                    ).first()
+                    is not None
+                )
+        except sa.exc.SQLAlchemyError:
+            return False  # still down
+
+    def _recovered(self, what: str, started: float, done: Callable[[], bool], limit: float) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if done():
+                took = time.monotonic() - started
+                self.faults.append({"fault": what, "recovered": True, "recovery_s": round(took, 1)})
+                self.console.log(f"chaos: {what} recovered in {took:.1f}s")
+                return
+            time.sleep(0.25)
+        self.faults.append({"fault": what, "recovered": False, "recovery_s": None})
+        self.console.log(f"[red]chaos: {what} not recovered after {limit:.0f}s[/red]")
+
+    def kill_worker(self, supervisor: Supervisor, name: str) -> None:
+        child = supervisor.children[name]
+        started = time.monotonic()
+        os.kill(child.proc.pid, signal.SIGKILL)
+        self.console.log(f"chaos: SIGKILL {name} (pid {child.proc.pid})")
+        self._recovered(
+            f"SIGKILL {name}",
+            started,
+            lambda: (
+                supervisor.children[name] is not child
+                and supervisor.children[name].ready_path.exists()
+            ),
+            90,
+        )
+
+    def restart_postgres(self) -> None:
+        if self.stack is None:
+            self.faults.append({"fault": "restart PostgreSQL", "skipped": "external servers"})
+            return
+        started = time.monotonic()
+        self.stack.postgres.stop()
+        self.console.log("chaos: PostgreSQL stopped")
+        during = self.probe()  # a board arrives while the audit store is down
+        time.sleep(3)
+        self.stack.postgres = start_postgres(self.live.work_dir / "pg")
+        self.engine.dispose()
+        self._recovered("restart PostgreSQL", started, lambda: self.audited(during), 120)
+
+    def restart_redis(self) -> None:
+        if self.stack is None:
+            self.faults.append({"fault": "restart and flush Redis", "skipped": "external servers"})
+            return
+        import redis
+
+        redis_child = next(c for c in self.stack.children if c.name == "redis")
+        port = int(self.live.redis.url.get_secret_value().rsplit(":", 1)[1].split("/")[0])
+        started = time.monotonic()
+        redis_child.stop()
+        self.console.log("chaos: Redis stopped")
+        time.sleep(2)
+        _, fresh = start_redis(self.live.work_dir / "redis", self.live.work_dir / "logs", port)
+        self.stack.children[self.stack.children.index(redis_child)] = fresh
+        client = redis.Redis.from_url(self.live.redis.url.get_secret_value())
+        key = f"{self.live.redis.key_prefix}:totals"
+        try:
+            self._recovered(
+                "restart and flush Redis", started, lambda: bool(client.exists(key)), 90
+            )
+        finally:
+            client.close()
+
+    def slow_worker(self, seconds: float, per_board_s: float = 5.0) -> None:
+        path = self.live.worker.fault_slow_file
+        assert path is not None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(per_board_s))
+        self.console.log(f"chaos: worker-1 takes {per_board_s}s more per board for {seconds}s")
+        probes = [self.probe() for _ in range(2 * self.live.kafka.partitions)]
+        time.sleep(seconds)
+        path.unlink()
+        started = time.monotonic()
+        self._recovered(
+            "worker-1 slower than the poll interval",
+            started,
+            lambda: all(self.audited(p) for p in probes),
+            180,
+        )
+
+
+def _messages(
+    boards: int, hostile: list[Hostile], copies: int, seed: int
+) -> tuple[list[tuple[str, Any]], list[Hostile]]:
+    """Good boards and hostile messages interleaved evenly: ("board", sample) or
+    ("hostile", Hostile) items, in publishing order."""
+    sent_hostile = [h for h in hostile for _ in range(copies)]
+    samples = list(itertools.islice(synthetic_samples(seed=seed), boards))
+    out: list[tuple[str, Any]] = []
+    step = max(1, len(samples) // max(1, len(sent_hostile)))
+    queue = collections.deque(sent_hostile)
+    for i, sample in enumerate(samples):
+        out.append(("board", sample))
+        if i % step == 0 and queue:
+            out.append(("hostile", queue.popleft()))
+    out.extend(("hostile", h) for h in queue)
+    return out, sent_hostile
+
+
+def run_chaos(
+    settings: Settings,
+    *,
+    boards: int = 2000,
+    hostile: int = 200,
+    workers: int = 3,
+    rate: float = 40.0,
+    slow_s: float = 25.0,
+    seed: int = 0,
+    external: bool = False,
+    console: Console | None = None,
+) -> ChaosReport:
+    """Run the chaos scenario (see the module docstring) and check its invariants."""
+    from linecheck.processes import wait_ready
+    from training.synthetic_model import ensure_model
+
+    console = console or Console(stderr=True)
+    if boards < 1 or hostile < 1 or workers < 1 or rate <= 0:
+        raise ValueError("boards, hostile and workers must be ≥ 1 and rate > 0")
+    ensure_model(settings, console=console)
+    started = time.monotonic()
+    with _servers(chaos_settings(settings), external) as (live, stack):
+        url = live.postgres.url.get_secret_value()
+        upgrade(url)
+        ensure_topics(live.kafka.bootstrap_servers, live.topics, live.kafka.partitions)
+        store = ObjectStore(live.images.object_store)
+        reference = next(synthetic_samples(seed=seed + 1))
+        assert reference.template_id is not None and reference.template is not None
+        store.put_template(reference.template_id, encode_png(reference.template))
+        kinds = hostile_events(store, reference.image, reference.template_id)
+        copies = -(-hostile // len(kinds))
+        items, sent_hostile = _messages(boards, kinds, copies, seed)
+        supervisor = Supervisor(live, live.work_dir / "logs", log=console.log)
+        for i in range(workers):
+            supervisor.add("worker", f"worker-{i + 1}", LINECHECK_MODEL__THREADS="1")
+        good_ids: list[str] = []
+        probes = synthetic_samples(seed=seed + 2)
+        prober = BoardPublisher(
+            live.kafka.bootstrap_servers, live.topics.flagged, store, live.images.inline_max_bytes
+        )
+
+        def probe() -> str:
+            sample = next(probes)
+            assert sample.template_id is not None and sample.template is not None
+            store.put_template(sample.template_id, encode_png(sample.template))
+            event = prober.publish(
+                sample.image, line="L1", machine="aoi-probe", product=sample.product,
+                board_serial=f"PROBE-{sample.serial}", template_id=sample.template_id,
+            )  # fmt: skip
+            prober.flush()
+            good_ids.append(event.event_id)
+            return event.event_id
+
+        run = _Run(live, stack, console, probe)
+        try:
+            with console.status("chaos: waiting for the workers to join"):
+                wait_ready(list(supervisor.children.values()))
+            supervisor.watch()
+            publisher = BoardPublisher(
+                live.kafka.bootstrap_servers,
+                live.topics.flagged,
+                store,
+                live.images.inline_max_bytes,
+            )
+            thread = threading.Thread(
+                target=_publish, args=(publisher, store, items, rate, good_ids), daemon=True
+            )
+            thread.start()
+            faults: list[Callable[[], None]] = [
+                lambda: run.kill_worker(supervisor, "worker-1"),
+                run.restart_postgres,
+                lambda: run.kill_worker(supervisor, f"worker-{min(2, workers)}"),
+                run.restart_redis,
+                lambda: run.kill_worker(supervisor, f"worker-{workers}"),
+                lambda: run.slow_worker(slow_s),
+            ]
+            pace = len(items) / rate / (len(faults) + 1)
+            for fault in faults:
+                time.sleep(min(pace, 5.0))
+                fault()
+            thread.join()
+            publisher.close()
+            prober.close()
+            report = _check(run, supervisor, good_ids, sent_hostile, boards, len(kinds), console)
+        finally:
+            supervisor.stop()
+            run.engine.dispose()
+    report.elapsed_s = round(time.monotonic() - started, 1)
+    report.faults = run.faults
+    report.restarts = dict(supervisor.restarts)
+    report.invariants["every_fault_recovered"] = all(f.get("recovered", True) for f in run.faults)
+    return report
+
+
+def _publish(
+    publisher: BoardPublisher,
+    store: ObjectStore,
+    items: list[tuple[str, Any]],
+    rate: float,
+    good_ids: list[str],
+) -> None:
+    registered: set[str] = set()
+    start = time.monotonic()
+    for i, (kind, item) in enumerate(items):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        if kind == "hostile":
+            publisher.send_raw(item.raw, key=b"hostile")
+            continue
+        if item.template_id not in registered:
+            store.put_template(item.template_id, encode_png(item.template))
+            registered.add(item.template_id)
+        event = publisher.publish(
+            item.image,
+            media_type=item.media_type,
+            line="L1",
+            machine="aoi-1",
+            product=item.product,
+            board_serial=item.serial,
+            template_id=item.template_id,
+        )
+        good_ids.append(event.event_id)
+    publisher.flush()
+
+
+def _check(
+    run: _Run,
+    supervisor: Supervisor,
+    good_ids: list[str],
+    sent_hostile: list[Hostile],
+    boards: int,
+    kinds: int,
+    console: Console,
+) -> ChaosReport:
+    live = run.live
+    good = set(good_ids)
+
+    def audited() -> set[str]:
+        with run.engine.connect() as conn:
+            return {
+                str(e)
+                for (e,) in conn.execute(
+                    sa.select(verdicts.c.event_id).where(verdicts.c.event_id.in_(good_ids))
+                )
+            }
+
+    def dead() -> list[DeadLetter]:
+        return [
+            DeadLetter.model_validate_json(v)
+            for v in read_topic(live.kafka.bootstrap_servers, live.topics.deadletter, timeout=30)
+        ]
+
+    deadline = time.monotonic() + 300 + 0.5 * boards
+    with console.status("chaos: waiting for every event to be decided"):
+        while True:
+            try:
+                rows = audited()
+                letters = dead()
+            except sa.exc.SQLAlchemyError:
+                rows, letters = set(), []
+            dead_good = {d.event_id for d in letters if d.event_id in good}
+            if (rows | dead_good) >= good and len(letters) - len(dead_good) >= len(sent_hostile):
+                break
+            if time.monotonic() > deadline:
+                console.log("[red]chaos: not every event was decided in time[/red]")
+                break
+            time.sleep(2)
+    messages = [
+        Verdict.model_validate_json(v)
+        for v in read_topic(live.kafka.bootstrap_servers, live.topics.verdicts, timeout=30)
+    ]
+    per_id: dict[str, set[tuple[str, float, str]]] = collections.defaultdict(set)
+    for v in messages:
+        per_id[v.event_id].add((v.verdict.value, round(v.board_score, 6), v.model_version))
+    verdict_ids = set(per_id) & good
+    with run.engine.connect() as conn:
+        n_rows, n_ids = conn.execute(
+            sa.select(sa.func.count(), sa.func.count(sa.distinct(verdicts.c.event_id))).where(
+                verdicts.c.event_id.in_(good_ids)
+            )
+        ).one()
+    by_original = collections.Counter(base64.b64decode(d.original_b64) for d in letters)
+    unexplained = [
+        h.kind
+        for h in sent_hostile
+        if by_original[h.raw] == 0
+        or not all(d.reason for d in letters if base64.b64decode(d.original_b64) == h.raw)
+    ]
+    wrong_stage = sorted(
+        {
+            h.kind
+            for h in sent_hostile
+            for d in letters
+            if base64.b64decode(d.original_b64) == h.raw and d.stage != h.stage
+        }
+    )
+    alive = [
+        name
+        for name, child in supervisor.children.items()
+        if child.proc.poll() is None and child.ready_path.exists()
+    ]
+    report = ChaosReport(
+        boards=len(good_ids),
+        hostile=len(sent_hostile),
+        hostile_kinds=kinds,
+        verdicts=len(messages),
+        deadletters=len(letters),
+        elapsed_s=0.0,
+    )
+    report.invariants = {
+        "verdicts_and_deadletters_cover_accepted": (verdict_ids | dead_good) == good,
+        "audit_ids_equal_verdict_ids": rows == verdict_ids,
+        "one_verdict_per_event": all(len(s) == 1 for s in per_id.values()),
+        "no_duplicate_audit_rows": int(n_rows) == int(n_ids),
+        "every_hostile_message_dead_lettered_with_reason": not unexplained,
+        "hostile_messages_at_their_stage": not wrong_stage,
+        "worker_group_alive": len(alive) == len(supervisor.children),
+    }
+    report.details = {
+        "verdict_messages_per_event": round(len(messages) / max(1, len(verdict_ids)), 3),
+        "good_boards_dead_lettered": sorted(dead_good)[:10],
+        "hostile_not_dead_lettered": sorted(set(unexplained))[:10],
+        "hostile_at_another_stage": wrong_stage[:10],
+        "workers_alive": alive,
+    }
+    return report
