@@ -96,6 +96,18 @@ def hostile_events(store: ObjectStore, board_png: bytes, template_id: str) -> li
         Hostile("invalid utf-8", b'{"line": "\xff\xfe"}', "decode", "not valid JSON"),
         Hostile("missing fields", b'{"line": "L1"}', "validate", "board_serial"),
         Hostile(
+            "NUL in the board serial",
+            mutate(lambda d: d.update(board_serial="S\x00-1")),
+            "validate",
+            "board_serial",
+        ),
+        Hostile(
+            "control characters in the line",
+            mutate(lambda d: d.update(line="L1\r\n\x1b[2J")),
+            "validate",
+            "line",
+        ),
+        Hostile(
             "wrong schema version",
             mutate(lambda d: d.update(schema_version=2)),
             "validate",

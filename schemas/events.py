@@ -17,6 +17,8 @@ from pydantic import (
 )
 
 SCHEMA_VERSION: Literal[1] = 1
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+"""Identifiers hold no control characters (a NUL cannot even be stored in PostgreSQL text)."""
 
 
 def utc_now() -> datetime:
@@ -119,11 +121,11 @@ class FlaggedBoard(_Message):
     """A board a line test machine flagged (AOI, flying probe, ICT), with its image."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    event_id: str = Field(default_factory=new_id, min_length=1, max_length=64)
-    line: str = Field(min_length=1, max_length=64)
-    machine: str = Field(min_length=1, max_length=64)
-    product: str = Field(min_length=1, max_length=64)
-    board_serial: str = Field(min_length=1, max_length=128)
+    event_id: str = Field(default_factory=new_id, min_length=1, max_length=64, pattern=PRINTABLE)
+    line: str = Field(min_length=1, max_length=64, pattern=PRINTABLE)
+    machine: str = Field(min_length=1, max_length=64, pattern=PRINTABLE)
+    product: str = Field(min_length=1, max_length=64, pattern=PRINTABLE)
+    board_serial: str = Field(min_length=1, max_length=128, pattern=PRINTABLE)
     inspected_at: AwareDatetime = Field(default_factory=utc_now)
     published_at: AwareDatetime = Field(default_factory=utc_now)
     image: ImageRef

@@ -104,3 +104,35 @@ def test_live_counters_roll_per_line(settings: Settings) -> None:
         assert stats.totals() == {"pass": 2, "review": 1}
     finally:
         stats.close()
+
+
+def test_a_row_the_database_refuses_is_isolated_not_retried_with_its_batch(
+    settings: Settings,
+) -> None:
+    """PostgreSQL text cannot hold NUL: the batch's other rows land, the bad one is named."""
+    store = AuditStore(settings.postgres.url.get_secret_value())
+    good, also_good = _verdict(), _verdict()
+    bad = _verdict().model_copy(update={"worker": "w\x00rker"})
+    batch = store.record_batch([(good, 0, 1), (bad, 0, 2), (also_good, 0, 3)])
+    store.close()
+    assert batch.new == {good.event_id, also_good.event_id}
+    assert set(batch.rejected) == {bad.event_id}
+    assert "refused" in batch.rejected[bad.event_id]
+    assert batch.resolve(bad) is None and batch.resolve(good) == good
+
+
+def test_same_id_same_payload_is_the_stored_verdict_another_payload_is_a_conflict(
+    settings: Settings,
+) -> None:
+    store = AuditStore(settings.postgres.url.get_secret_value())
+    first = _verdict().model_copy(update={"event_sha256": "a" * 64})
+    store.record_batch([(first, 0, 1)])
+    # redelivered and decided again (another worker, another score): the audited one wins
+    again = first.model_copy(update={"board_score": 0.1, "worker": "w2"})
+    batch = store.record_batch([(again, 0, 1)])
+    assert batch.new == set()
+    resolved = batch.resolve(again)
+    assert resolved is not None and resolved.board_score == 0.9 and resolved.worker == "w"
+    other = first.model_copy(update={"event_sha256": "b" * 64, "line": "L2"})
+    assert store.record_batch([(other, 0, 2)]).resolve(other) is None
+    store.close()

@@ -8,7 +8,7 @@ double either. Redis is a cache of live counters, rebuildable from the audit sto
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +16,7 @@ import redis
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError, IntegrityError
 
 from infra.db import make_engine, verdicts
 from infra.stats import audit_sampled
@@ -28,11 +29,15 @@ class AuditBatch:
     """event ids whose row this batch inserted"""
     stored: dict[str, tuple[str | None, dict[str, Any] | None]]
     """every event id of the batch → (event_sha256, verdict_json) of its row"""
+    rejected: dict[str, str] = field(default_factory=dict)
+    """event ids whose row the database refused (not an outage) → why"""
 
     def resolve(self, verdict: Verdict) -> Verdict | None:
         """The verdict to publish for ``verdict``'s event: the stored one when the event was
         decided before (a redelivery gets the same verdict), None on a conflict (the same id
         with another payload). Rows written before migration 0004 have no hash: trusted."""
+        if verdict.event_id in self.rejected:
+            return None
         sha, doc = self.stored.get(verdict.event_id, (None, None))
         if sha is not None and verdict.event_sha256 is not None and sha != verdict.event_sha256:
             return None
@@ -96,15 +101,40 @@ class AuditStore:
         rows: dict[str, dict[str, Any]] = {}
         for v, p, o in items:
             rows.setdefault(v.event_id, self._row(v, p, o))
+        rejected: dict[str, str] = {}
+        try:
+            new, stored = self._insert(list(rows.values()))
+        except (DataError, IntegrityError):
+            # The database refuses a row (not an outage): find it, so that one event is
+            # dead-lettered instead of its batch being retried forever.
+            new, stored = set(), {}
+            for event_id, row in rows.items():
+                try:
+                    one_new, one_stored = self._insert([row])
+                except (DataError, IntegrityError) as exc:
+                    rejected[event_id] = f"the audit store refused the row: {exc.orig or exc}"
+                    continue
+                new |= one_new
+                stored.update(one_stored)
+        for e in rejected:
+            rows.pop(e)
+        for e in new:  # within the batch, later copies compare with the first
+            stored[e] = (rows[e]["event_sha256"], rows[e]["verdict_json"])
+        return AuditBatch(new, stored, rejected)
+
+    def _insert(
+        self, rows: list[dict[str, Any]]
+    ) -> tuple[set[str], dict[str, tuple[str | None, dict[str, Any] | None]]]:
+        """Insert ``rows`` in one transaction; (new ids, stored hash and verdict of the rest)."""
         stmt = (
             insert(verdicts)
-            .values(list(rows.values()))
+            .values(rows)
             .on_conflict_do_nothing(index_elements=["event_id"])
             .returning(verdicts.c.event_id)
         )
         with self.engine.begin() as conn:
             new = set(conn.execute(stmt).scalars())
-            old = [e for e in rows if e not in new]
+            old = [r["event_id"] for r in rows if r["event_id"] not in new]
             stored = (
                 {
                     str(e): (sha, doc)
@@ -117,9 +147,7 @@ class AuditStore:
                 if old
                 else {}
             )
-        for e in new:  # within the batch, later copies compare with the first
-            stored[e] = (rows[e]["event_sha256"], rows[e]["verdict_json"])
-        return AuditBatch(new, stored)
+        return new, stored
 
     def record(
         self, verdict: Verdict, partition: int | None = None, offset: int | None = None
@@ -178,10 +206,10 @@ class LiveStats:
         end = self._bucket(now or datetime.now(UTC))
         totals: dict[str, int] = {}
         for bucket in range(end - self.window_s + self.BUCKET_S, end + 1, self.BUCKET_S):
-            for field, value in self.client.hgetall(
+            for name, value in self.client.hgetall(
                 f"{self.prefix}:verdicts:{line}:{bucket}"
             ).items():
-                totals[str(field)] = totals.get(str(field), 0) + int(value)
+                totals[str(name)] = totals.get(str(name), 0) + int(value)
         return totals
 
     def totals(self) -> dict[str, int]:

@@ -152,20 +152,29 @@ def check_poll_budget(settings: Settings) -> None:
 def conflict_letter(
     body: bytes, source: SourceInfo, verdict: Verdict, audit: AuditBatch, ctx: WorkerContext
 ) -> DeadLetter:
-    """The dead letter of an event whose id was already decided for another payload."""
-    stored, _ = audit.stored.get(verdict.event_id, (None, None))
+    """The dead letter of an event the audit store did not take: its id was already decided
+    for another payload (``conflict``), or the database refused its row (``sink``)."""
+    refused = audit.rejected.get(verdict.event_id)
+    if refused is not None:
+        stage, reason = "sink", refused
+    else:
+        stored, _ = audit.stored.get(verdict.event_id, (None, None))
+        stage, reason = (
+            "conflict",
+            (
+                f"event id {verdict.event_id!r} was already decided for another payload "
+                f"(sha256 {str(stored)[:16]}…, this one {str(verdict.event_sha256)[:16]}…): "
+                "the audit row and its verdict stand; publish the new board under a new id"
+            ),
+        )
     return dead_letter(
         body,
         topic=source.topic,
         partition=source.partition,
         offset=source.offset,
         key=source.key,
-        stage="conflict",
-        reason=(
-            f"event id {verdict.event_id!r} was already decided for another payload "
-            f"(sha256 {str(stored)[:16]}…, this one {str(verdict.event_sha256)[:16]}…): "
-            "the audit row and its verdict stand; publish the new board under a new id"
-        ),
+        stage=stage,
+        reason=reason,
         event_id=verdict.event_id,
         worker=ctx.inspector.worker,
     )
@@ -263,7 +272,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             publish: list[Verdict] = []
             for verdict, source, body in decided:
                 chosen = audit.resolve(verdict)
-                if chosen is None:  # the id was decided for another payload: never overwrite
+                if chosen is None:  # a conflict, or a row the database refused: never retried
                     dead.append((conflict_letter(body, source, verdict, audit, ctx), source))
                 else:
                     publish.append(chosen)  # a redelivery gets the verdict already audited
