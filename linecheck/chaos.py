@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +31,7 @@ from infra.db import make_engine, upgrade, verdicts
 from infra.images import encode_png
 from infra.kafka_admin import ensure_topics, read_topic
 from infra.object_store import ObjectStore
+from infra.progress import progress_bar
 from infra.settings import Settings
 from linecheck.embedded import EmbeddedStack, embedded_stack, start_postgres, start_redis
 from linecheck.processes import Supervisor
@@ -72,8 +74,12 @@ def chaos_settings(settings: Settings) -> Settings:
     s.postgres.statement_timeout_ms = 3_000
     s.redis.timeout_s = 0.5
     s.worker.max_board_s = 0.5
-    s.worker.fault_slow_file = s.work_dir / "chaos" / "slow-worker-1"
     return s
+
+
+def slow_file(settings: Settings) -> Path:
+    """While it exists, worker-1 (only) takes the seconds it holds longer per board."""
+    return settings.work_dir / "chaos" / "slow-worker-1"
 
 
 @contextlib.contextmanager
@@ -97,28 +103,25 @@ class _Run:
         live: Settings,
         stack: EmbeddedStack | None,
         console: Console,
-        probe: Callable[[], str],
+        probe: Callable[[], None],
     ) -> None:
         self.live = live
         self.stack = stack
         self.console = console
         self.engine = make_engine(live.postgres.url.get_secret_value(), 2)
         self.faults: list[dict[str, Any]] = []
-        # publishes one more good board and returns its event id: recovery is measured by
-        # what happens to boards published after the fault, whatever else is in flight
-        self.probe = probe
+        self.probe = probe  # publishes a few more good boards
 
-    def audited(self, event_id: str) -> bool:
+    def audit_rows(self, worker: str | None = None) -> int:
+        """Rows in the audit store (by ``worker`` when given); -1 while it is down."""
+        query = sa.select(sa.func.count()).select_from(verdicts)
+        if worker is not None:
+            query = query.where(verdicts.c.worker == worker)
         try:
             with self.engine.connect() as conn:
-                return (
-                    conn.execute(
-                        sa.select(verdicts.c.event_id).where(verdicts.c.event_id == event_id)
-                    ).first()
-                    is not None
-                )
+                return int(conn.execute(query).scalar_one())
         except sa.exc.SQLAlchemyError:
-            return False  # still down
+            return -1
 
     def _recovered(self, what: str, started: float, done: Callable[[], bool], limit: float) -> None:
         deadline = time.monotonic() + limit
@@ -154,11 +157,14 @@ class _Run:
         started = time.monotonic()
         self.stack.postgres.stop()
         self.console.log("chaos: PostgreSQL stopped")
-        during = self.probe()  # a board arrives while the audit store is down
+        self.probe()  # a board arrives while the audit store is down
         time.sleep(3)
         self.stack.postgres = start_postgres(self.live.work_dir / "pg")
         self.engine.dispose()
-        self._recovered("restart PostgreSQL", started, lambda: self.audited(during), 120)
+        before = self.audit_rows()  # nothing was written while it was down
+        self._recovered(
+            "restart PostgreSQL", started, lambda: self.audit_rows() > max(before, 0), 120
+        )
 
     def restart_redis(self) -> None:
         if self.stack is None:
@@ -183,31 +189,44 @@ class _Run:
         finally:
             client.close()
 
-    def slow_worker(self, seconds: float, per_board_s: float = 5.0) -> None:
-        path = self.live.worker.fault_slow_file
-        assert path is not None
+    def slow_worker(self, supervisor: Supervisor, seconds: float, per_board_s: float = 5.0) -> None:
+        """worker-1 takes ``per_board_s`` more per board for ``seconds``: a batch outlasts the
+        poll interval, the group evicts it and it exits for a restart. Recovered when
+        worker-1 holds partitions again (at once when it was never evicted)."""
+        path = slow_file(self.live)
         path.parent.mkdir(parents=True, exist_ok=True)
+        restarts = supervisor.restarts["worker-1"]
         path.write_text(str(per_board_s))
         self.console.log(f"chaos: worker-1 takes {per_board_s}s more per board for {seconds}s")
-        probes = [self.probe() for _ in range(2 * self.live.kafka.partitions)]
+        self.probe()
         time.sleep(seconds)
         path.unlink()
         started = time.monotonic()
+        # the batch in hand finishes at the slow pace before worker-1 can exit
+        time.sleep(self.live.kafka.batch_size * per_board_s)
         self._recovered(
             "worker-1 slower than the poll interval",
             started,
-            lambda: all(self.audited(p) for p in probes),
-            180,
+            lambda: (
+                supervisor.children["worker-1"].proc.poll() is None
+                and supervisor.children["worker-1"].ready_path.exists()
+            ),
+            120,
         )
+        self.faults[-1]["evicted_and_restarted"] = supervisor.restarts["worker-1"] > restarts
 
 
 def _messages(
-    boards: int, hostile: list[Hostile], copies: int, seed: int
+    boards: int, hostile: list[Hostile], copies: int, seed: int, console: Console
 ) -> tuple[list[tuple[str, Any]], list[Hostile]]:
     """Good boards and hostile messages interleaved evenly: ("board", sample) or
-    ("hostile", Hostile) items, in publishing order."""
+    ("hostile", Hostile) items, in publishing order (boards made before the clock starts)."""
     sent_hostile = [h for h in hostile for _ in range(copies)]
-    samples = list(itertools.islice(synthetic_samples(seed=seed), boards))
+    samples = []
+    with progress_bar(console, "generating boards", boards) as advance:
+        for sample in itertools.islice(synthetic_samples(seed=seed), boards):
+            samples.append(sample)
+            advance()
     out: list[tuple[str, Any]] = []
     step = max(1, len(samples) // max(1, len(sent_hostile)))
     queue = collections.deque(sent_hostile)
@@ -250,27 +269,30 @@ def run_chaos(
         store.put_template(reference.template_id, encode_png(reference.template))
         kinds = hostile_events(store, reference.image, reference.template_id)
         copies = -(-hostile // len(kinds))
-        items, sent_hostile = _messages(boards, kinds, copies, seed)
+        items, sent_hostile = _messages(boards, kinds, copies, seed, console)
         supervisor = Supervisor(live, live.work_dir / "logs", log=console.log)
         for i in range(workers):
-            supervisor.add("worker", f"worker-{i + 1}", LINECHECK_MODEL__THREADS="1")
+            slow = {"LINECHECK_WORKER__FAULT_SLOW_FILE": str(slow_file(live))} if i == 0 else {}
+            supervisor.add("worker", f"worker-{i + 1}", LINECHECK_MODEL__THREADS="1", **slow)
         good_ids: list[str] = []
         probes = synthetic_samples(seed=seed + 2)
         prober = BoardPublisher(
             live.kafka.bootstrap_servers, live.topics.flagged, store, live.images.inline_max_bytes
         )
 
-        def probe() -> str:
-            sample = next(probes)
-            assert sample.template_id is not None and sample.template is not None
-            store.put_template(sample.template_id, encode_png(sample.template))
-            event = prober.publish(
-                sample.image, line="L1", machine="aoi-probe", product=sample.product,
-                board_serial=f"PROBE-{sample.serial}", template_id=sample.template_id,
-            )  # fmt: skip
+        def probe() -> None:
+            """A few boards (keys over every partition) after a fault: recovery is seen on
+            boards that arrive after it, whatever the stream still holds."""
+            for _ in range(2 * live.kafka.partitions):
+                sample = next(probes)
+                assert sample.template_id is not None and sample.template is not None
+                store.put_template(sample.template_id, encode_png(sample.template))
+                event = prober.publish(
+                    sample.image, line="L1", machine="aoi-probe", product=sample.product,
+                    board_serial=f"PROBE-{sample.serial}", template_id=sample.template_id,
+                )  # fmt: skip
+                good_ids.append(event.event_id)
             prober.flush()
-            good_ids.append(event.event_id)
-            return event.event_id
 
         run = _Run(live, stack, console, probe)
         try:
@@ -293,7 +315,7 @@ def run_chaos(
                 lambda: run.kill_worker(supervisor, f"worker-{min(2, workers)}"),
                 run.restart_redis,
                 lambda: run.kill_worker(supervisor, f"worker-{workers}"),
-                lambda: run.slow_worker(slow_s),
+                lambda: run.slow_worker(supervisor, slow_s),
             ]
             pace = len(items) / rate / (len(faults) + 1)
             for fault in faults:

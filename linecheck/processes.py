@@ -52,7 +52,7 @@ def spawn(command: str, name: str, settings: Settings, log_dir: Path, **env: str
     }
     child_env.pop("LINECHECK_WORKER__METRICS_PORT", None)  # one port cannot serve them all
     log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:  # a restarted child appends: its history stays
         proc = subprocess.Popen(
             [sys.executable, "-m", "linecheck", command],
             env=child_env,

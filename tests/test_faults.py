@@ -123,3 +123,27 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_doubles_nothing(settings: 
     rows = audited(ids)
     assert sorted(rows) == sorted(ids)  # exactly one row per event, none lost
     assert {Verdict.model_validate_json(v).event_id for v in out} == set(ids)
+
+
+def test_workers_do_not_migrate_they_say_how(settings: Settings) -> None:
+    """A worker has no owner rights: on a database behind this code's migrations it refuses
+    to start and names the command that fixes it."""
+    import pytest
+
+    from infra.db import head_revision, prepare
+
+    name = f"behind_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(settings.postgres.url.get_secret_value(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = make_url(settings.postgres.url.get_secret_value()).set(database=name)
+    rendered = url.render_as_string(hide_password=False)
+    upgrade(rendered, "0003")
+    with pytest.raises(
+        RuntimeError, match=r"at migration 0003, this code needs .*linecheck db upgrade"
+    ):
+        prepare(rendered, migrate=False)
+    prepare(rendered, migrate=True)  # the opt-in
+    prepare(rendered, migrate=False)  # now at head: passes
+    assert head_revision() >= "0004"

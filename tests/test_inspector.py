@@ -172,3 +172,18 @@ def test_failed_or_doubtful_regions_get_a_heatmap_png_referenced_from_the_verdic
         assert verdict.timings.explain_ms > 0
         explained += 1
     assert explained > 0  # the untrained test model finds every candidate doubtful
+
+
+def test_an_explanation_that_fails_is_a_dead_letter_not_a_silent_gap(
+    inspector: Inspector,
+) -> None:
+    class Broken:
+        def save(self, *args: object) -> object:
+            raise OSError("disk full")
+
+    inspector.explainer = Broken()  # type: ignore[assignment]
+    event = _event(inspector, index=2)
+    result = inspector.process(event.model_dump_json().encode(), SOURCE)
+    # the untrained test model finds doubtful regions on every board: one needs explaining
+    assert isinstance(result, DeadLetter) and result.stage == "explain"
+    assert "disk full" in result.reason and result.event_id == event.event_id

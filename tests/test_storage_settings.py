@@ -83,3 +83,21 @@ def test_settings_errors_name_the_key(tmp_path: Path) -> None:
         load_settings(model={"backend": "tensorflow"})
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_config_masks_passwords_but_children_get_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from infra.settings import settings_env
+    from linecheck.cli import app
+
+    secret_pg = "postgresql+psycopg://lc:s3cr3t-pg@db:5432/linecheck"
+    monkeypatch.setenv("LINECHECK_POSTGRES__URL", secret_pg)
+    monkeypatch.setenv("LINECHECK_REDIS__URL", "redis://:s3cr3t-redis@cache:6379/0")
+    shown = CliRunner().invoke(app, ["config"])
+    assert shown.exit_code == 0, shown.output
+    assert "s3cr3t" not in shown.output
+    assert "postgresql+psycopg://lc:***@db:5432/linecheck" in shown.output
+    assert "s3cr3t-pg" not in repr(load_settings())  # nor in a traceback's locals
+    env = settings_env(load_settings())
+    assert env["LINECHECK_POSTGRES__URL"] == secret_pg  # a worker process needs the real one

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from workers.messages import dead_letter, default_worker_name
 from workers.retry import Backoff
 
 log = logging.getLogger("linecheck.worker")
+EXIT_EVICTED = 75  # EX_TEMPFAIL: evicted from the consumer group, start again
 
 
 async def _raw_bodies(msg: StreamMessage[Any]) -> list[bytes]:
@@ -210,13 +212,18 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
 
     def on_assign(consumer: Any, partitions: list[Any]) -> None:
         metrics.ASSIGNED.set(len(partitions))
-        log.info("assigned %d partition(s) of %s", len(partitions), topics.flagged)
+        log.info(
+            "assigned partition(s) %s of %s",
+            ",".join(str(p.partition) for p in partitions) or "none",
+            topics.flagged,
+        )
         if ready_file is not None:
             ready_file.parent.mkdir(parents=True, exist_ok=True)
             ready_file.touch()
 
     def on_revoke(consumer: Any, partitions: list[Any]) -> None:
         metrics.ASSIGNED.set(0)
+        log.info("revoked %d partition(s) of %s", len(partitions), topics.flagged)
 
     if context is not None:
         state["ctx"] = context
@@ -239,6 +246,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
     )
     async def handle(bodies: list[bytes], msg: KafkaMessage) -> None:
         ctx = state["ctx"]
+        began = time.monotonic()
         records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
         sources = [
             SourceInfo(
@@ -293,6 +301,20 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             await anyio.sleep(delay)
             raise
         backoff.reset()
+        took = time.monotonic() - began
+        if took * 1e3 > settings.kafka.max_poll_interval_ms:
+            # The group has evicted this consumer mid-batch (its partitions went to others,
+            # which redo the batch; the sinks dedupe). A consumer evicted this way may never
+            # be given partitions again: exit, so that the supervisor starts a fresh one.
+            log.critical(
+                "a batch of %d took %.1fs, over kafka.max_poll_interval_ms (%.0fs): this "
+                "consumer left the group; exiting for a restart",
+                len(results),
+                took,
+                settings.kafka.max_poll_interval_ms / 1e3,
+            )
+            metrics.POLL_OVERRUNS.inc()
+            os._exit(EXIT_EVICTED)
         for letter, source in dead:
             log.warning(
                 "dead-lettered %s/%s at %s: %s",

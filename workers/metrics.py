@@ -29,6 +29,10 @@ REDIS_FAILURES = Counter(
 CONFLICTS = Counter(
     "linecheck_event_conflicts_total", "Events reusing an id already decided for another payload"
 )
+POLL_OVERRUNS = Counter(
+    "linecheck_poll_overruns_total",
+    "Batches that outlasted max.poll.interval.ms (the worker then exits for a restart)",
+)
 ASSIGNED = Gauge("linecheck_assigned_partitions", "Partitions of boards.flagged held")
 
 
