@@ -29,9 +29,9 @@ from infra.settings import Settings
 from schemas.events import DeadLetter, Verdict
 from workers import metrics
 from workers.audit_sink import AuditBatch, AuditStore, LiveStats
+from workers.delivery import Backoff, broker_config, store_processed
 from workers.inspector import Inspector, SourceInfo
 from workers.messages import dead_letter, default_worker_name
-from workers.retry import Backoff
 
 log = logging.getLogger("linecheck.worker")
 EXIT_EVICTED = 75  # EX_TEMPFAIL: evicted from the consumer group, start again
@@ -191,7 +191,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
         enable_idempotence=True,
         acks="all",
         request_timeout_ms=settings.kafka.delivery_timeout_ms,
-        config={"delivery.timeout.ms": settings.kafka.delivery_timeout_ms},
+        config=broker_config(settings.kafka.delivery_timeout_ms),
         description="linecheck inspection workers: flagged boards in, verdicts out",
     )
     verdicts = broker.publisher(
@@ -301,6 +301,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             await anyio.sleep(delay)
             raise
         backoff.reset()
+        await store_processed(msg, records)
         took = time.monotonic() - began
         if took * 1e3 > settings.kafka.max_poll_interval_ms:
             # The group has evicted this consumer mid-batch (its partitions went to others,

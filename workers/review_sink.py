@@ -25,9 +25,9 @@ from pydantic import ValidationError
 
 from infra.settings import Settings
 from schemas.events import Alert, DeadLetter, ReviewOutcome, Verdict, VerdictLabel
+from workers.delivery import Backoff, broker_config, store_processed
 from workers.drift import BoardObservation, DriftMonitor, LabelObservation
 from workers.messages import dead_letter, decode_failure, default_worker_name
-from workers.retry import Backoff
 from workers.review_store import OutcomeResult, ReviewRejected, ReviewStore
 
 log = logging.getLogger("linecheck.review_sink")
@@ -208,6 +208,7 @@ def create_review_sink_app(settings: Settings, sink: ReviewSink | None = None) -
         settings.kafka.bootstrap_servers,
         enable_idempotence=True,
         acks="all",
+        config=broker_config(),
         description="linecheck review sink: review outcomes and verdicts in, alerts out",
     )
     alerts_out = broker.publisher(topics.alerts, title="alerts", schema=Alert)
@@ -251,6 +252,7 @@ def create_review_sink_app(settings: Settings, sink: ReviewSink | None = None) -
             await _back_off(backoff, raw.topic() or "message", exc)
             raise
         backoff.reset()
+        await store_processed(msg, (raw,))
 
     common: dict[str, Any] = dict(
         auto_offset_reset="earliest",
@@ -291,6 +293,7 @@ def create_review_sink_app(settings: Settings, sink: ReviewSink | None = None) -
             await _back_off(backoffs["deadletters"], "dead letter", exc)
             raise
         backoffs["deadletters"].reset()
+        await store_processed(msg, (raw,))
 
     app = FastStream(broker)
 
