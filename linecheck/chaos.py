@@ -10,7 +10,6 @@ skipped (they are not ours to restart).
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
 import itertools
@@ -19,7 +18,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,37 +27,16 @@ from rich.console import Console
 
 from infra.db import make_engine, upgrade, verdicts
 from infra.images import encode_png
-from infra.kafka_admin import ensure_topics, read_topic
+from infra.kafka_admin import ensure_topics
 from infra.object_store import ObjectStore
 from infra.progress import progress_bar
 from infra.settings import Settings
+from linecheck.chaos_invariants import ChaosReport, check_invariants
 from linecheck.embedded import EmbeddedStack, embedded_stack, start_postgres, start_redis
 from linecheck.processes import Supervisor
 from producers.hostile import Hostile, hostile_events
 from producers.publisher import BoardPublisher
 from producers.simulator import synthetic_samples
-from schemas.events import DeadLetter, Verdict
-
-
-@dataclass
-class ChaosReport:
-    boards: int
-    hostile: int
-    hostile_kinds: int
-    verdicts: int
-    deadletters: int
-    elapsed_s: float
-    invariants: dict[str, bool] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-    faults: list[dict[str, Any]] = field(default_factory=list)
-    restarts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return all(self.invariants.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
 
 
 def chaos_settings(settings: Settings) -> Settings:
@@ -324,7 +301,9 @@ def run_chaos(
             thread.join()
             publisher.close()
             prober.close()
-            report = _check(run, supervisor, good_ids, sent_hostile, boards, len(kinds), console)
+            report = check_invariants(
+                run.live, run.engine, supervisor, good_ids, sent_hostile, len(kinds), console
+            )
         finally:
             supervisor.stop()
             run.engine.dispose()
@@ -365,112 +344,3 @@ def _publish(
         )
         good_ids.append(event.event_id)
     publisher.flush()
-
-
-def _check(
-    run: _Run,
-    supervisor: Supervisor,
-    good_ids: list[str],
-    sent_hostile: list[Hostile],
-    boards: int,
-    kinds: int,
-    console: Console,
-) -> ChaosReport:
-    live = run.live
-    good = set(good_ids)
-
-    def audited() -> set[str]:
-        with run.engine.connect() as conn:
-            return {
-                str(e)
-                for (e,) in conn.execute(
-                    sa.select(verdicts.c.event_id).where(verdicts.c.event_id.in_(good_ids))
-                )
-            }
-
-    def dead() -> list[DeadLetter]:
-        return [
-            DeadLetter.model_validate_json(v)
-            for v in read_topic(live.kafka.bootstrap_servers, live.topics.deadletter, timeout=30)
-        ]
-
-    # Done when everything is decided; given up when nothing moved for two minutes (an
-    # event lost for good never arrives: the invariants below then say which).
-    progress, moved = (-1, -1), time.monotonic()
-    with console.status("chaos: waiting for every event to be decided"):
-        while True:
-            try:
-                rows = audited()
-                letters = dead()
-            except sa.exc.SQLAlchemyError:
-                rows, letters = set(), []
-            dead_good = {d.event_id for d in letters if d.event_id in good}
-            if (rows | dead_good) >= good and len(letters) - len(dead_good) >= len(sent_hostile):
-                break
-            if (len(rows), len(letters)) != progress:
-                progress, moved = (len(rows), len(letters)), time.monotonic()
-            elif time.monotonic() - moved > 120:
-                console.log(
-                    "[red]chaos: events still undecided after 2 minutes without progress[/red]"
-                )
-                break
-            time.sleep(2)
-    messages = [
-        Verdict.model_validate_json(v)
-        for v in read_topic(live.kafka.bootstrap_servers, live.topics.verdicts, timeout=30)
-    ]
-    per_id: dict[str, set[tuple[str, float, str]]] = collections.defaultdict(set)
-    for v in messages:
-        per_id[v.event_id].add((v.verdict.value, round(v.board_score, 6), v.model_version))
-    verdict_ids = set(per_id) & good
-    with run.engine.connect() as conn:
-        n_rows, n_ids = conn.execute(
-            sa.select(sa.func.count(), sa.func.count(sa.distinct(verdicts.c.event_id))).where(
-                verdicts.c.event_id.in_(good_ids)
-            )
-        ).one()
-    by_original = collections.Counter(base64.b64decode(d.original_b64) for d in letters)
-    unexplained = [
-        h.kind
-        for h in sent_hostile
-        if by_original[h.raw] == 0
-        or not all(d.reason for d in letters if base64.b64decode(d.original_b64) == h.raw)
-    ]
-    wrong_stage = sorted(
-        {
-            h.kind
-            for h in sent_hostile
-            for d in letters
-            if base64.b64decode(d.original_b64) == h.raw and d.stage != h.stage
-        }
-    )
-    alive = [
-        name
-        for name, child in supervisor.children.items()
-        if child.proc.poll() is None and child.ready_path.exists()
-    ]
-    report = ChaosReport(
-        boards=len(good_ids),
-        hostile=len(sent_hostile),
-        hostile_kinds=kinds,
-        verdicts=len(messages),
-        deadletters=len(letters),
-        elapsed_s=0.0,
-    )
-    report.invariants = {
-        "verdicts_and_deadletters_cover_accepted": (verdict_ids | dead_good) == good,
-        "audit_ids_equal_verdict_ids": rows == verdict_ids,
-        "one_verdict_per_event": all(len(s) == 1 for s in per_id.values()),
-        "no_duplicate_audit_rows": int(n_rows) == int(n_ids),
-        "every_hostile_message_dead_lettered_with_reason": not unexplained,
-        "hostile_messages_at_their_stage": not wrong_stage,
-        "worker_group_alive": len(alive) == len(supervisor.children),
-    }
-    report.details = {
-        "verdict_messages_per_event": round(len(messages) / max(1, len(verdict_ids)), 3),
-        "good_boards_dead_lettered": sorted(dead_good)[:10],
-        "hostile_not_dead_lettered": sorted(set(unexplained))[:10],
-        "hostile_at_another_stage": wrong_stage[:10],
-        "workers_alive": alive,
-    }
-    return report

@@ -5,6 +5,7 @@ Redis is unreachable (its counters rebuilt afterwards)."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import redis
@@ -19,7 +20,6 @@ from infra.kafka_admin import ensure_topics, read_topic
 from infra.object_store import ObjectStore
 from infra.settings import Settings, settings_env
 from linecheck.cli import app
-from linecheck.embedded import free_port
 from linecheck.processes import start_workers, stop_workers, wait_ready
 from producers.publisher import BoardPublisher
 from schemas.events import DeadLetter, FlaggedBoard, ImageRef, Verdict
@@ -78,14 +78,16 @@ def test_templates_add_list_remove_and_inspect_one_message(
 def test_dead_letters_replayed_after_the_fix_and_a_line_without_redis(
     settings: Settings, tmp_path: Path
 ) -> None:
-    """Redis unreachable for the whole run: verdicts and audit rows still flow; the
+    """Redis hung for the whole run (it accepts and never answers): verdicts and audit rows
+    still flow, each batch waiting at most the Redis timeout; the
     template-less boards are dead letters until the template is added and they are replayed;
     `stats rebuild` then recomputes the counters from the audit store."""
     env = settings_env(settings)
     runner = CliRunner()
     ensure_topics(settings.kafka.bootstrap_servers, settings.topics, settings.kafka.partitions)
+    hung = _black_hole()  # accepts connections and never answers: a hung Redis
     no_redis = settings.model_copy(deep=True)
-    no_redis.redis.url = SecretStr(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens
+    no_redis.redis.url = SecretStr(f"redis://127.0.0.1:{hung.getsockname()[1]}/0")
     no_redis.redis.timeout_s = 0.5
     store = ObjectStore(settings.images.object_store)
     publisher = BoardPublisher(
@@ -133,8 +135,10 @@ def test_dead_letters_replayed_after_the_fix_and_a_line_without_redis(
         wait_until(lambda: set(_audited(settings, list(everyone))) == everyone, 90, "replayed")
     finally:
         stop_workers(workers)
+        hung.close()
     assert workers[0].proc.returncode == 0, workers[0].tail()
     assert "live counters not updated" in workers[0].log_path.read_text()
+    assert "Timeout" in workers[0].log_path.read_text()
 
     client = redis.Redis.from_url(settings.redis.url.get_secret_value())
     prefix = settings.redis.key_prefix
@@ -145,6 +149,14 @@ def test_dead_letters_replayed_after_the_fix_and_a_line_without_redis(
     audited = _audited(settings, list(everyone))
     assert sum(totals.values()) >= len(audited)  # the shared database may hold other tests' rows
     assert json.loads(rebuilt.stdout) == totals
+
+
+def _black_hole() -> socket.socket:
+    """A listening socket whose connections are accepted by the kernel and never answered."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    return server
 
 
 def wait_dead(settings: Settings, n: int) -> list[DeadLetter]:

@@ -1,11 +1,13 @@
 """The worker: a FastStream (confluent) application around `Inspector`.
 
 Delivery is at least once, with idempotent sinks. The worker consumes batches (up to
-`kafka.batch_size` events, whatever the poll returned): it inspects each event, writes the batch's
-audit rows in one statement, then publishes the verdicts (waiting for the broker's acks), and
-only then FastStream commits the offsets
-(AckPolicy.NACK_ON_ERROR: an exception seeks back, so a sink failure stops the commit, not
-the data). Bad input never raises: it becomes a dead-letter record and the offset moves on.
+`kafka.batch_size` events, whatever the poll returned): it inspects each event, writes the
+batch's audit rows in one statement (a redelivered event gets its audited verdict, a reused
+id with another payload is a `conflict` dead letter), publishes the verdicts and dead letters
+(waiting for the broker's acks), stores the batch's offsets, and only then FastStream commits
+them (AckPolicy.NACK_ON_ERROR: a sink failure raises, backs off and seeks back, so it stops
+the commit, not the data). Bad input never raises: it becomes a dead letter and the offset
+moves on. Redis is a cache: its failures are logged and counted, never fatal.
 """
 
 from __future__ import annotations
