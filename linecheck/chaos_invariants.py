@@ -4,7 +4,6 @@ and the worker group alive."""
 
 from __future__ import annotations
 
-import base64
 import collections
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,10 +14,12 @@ from rich.console import Console
 
 from infra.db import verdicts
 from infra.kafka_admin import read_topic
+from infra.object_store import ObjectStore
 from infra.settings import Settings
 from linecheck.processes import Supervisor
 from producers.hostile import Hostile
 from schemas.events import DeadLetter, Verdict
+from workers.messages import original_of
 
 
 @dataclass
@@ -105,19 +106,21 @@ def check_invariants(
                 verdicts.c.event_id.in_(good_ids)
             )
         ).one()
-    by_original = collections.Counter(base64.b64decode(d.original_b64) for d in letters)
+    store = ObjectStore(live.images.object_store)
+    originals = [original_of(d, store) for d in letters]
+    by_original = collections.Counter(originals)
     unexplained = [
         h.kind
         for h in sent_hostile
         if by_original[h.raw] == 0
-        or not all(d.reason for d in letters if base64.b64decode(d.original_b64) == h.raw)
+        or not all(d.reason for d, o in zip(letters, originals, strict=True) if o == h.raw)
     ]
     wrong_stage = sorted(
         {
             h.kind
             for h in sent_hostile
-            for d in letters
-            if base64.b64decode(d.original_b64) == h.raw and d.stage != h.stage
+            for d, o in zip(letters, originals, strict=True)
+            if o == h.raw and d.stage != h.stage
         }
     )
     alive = [

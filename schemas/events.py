@@ -224,7 +224,15 @@ class DeadLetter(_Message):
     ] = Field(description="where it failed; see the README's dead-letter stages")
     reason: str
     event_id: str | None = None
-    original_b64: str = Field(description="the original message value, base64")
+    original_b64: str = Field(
+        default="", description="the original message value, base64 (empty when claim-checked)"
+    )
+    original_uri: str | None = Field(
+        default=None,
+        description="claim check of the original when it was too large to travel inline "
+        "(over images.inline_max_bytes): a dead letter must fit through the broker",
+    )
+    original_bytes: int | None = Field(default=None, description="size of the original message")
     worker: str
     failed_at: AwareDatetime = Field(default_factory=utc_now)
 

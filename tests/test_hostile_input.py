@@ -112,3 +112,22 @@ def test_claim_checks_over_the_byte_limit_are_refused_unread(tmp_path: Path) -> 
     assert store.get(uri) == b"x" * 5000
     with pytest.raises(ValueError, match="5000 bytes, over the limit of 100"):
         store.get(uri, max_bytes=100)
+
+
+def test_an_oversize_bad_message_is_claim_checked_not_stuck(
+    setup: tuple[Inspector, np.ndarray, str],
+) -> None:
+    """A dead letter must fit through the broker: base64 of a 900 kB message would not."""
+    from workers.messages import original_of
+
+    inspector, _, _ = setup
+    inspector.dead_letter_inline_max = 100_000
+    raw = b'{"line": "' + b"x" * 900_000 + b'"}'
+    letter = inspector.process(raw, SOURCE)
+    assert isinstance(letter, DeadLetter) and letter.stage == "validate"
+    assert letter.original_b64 == "" and letter.original_uri is not None
+    assert letter.original_bytes == len(raw) and len(letter.model_dump_json()) < 10_000
+    assert original_of(letter, inspector.store) == raw
+    small = inspector.process(b"not json", SOURCE)
+    assert isinstance(small, DeadLetter) and small.original_uri is None
+    assert original_of(small, inspector.store) == b"not json"

@@ -92,6 +92,7 @@ def build_inspector(settings: Settings) -> Inspector:
         explainer=explainer,
         policy=settings.images.policy,
         review_products=frozenset(settings.worker.review_products),
+        dead_letter_inline_max=settings.images.inline_max_bytes,
     )
 
 
@@ -181,6 +182,8 @@ def conflict_letter(
         reason=reason,
         event_id=verdict.event_id,
         worker=ctx.inspector.worker,
+        store=ctx.inspector.store,
+        inline_max_bytes=ctx.inspector.dead_letter_inline_max,
     )
 
 

@@ -76,6 +76,7 @@ class Inspector:
         explainer: Explainer | None = None,
         policy: ImagePolicy = DEFAULT_POLICY,
         review_products: frozenset[str] = frozenset(),
+        dead_letter_inline_max: int = 256 * 1024,
     ) -> None:
         self.classifier = classifier
         self.thresholds = thresholds
@@ -85,6 +86,7 @@ class Inspector:
         self._template_cache_size = template_cache_size
         self.explainer = explainer
         self.policy = policy
+        self.dead_letter_inline_max = dead_letter_inline_max  # larger: claim-checked
         # products whose boards go to review, uninspected, when their template is missing
         self.review_products = review_products
 
@@ -250,4 +252,6 @@ class Inspector:
             reason=reason,
             event_id=event_id,
             worker=self.worker,
+            store=self.store,
+            inline_max_bytes=self.dead_letter_inline_max,
         )

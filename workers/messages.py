@@ -9,6 +9,7 @@ import socket
 
 from pydantic import ValidationError
 
+from infra.object_store import ObjectStore
 from schemas.events import DeadLetter
 
 
@@ -50,8 +51,26 @@ def dead_letter(
     reason: str,
     event_id: str | None,
     worker: str,
+    store: ObjectStore | None = None,
+    inline_max_bytes: int = 256 * 1024,
 ) -> DeadLetter:
-    """The dead-letter record of ``raw``, read from ``topic`` at ``partition``/``offset``."""
+    """The dead-letter record of ``raw``, read from ``topic`` at ``partition``/``offset``.
+    An original over ``inline_max_bytes`` goes to ``store`` and travels as a claim check:
+    base64 makes it a third larger, and a dead letter the broker refuses would stop the
+    partition instead of moving it on."""
+    if store is not None and len(raw) > inline_max_bytes:
+        return DeadLetter(
+            source_topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key.decode("utf-8", "replace") if key is not None else None,
+            stage=stage,  # type: ignore[arg-type]
+            reason=reason,
+            event_id=event_id,
+            original_uri=store.put(raw, "application/octet-stream"),
+            original_bytes=len(raw),
+            worker=worker,
+        )
     return DeadLetter(
         source_topic=topic,
         partition=partition,
@@ -61,5 +80,13 @@ def dead_letter(
         reason=reason,
         event_id=event_id,
         original_b64=base64.b64encode(raw).decode("ascii"),
+        original_bytes=len(raw),
         worker=worker,
     )
+
+
+def original_of(letter: DeadLetter, store: ObjectStore) -> bytes:
+    """The original bytes of a dead letter, inline or from its claim check."""
+    if letter.original_uri is not None:
+        return store.get(letter.original_uri)
+    return base64.b64decode(letter.original_b64)

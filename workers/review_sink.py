@@ -23,6 +23,7 @@ from faststream.confluent import KafkaBroker, KafkaMessage
 from faststream.message import StreamMessage
 from pydantic import ValidationError
 
+from infra.object_store import ObjectStore
 from infra.settings import Settings
 from schemas.events import Alert, DeadLetter, ReviewOutcome, Verdict, VerdictLabel
 from workers.delivery import Backoff, broker_config, store_processed
@@ -77,6 +78,7 @@ class ReviewSink:
         self.topics = settings.topics
         self.worker = worker or f"review-sink@{default_worker_name()}"
         self.store = ReviewStore(settings.postgres.url.get_secret_value())
+        self.objects = ObjectStore(settings.images.object_store)  # large originals go here
         self.redis = redis.Redis.from_url(
             settings.redis.url.get_secret_value(),
             decode_responses=True,
@@ -106,6 +108,8 @@ class ReviewSink:
             reason=reason,
             event_id=event_id,
             worker=self.worker,
+            store=self.objects,
+            inline_max_bytes=self.settings.images.inline_max_bytes,
         )
 
     def handle_review(

@@ -161,11 +161,11 @@ def deadletters_replay(
     """Re-publish the original bytes of dead-lettered board events to boards.flagged, with
     their keys, once the cause is fixed (e.g. the missing template added). Already decided
     events keep their verdict (the audit store dedupes on the event id)."""
-    import base64
 
     from infra.object_store import ObjectStore
     from producers.publisher import BoardPublisher
     from schemas.events import DeadLetter
+    from workers.messages import original_of
 
     settings = settings_or_exit(config)
     letters = [
@@ -178,16 +178,17 @@ def deadletters_replay(
             err.print(f"would replay {d.event_id or '(no id)'} ({d.stage}: {d.reason[:80]})")
         err.print(f"{len(letters)} to replay")
         return
+    store = ObjectStore(settings.images.object_store)
     publisher = BoardPublisher(
         settings.kafka.bootstrap_servers,
         settings.topics.flagged,
-        ObjectStore(settings.images.object_store),
+        store,
         settings.images.inline_max_bytes,
     )
     try:
         for d in letters:
             key = d.key.encode() if d.key is not None else None
-            publisher.send_raw(base64.b64decode(d.original_b64), key=key)
+            publisher.send_raw(original_of(d, store), key=key)
         publisher.flush()
     finally:
         publisher.close()
