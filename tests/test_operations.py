@@ -167,3 +167,55 @@ def wait_dead(settings: Settings, n: int) -> list[DeadLetter]:
         until=lambda v: len(v) >= n,
     )
     return [DeadLetter.model_validate_json(v) for v in values]
+
+
+def test_image_policy_and_replaced_templates_through_a_running_worker(
+    settings: Settings,
+) -> None:
+    """16-bit and colour boards are read as the policy says (not cut or flattened blindly),
+    and a golden board replaced in the store is the one the next board is compared with."""
+    from producers.hostile import sixteen_bit_and_colour
+
+    ensure_topics(settings.kafka.bootstrap_servers, settings.topics, settings.kafka.partitions)
+    store = ObjectStore(settings.images.object_store)
+    publisher = BoardPublisher(
+        settings.kafka.bootstrap_servers, settings.topics.flagged, store, 10**7
+    )
+    board = BoardGenerator(seed=23, defect_rate=1.0).board(0)
+    store.put_template(board.template_id, encode_png(board.template))
+    sixteen, colour = sixteen_bit_and_colour(board.image)
+    common = dict(line="L1", machine="m", product=board.product, template_id=board.template_id)
+    workers = start_workers(settings, 1, settings.work_dir / "logs")
+    try:
+        wait_ready(workers)
+        e8 = publisher.publish(encode_png(board.image), board_serial="B8", **common)  # type: ignore[arg-type]
+        e16 = publisher.publish(sixteen, board_serial="B16", **common)  # type: ignore[arg-type]
+        ergb = publisher.publish(colour, media_type="image/jpeg", board_serial="RGB", **common)  # type: ignore[arg-type]
+        publisher.flush()
+        ids = [e8.event_id, e16.event_id, ergb.event_id]
+        wait_until(lambda: set(_audited(settings, ids)) == set(ids), 90, "three verdicts")
+        # the golden board is re-scanned at another size: the worker must use the new one
+        import numpy as np
+
+        store.put_template(board.template_id, encode_png(np.full((320, 320), 255, np.uint8)))
+        late = publisher.publish(encode_png(board.image), board_serial="AFTER", **common)  # type: ignore[arg-type]
+        publisher.flush()
+        dead = [d for d in wait_dead(settings, 1) if d.event_id == late.event_id]
+    finally:
+        stop_workers(workers)
+    out = {
+        v.event_id: v
+        for v in (
+            Verdict.model_validate_json(raw)
+            for raw in read_topic(
+                settings.kafka.bootstrap_servers,
+                settings.topics.verdicts,
+                timeout=30,
+                until=lambda v: len(v) >= 3,
+            )
+        )
+    }
+    reference = [r.box for r in out[e8.event_id].regions]
+    assert reference and [r.box for r in out[e16.event_id].regions] == reference
+    assert out[ergb.event_id].regions  # the colour scan still shows the defects
+    assert dead and dead[0].stage == "image" and "320x320" in dead[0].reason
