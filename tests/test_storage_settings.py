@@ -101,3 +101,13 @@ def test_config_masks_passwords_but_children_get_them(monkeypatch: pytest.Monkey
     assert "s3cr3t-pg" not in repr(load_settings())  # nor in a traceback's locals
     env = settings_env(load_settings())
     assert env["LINECHECK_POSTGRES__URL"] == secret_pg  # a worker process needs the real one
+
+
+def test_the_readme_configuration_example_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme[readme.index("```toml\n[kafka]") + len("```toml\n") :]
+    config = tmp_path / "linecheck.toml"
+    config.write_text(block[: block.index("```")])
+    settings = load_settings(config)  # unknown or malformed keys raise here
+    assert settings.kafka.bootstrap_servers == "kafka:9092"
+    assert settings.images.sixteen_bit == "scale" and settings.worker.migrate is False
