@@ -147,3 +147,97 @@ def test_workers_do_not_migrate_they_say_how(settings: Settings) -> None:
     prepare(rendered, migrate=True)  # the opt-in
     prepare(rendered, migrate=False)  # now at head: passes
     assert head_revision() >= "0004"
+
+
+def test_a_hung_audit_store_times_out_instead_of_holding_the_worker(settings: Settings) -> None:
+    """A lock held on the audit table makes every insert wait: the statement timeout cancels
+    it, the worker backs off and retries, and the events land once the lock is gone."""
+    url = _own_database(settings)
+    pg = settings.postgres.model_copy(update={"url": SecretStr(url), "statement_timeout_ms": 1000})
+    settings = settings.model_copy(update={"postgres": pg})
+    topics = settings.topics
+    ensure_topics(settings.kafka.bootstrap_servers, topics, settings.kafka.partitions)
+    store = ObjectStore(settings.images.object_store)
+    publisher = BoardPublisher(settings.kafka.bootstrap_servers, topics.flagged, store, 10**7)
+    samples = synthetic_samples(seed=31)
+    engine = make_engine(url)
+    workers = start_workers(settings, 1, settings.work_dir / "logs")
+    try:
+        wait_ready(workers)
+        with engine.connect() as locker:
+            tx = locker.begin()
+            locker.execute(sa.text("LOCK TABLE verdicts IN ACCESS EXCLUSIVE MODE"))
+            boards = publish_boards(publisher, store, samples, 3)
+            wait_until(
+                lambda: "canceling statement due to statement timeout" in workers[0].tail(400),
+                60,
+                "a statement cancelled by the timeout",
+            )
+            assert workers[0].proc.poll() is None
+            tx.rollback()
+        ids = [b.event_id for b in boards]
+
+        def landed() -> int:
+            with engine.connect() as conn:
+                return int(
+                    conn.execute(
+                        sa.text("SELECT count(*) FROM verdicts WHERE event_id = ANY(:ids)"),
+                        {"ids": ids},
+                    ).scalar_one()
+                )
+
+        wait_until(lambda: landed() == 3, 60, "3 audit rows after the lock")
+    finally:
+        stop_workers(workers)
+        engine.dispose()
+    assert workers[0].proc.returncode == 0, workers[0].tail()
+
+
+def test_the_review_sink_backs_off_through_an_outage_and_loses_no_outcome(
+    settings: Settings,
+) -> None:
+    import re
+
+    from linecheck.processes import start_review_sink
+    from producers.review_outcomes import publish_outcomes
+    from schemas.events import ReviewOutcome
+
+    url = _own_database(settings)
+    settings = settings.model_copy(
+        update={"postgres": settings.postgres.model_copy(update={"url": SecretStr(url)})}
+    )
+    ensure_topics(settings.kafka.bootstrap_servers, settings.topics, settings.kafka.partitions)
+    engine = make_engine(url)
+
+    def execute(sql: str) -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.text(sql))
+
+    outcome = ReviewOutcome(
+        event_id=f"e-{uuid.uuid4().hex}", line="L1", board_serial="S1", defective=True,
+        reviewer="op",
+    )  # fmt: skip
+    sink = start_review_sink(settings, settings.work_dir / "logs")
+    try:
+        wait_ready([sink], timeout=120)
+        execute("ALTER TABLE review_outcome_history RENAME TO history_offline")
+        publish_outcomes(settings, [outcome])
+        wait_until(lambda: sink.tail(400).count("retrying in") >= 3, 60, "three retries")
+        assert sink.proc.poll() is None
+        execute("ALTER TABLE history_offline RENAME TO review_outcome_history")
+
+        def stored() -> int:
+            with engine.connect() as conn:
+                return int(
+                    conn.execute(
+                        sa.text("SELECT count(*) FROM review_outcome_history WHERE event_id = :e"),
+                        {"e": outcome.event_id},
+                    ).scalar_one()
+                )
+
+        wait_until(lambda: stored() == 1, 60, "the outcome after the outage")
+    finally:
+        stop_workers([sink])
+        engine.dispose()
+    delays = [float(d) for d in re.findall(r"retrying in ([0-9.]+)s", sink.tail(400))]
+    assert delays[:3] == sorted(delays[:3]) and delays[2] > delays[0]  # backing off, not spinning
