@@ -28,10 +28,10 @@ class Backoff:
 
 def broker_config(delivery_timeout_ms: int | None = None) -> ConfluentConfig:
     """librdkafka settings of a worker's broker: offsets stored by :func:`store_processed`,
-        not when polled; and the producer's delivery timeout when given.
+    not when polled; and the producer's delivery timeout when given.
 
-    FastStream's ack commits every stored offset of the consumer. librdkafka by default stores a
-    record's offset as soon as it is polled, so a batch that failed (and was rewound) on one
+    FastStream's ack commits every stored offset of the consumer. librdkafka by default stores
+    a record's offset as soon as it is polled, so a batch that failed (and was rewound) on one
     partition would be committed past by the next successful batch of another partition, and
     lost at the next rebalance (found by `linecheck chaos`)."""
     config: ConfluentConfig = {"enable.auto.offset.store": False}
