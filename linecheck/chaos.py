@@ -253,9 +253,7 @@ def run_chaos(
             supervisor.add("worker", f"worker-{i + 1}", LINECHECK_MODEL__THREADS="1", **slow)
         good_ids: list[str] = []
         probes = synthetic_samples(seed=seed + 2)
-        prober = BoardPublisher(
-            live.kafka.bootstrap_servers, live.topics.flagged, store, live.images.inline_max_bytes
-        )
+        prober = BoardPublisher.for_settings(live, store)
 
         def probe() -> None:
             """A few boards (keys over every partition) after a fault: recovery is seen on
@@ -276,12 +274,7 @@ def run_chaos(
             with console.status("chaos: waiting for the workers to join"):
                 wait_ready(list(supervisor.children.values()))
             supervisor.watch()
-            publisher = BoardPublisher(
-                live.kafka.bootstrap_servers,
-                live.topics.flagged,
-                store,
-                live.images.inline_max_bytes,
-            )
+            publisher = BoardPublisher.for_settings(live, store)
             thread = threading.Thread(
                 target=_publish, args=(publisher, store, items, rate, good_ids), daemon=True
             )

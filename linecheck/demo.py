@@ -269,12 +269,7 @@ def run_demo(
             with console.status("waiting for the workers to load the model and join the group"):
                 wait_ready([*procs, sink])
             store = ObjectStore(live.images.object_store)
-            publisher = BoardPublisher(
-                live.kafka.bootstrap_servers,
-                live.topics.flagged,
-                store,
-                live.images.inline_max_bytes,
-            )
+            publisher = BoardPublisher.for_settings(live, store)
             start = time.monotonic()
             with progress_bar(console, "published", boards) as step:
                 published = publish_boards(

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from confluent_kafka import Producer
 
     from infra.object_store import ObjectStore
+    from infra.settings import Settings
 
 
 class PublishError(RuntimeError):
@@ -51,6 +52,19 @@ class BoardPublisher:
         self.inline_max_bytes = inline_max_bytes
         self._producer = producer or Producer(producer_config(bootstrap_servers))
         self._errors: list[str] = []
+
+    @classmethod
+    def for_settings(cls, settings: Settings, store: ObjectStore | None = None) -> BoardPublisher:
+        """A publisher to the settings' boards.flagged, claim-checking into their object store
+        (or ``store``) above ``images.inline_max_bytes``."""
+        from infra.object_store import ObjectStore
+
+        return cls(
+            settings.kafka.bootstrap_servers,
+            settings.topics.flagged,
+            store or ObjectStore(settings.images.object_store),
+            settings.images.inline_max_bytes,
+        )
 
     def image_ref(self, data: bytes, media_type: str = "image/png") -> ImageRef:
         """Inline when small enough, else a claim-check URI into the object store."""

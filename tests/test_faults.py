@@ -20,8 +20,9 @@ from schemas.events import Verdict
 from tests.helpers import wait_until
 
 
-def _own_database(settings: Settings) -> str:
-    """A fresh database on the session's server, so this test can break it alone."""
+def _own_database(settings: Settings, revision: str = "head") -> str:
+    """A fresh database on the session's server at ``revision``, so this test can break it
+    alone."""
     name = f"fault_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(settings.postgres.url.get_secret_value(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -29,7 +30,7 @@ def _own_database(settings: Settings) -> str:
     admin.dispose()
     url = make_url(settings.postgres.url.get_secret_value()).set(database=name)
     rendered = url.render_as_string(hide_password=False)
-    upgrade(rendered)
+    upgrade(rendered, revision)
     return rendered
 
 
@@ -132,14 +133,7 @@ def test_workers_do_not_migrate_they_say_how(settings: Settings) -> None:
 
     from infra.db import head_revision, prepare
 
-    name = f"behind_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(settings.postgres.url.get_secret_value(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    url = make_url(settings.postgres.url.get_secret_value()).set(database=name)
-    rendered = url.render_as_string(hide_password=False)
-    upgrade(rendered, "0003")
+    rendered = _own_database(settings, "0003")
     with pytest.raises(
         RuntimeError, match=r"at migration 0003, this code needs .*linecheck db upgrade"
     ):

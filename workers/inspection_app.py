@@ -33,7 +33,7 @@ from workers import metrics
 from workers.audit_sink import AuditBatch, AuditStore, LiveStats
 from workers.delivery import Backoff, broker_config, store_processed
 from workers.inspector import Inspector, SourceInfo
-from workers.messages import dead_letter, default_worker_name
+from workers.messages import default_worker_name
 
 log = logging.getLogger("linecheck.worker")
 EXIT_EVICTED = 75  # EX_TEMPFAIL: evicted from the consumer group, start again
@@ -154,7 +154,7 @@ def check_poll_budget(settings: Settings) -> None:
         )
 
 
-def conflict_letter(
+def refused_letter(
     body: bytes, source: SourceInfo, verdict: Verdict, audit: AuditBatch, ctx: WorkerContext
 ) -> DeadLetter:
     """The dead letter of an event the audit store did not take: its id was already decided
@@ -172,19 +172,7 @@ def conflict_letter(
                 "the audit row and its verdict stand; publish the new board under a new id"
             ),
         )
-    return dead_letter(
-        body,
-        topic=source.topic,
-        partition=source.partition,
-        offset=source.offset,
-        key=source.key,
-        stage=stage,
-        reason=reason,
-        event_id=verdict.event_id,
-        worker=ctx.inspector.worker,
-        store=ctx.inspector.store,
-        inline_max_bytes=ctx.inspector.dead_letter_inline_max,
-    )
+    return ctx.inspector.dead_letter(body, source, stage, reason, verdict.event_id)
 
 
 def create_inspection_app(settings: Settings, context: WorkerContext | None = None) -> FastStream:
@@ -286,7 +274,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             for verdict, source, body in decided:
                 chosen = audit.resolve(verdict)
                 if chosen is None:  # a conflict, or a row the database refused: never retried
-                    dead.append((conflict_letter(body, source, verdict, audit, ctx), source))
+                    dead.append((refused_letter(body, source, verdict, audit, ctx), source))
                 else:
                     publish.append(chosen)  # a redelivery gets the verdict already audited
             # The same event twice in one batch is new once: counters count each event once.

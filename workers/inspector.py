@@ -12,7 +12,7 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import ValidationError
@@ -140,24 +140,31 @@ class Inspector:
     def _not_inspected(self, event: FlaggedBoard, reason: str) -> Verdict:
         """A review verdict for a board that could not be inspected (see review_products)."""
         log.warning("board %s sent to review uninspected: %s", event.event_id, reason)
+        return self._verdict(
+            event,
+            verdict=VerdictLabel.REVIEW,
+            board_score=1.0,
+            regions=[],
+            roi_method="none",
+            timings=StageTimings(),
+        )
+
+    def _verdict(self, event: FlaggedBoard, **decided: Any) -> Verdict:
+        """A verdict on ``event``: its identity, this model and thresholds, and ``decided``."""
         return Verdict(
             event_id=event.event_id,
             line=event.line,
             machine=event.machine,
             product=event.product,
             board_serial=event.board_serial,
-            verdict=VerdictLabel.REVIEW,
-            board_score=1.0,
-            regions=[],
-            roi_method="none",
             model_version=self.classifier.version,
             threshold_version=self.thresholds.threshold_version,
             pass_below=self.thresholds.pass_below,
             fail_at_or_above=self.thresholds.fail_at_or_above,
-            timings=StageTimings(),
             worker=self.worker,
             inspected_at=event.inspected_at,
             event_sha256=event_digest(event),
+            **decided,
         )
 
     def inspect(self, event: FlaggedBoard) -> Verdict:
@@ -204,20 +211,12 @@ class Inspector:
         t3 = time.perf_counter()
         explanation = self.explain(event.event_id, image, crops, regions)
         t4 = time.perf_counter()
-        return Verdict(
-            event_id=event.event_id,
-            line=event.line,
-            machine=event.machine,
-            product=event.product,
-            board_serial=event.board_serial,
+        return self._verdict(
+            event,
             verdict=decide(self.thresholds, score),
             board_score=score,
             regions=regions,
             roi_method="reference" if template is not None else "recipe",
-            model_version=self.classifier.version,
-            threshold_version=self.thresholds.threshold_version,
-            pass_below=self.thresholds.pass_below,
-            fail_at_or_above=self.thresholds.fail_at_or_above,
             timings=StageTimings(
                 decode_ms=(t1 - t0) * 1e3,
                 roi_ms=(t2 - t1) * 1e3,
@@ -226,9 +225,6 @@ class Inspector:
                 total_ms=(t4 - t0) * 1e3,
             ),
             explanation_uri=explanation,
-            worker=self.worker,
-            inspected_at=event.inspected_at,
-            event_sha256=event_digest(event),
         )
 
     def process(self, raw: bytes, source: SourceInfo) -> Verdict | DeadLetter:
@@ -242,6 +238,13 @@ class Inspector:
             stage, reason = decode_failure(exc)
         except InspectionError as exc:
             stage, reason = exc.stage, exc.reason
+        return self.dead_letter(raw, source, stage, reason, event_id)
+
+    def dead_letter(
+        self, raw: bytes, source: SourceInfo, stage: str, reason: str, event_id: str | None
+    ) -> DeadLetter:
+        """The dead letter of ``raw`` as this worker writes it (large originals claim-checked
+        into its store)."""
         return dead_letter(
             raw,
             topic=source.topic,

@@ -58,19 +58,7 @@ def dead_letter(
     An original over ``inline_max_bytes`` goes to ``store`` and travels as a claim check:
     base64 makes it a third larger, and a dead letter the broker refuses would stop the
     partition instead of moving it on."""
-    if store is not None and len(raw) > inline_max_bytes:
-        return DeadLetter(
-            source_topic=topic,
-            partition=partition,
-            offset=offset,
-            key=key.decode("utf-8", "replace") if key is not None else None,
-            stage=stage,  # type: ignore[arg-type]
-            reason=reason,
-            event_id=event_id,
-            original_uri=store.put(raw, "application/octet-stream"),
-            original_bytes=len(raw),
-            worker=worker,
-        )
+    claim_check = store is not None and len(raw) > inline_max_bytes
     return DeadLetter(
         source_topic=topic,
         partition=partition,
@@ -79,7 +67,8 @@ def dead_letter(
         stage=stage,  # type: ignore[arg-type]
         reason=reason,
         event_id=event_id,
-        original_b64=base64.b64encode(raw).decode("ascii"),
+        original_b64="" if claim_check else base64.b64encode(raw).decode("ascii"),
+        original_uri=store.put(raw, "application/octet-stream") if claim_check and store else None,
         original_bytes=len(raw),
         worker=worker,
     )

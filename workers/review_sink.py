@@ -182,13 +182,18 @@ class ReviewSink:
         self._keep(alerts)
         return ReviewHandled(alerts=alerts)
 
-    def handle_deadletter(self, raw: bytes, partition: int, offset: int) -> None:
+    def handle_deadletter(
+        self, raw: bytes, partition: int | None, offset: int | None, key: bytes | None = None
+    ) -> ReviewHandled:
+        """Keep a dead letter in the table of the operations dashboard (an unreadable record
+        on the dead-letter topic is logged, not dead-lettered again)."""
         try:
             dead = DeadLetter.model_validate_json(raw)
         except ValidationError:
             log.error("unreadable dead-letter record at %s/%s: skipped", partition, offset)
-            return
-        self.store.record_deadletter(dead, partition, offset)
+            return ReviewHandled()
+        self.store.record_deadletter(dead, partition or 0, offset or 0)
+        return ReviewHandled()
 
     def _keep(self, alerts: list[Alert]) -> None:
         for alert in alerts:
@@ -198,12 +203,6 @@ class ReviewSink:
     def close(self) -> None:
         self.store.close()
         self.redis.close()
-
-
-async def _back_off(backoff: Backoff, what: str, exc: Exception) -> None:
-    delay = backoff.failed()
-    log.error("review sink failed on a %s (%s); retrying in %.1fs", what, exc, delay)
-    await anyio.sleep(delay)
 
 
 def create_review_sink_app(settings: Settings, sink: ReviewSink | None = None) -> FastStream:
@@ -253,7 +252,9 @@ def create_review_sink_app(settings: Settings, sink: ReviewSink | None = None) -
             for alert in result.alerts:
                 await alerts_out.publish(alert, key=alert.line.encode())
         except Exception as exc:
-            await _back_off(backoff, raw.topic() or "message", exc)
+            delay = backoff.failed()
+            log.error("review sink failed on %s (%s); retrying in %.1fs", raw.topic(), exc, delay)
+            await anyio.sleep(delay)
             raise
         backoff.reset()
         await store_processed(msg, (raw,))
@@ -287,17 +288,7 @@ def create_review_sink_app(settings: Settings, sink: ReviewSink | None = None) -
         description="Dead letters, kept for the operations dashboard", **common,
     )  # fmt: skip
     async def on_deadletter(body: bytes, msg: KafkaMessage) -> None:
-        raw = msg.raw_message
-        assert not isinstance(raw, tuple)
-        try:
-            await anyio.to_thread.run_sync(
-                state["sink"].handle_deadletter, body, raw.partition() or 0, raw.offset() or 0
-            )
-        except Exception as exc:
-            await _back_off(backoffs["deadletters"], "dead letter", exc)
-            raise
-        backoffs["deadletters"].reset()
-        await store_processed(msg, (raw,))
+        await handled(state["sink"].handle_deadletter, body, msg, backoffs["deadletters"])
 
     app = FastStream(broker)
 

@@ -125,12 +125,7 @@ def simulate(
         raise typer.Exit(2)
     ensure_topics(settings.kafka.bootstrap_servers, settings.topics, settings.kafka.partitions)
     store = ObjectStore(settings.images.object_store)
-    publisher = BoardPublisher(
-        settings.kafka.bootstrap_servers,
-        settings.topics.flagged,
-        store,
-        settings.images.inline_max_bytes,
-    )
+    publisher = BoardPublisher.for_settings(settings, store)
     with progress_bar(err, "publishing", boards) as step:
         done = publish_boards(
             publisher,
@@ -189,12 +184,7 @@ def publish(
         store.put_template(
             template_id, encode_png(decode_gray(template.read_bytes(), str(template)))
         )
-    publisher = BoardPublisher(
-        settings.kafka.bootstrap_servers,
-        settings.topics.flagged,
-        store,
-        settings.images.inline_max_bytes,
-    )
+    publisher = BoardPublisher.for_settings(settings, store)
     event = publisher.publish(
         image.read_bytes(),
         media_type=media,

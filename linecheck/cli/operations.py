@@ -8,12 +8,16 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from linecheck.cli.common import ConfigOption, err, settings_or_exit
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
+    from schemas.events import DeadLetter
 
 templates_app = typer.Typer(no_args_is_help=True, help="Golden boards (templates) in the store.")
 deadletters_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
@@ -99,17 +103,18 @@ def inspect(
     raise typer.Exit(0 if isinstance(result, Verdict) else 3)
 
 
-def _dead_letters(settings: object, stage: str | None, since: datetime | None) -> list[object]:
+def _dead_letters(
+    settings: Settings, stage: str | None, since: datetime | None
+) -> list[DeadLetter]:
+    """The dead letters on the topic, oldest first, of ``stage`` and from ``since`` when given."""
     from datetime import UTC
 
     from infra.kafka_admin import read_topic
-    from infra.settings import Settings
     from schemas.events import DeadLetter
 
-    assert isinstance(settings, Settings)
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
-    out: list[object] = []
+    out: list[DeadLetter] = []
     for value in read_topic(settings.kafka.bootstrap_servers, settings.topics.deadletter):
         try:
             letter = DeadLetter.model_validate_json(value)
@@ -130,10 +135,9 @@ def deadletters_list(
     config: ConfigOption = None,
 ) -> None:
     """The dead letters on the topic, oldest first: when, stage, event id and why."""
-    from schemas.events import DeadLetter
 
     settings = settings_or_exit(config)
-    letters = [d for d in _dead_letters(settings, stage, since) if isinstance(d, DeadLetter)]
+    letters = _dead_letters(settings, stage, since)
     if as_json:
         for d in letters:
             print(d.model_dump_json(exclude={"original_b64"}))
@@ -164,14 +168,13 @@ def deadletters_replay(
 
     from infra.object_store import ObjectStore
     from producers.publisher import BoardPublisher
-    from schemas.events import DeadLetter
     from workers.messages import original_of
 
     settings = settings_or_exit(config)
     letters = [
         d
         for d in _dead_letters(settings, stage, since)
-        if isinstance(d, DeadLetter) and d.source_topic == settings.topics.flagged
+        if d.source_topic == settings.topics.flagged
     ]
     if dry_run:
         for d in letters:
@@ -179,12 +182,7 @@ def deadletters_replay(
         err.print(f"{len(letters)} to replay")
         return
     store = ObjectStore(settings.images.object_store)
-    publisher = BoardPublisher(
-        settings.kafka.bootstrap_servers,
-        settings.topics.flagged,
-        store,
-        settings.images.inline_max_bytes,
-    )
+    publisher = BoardPublisher.for_settings(settings, store)
     try:
         for d in letters:
             key = d.key.encode() if d.key is not None else None
