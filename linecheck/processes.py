@@ -108,10 +108,17 @@ class Supervisor:
     doubling to 30 s; reset once it has run a minute), and every restart is logged and
     counted. ``watch()`` runs it on a background thread until ``stop()``."""
 
-    def __init__(self, settings: Settings, log_dir: Path, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        settings: Settings,
+        log_dir: Path,
+        log: Callable[[str], None] = print,
+        on_exit: Callable[[str, int], None] | None = None,
+    ):
         self.settings = settings
         self.log_dir = log_dir
         self.log = log
+        self.on_exit = on_exit  # (name, pid) of a child that exited: metrics bookkeeping
         self.children: dict[str, WorkerProcess] = {}
         self.restarts: dict[str, int] = {}
         self._specs: dict[str, tuple[str, dict[str, str]]] = {}
@@ -143,6 +150,8 @@ class Supervisor:
                 if child.proc.poll() is None:
                     continue
                 if name not in self._due:
+                    if self.on_exit is not None:
+                        self.on_exit(name, child.proc.pid)
                     ran = now - self._started[name]
                     tries = 0 if ran > 60 else self.restarts[name]
                     delay = min(30.0, 2.0**tries)
@@ -173,3 +182,6 @@ class Supervisor:
             self._thread.join(timeout)
         with self._lock:
             stop_workers(list(self.children.values()), timeout)
+            if self.on_exit is not None:
+                for name, child in self.children.items():
+                    self.on_exit(name, child.proc.pid)

@@ -194,6 +194,14 @@ class Verdict(_Message):
         description="SHA-256 of the decided event (its canonical JSON): a redelivered event gets "
         "this same verdict; the same event_id with another payload is a conflict (dead letter)",
     )
+    template_id: str | None = Field(
+        default=None, description="the reference template the board was compared with"
+    )
+    image_uri: str | None = Field(
+        default=None,
+        description="where a person finds the board image: kept for boards sent to review or "
+        "drawn for the audit sample (the event's claim check, or a copy of an inline image)",
+    )
 
 
 class ReviewOutcome(_Message):

@@ -93,6 +93,7 @@ def build_inspector(settings: Settings) -> Inspector:
         policy=settings.images.policy,
         review_products=frozenset(settings.worker.review_products),
         dead_letter_inline_max=settings.images.inline_max_bytes,
+        audit_rate=settings.quality.audit_rate,
     )
 
 
@@ -348,6 +349,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
     async def _load() -> None:
         if "ctx" not in state:
             state["ctx"] = await anyio.to_thread.run_sync(build_context, settings)
+        metrics.MODEL_LOADED.set(1)
         if settings.worker.metrics_port is not None:
             metrics.serve(settings.worker.metrics_port)
 

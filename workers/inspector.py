@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from infra.images import DEFAULT_POLICY, ImageDecodeError, ImagePolicy, decode_gray
 from infra.object_store import ObjectStore, StorageError
+from infra.stats import audit_sampled
 from inspection.backends.base import Classifier
 from inspection.crops import make_crops
 from inspection.model.registry import Thresholds
@@ -77,6 +78,7 @@ class Inspector:
         policy: ImagePolicy = DEFAULT_POLICY,
         review_products: frozenset[str] = frozenset(),
         dead_letter_inline_max: int = 256 * 1024,
+        audit_rate: float = 0.0,
     ) -> None:
         self.classifier = classifier
         self.thresholds = thresholds
@@ -89,6 +91,22 @@ class Inspector:
         self.dead_letter_inline_max = dead_letter_inline_max  # larger: claim-checked
         # products whose boards go to review, uninspected, when their template is missing
         self.review_products = review_products
+        self.audit_rate = audit_rate  # boards drawn for audit keep their image, as review's do
+
+    def keep_image(self, event: FlaggedBoard, verdict: VerdictLabel, data: bytes) -> str | None:
+        """Where the review station finds this board's image, for boards a person will see:
+        sent to review or drawn for the audit sample (the sink draws with the same rule)."""
+        if verdict is not VerdictLabel.REVIEW and not audit_sampled(
+            event.event_id, self.audit_rate
+        ):
+            return None
+        if event.image.uri is not None:
+            return event.image.uri
+        try:
+            return self.store.put(data, event.image.media_type)
+        except OSError as exc:  # a full disk costs the station its picture, not the verdict
+            log.warning("board %s: image not kept for review: %s", event.event_id, exc)
+            return None
 
     def template(self, template_id: str) -> np.ndarray:
         """The reference template by id, decoded under the image policy. Cached by content
@@ -137,12 +155,13 @@ class Inspector:
             raise InspectionError("explain", f"{type(exc).__name__}: {exc}") from exc
         return saved.as_uri() if saved is not None else None
 
-    def _not_inspected(self, event: FlaggedBoard, reason: str) -> Verdict:
+    def _not_inspected(self, event: FlaggedBoard, reason: str, data: bytes) -> Verdict:
         """A review verdict for a board that could not be inspected (see review_products)."""
         log.warning("board %s sent to review uninspected: %s", event.event_id, reason)
         return self._verdict(
             event,
             verdict=VerdictLabel.REVIEW,
+            image_uri=self.keep_image(event, VerdictLabel.REVIEW, data),
             board_score=1.0,
             regions=[],
             roi_method="none",
@@ -164,6 +183,7 @@ class Inspector:
             worker=self.worker,
             inspected_at=event.inspected_at,
             event_sha256=event_digest(event),
+            template_id=event.template_id,
             **decided,
         )
 
@@ -182,7 +202,7 @@ class Inspector:
                 template = self.template(event.template_id)
             except InspectionError as exc:
                 if exc.stage == "template" and event.product in self.review_products:
-                    return self._not_inspected(event, exc.reason)
+                    return self._not_inspected(event, exc.reason, data)
                 raise
         if template is not None and template.shape != image.shape:
             raise InspectionError(
@@ -210,10 +230,13 @@ class Inspector:
         score = board_score(regions)
         t3 = time.perf_counter()
         explanation = self.explain(event.event_id, image, crops, regions)
+        label = decide(self.thresholds, score)
+        image_uri = self.keep_image(event, label, data)
         t4 = time.perf_counter()
         return self._verdict(
             event,
-            verdict=decide(self.thresholds, score),
+            verdict=label,
+            image_uri=image_uri,
             board_score=score,
             regions=regions,
             roi_method="reference" if template is not None else "recipe",

@@ -1,4 +1,7 @@
-"""Prometheus metrics of a worker (scraped at `worker.metrics_port` when set)."""
+"""Prometheus metrics of a worker (scraped at `worker.metrics_port` when set).
+
+Under `linecheck up` every process writes them to PROMETHEUS_MULTIPROC_DIR and the web
+server's /metrics serves the whole group: gauges say how to combine processes."""
 
 from __future__ import annotations
 
@@ -33,7 +36,16 @@ POLL_OVERRUNS = Counter(
     "linecheck_poll_overruns_total",
     "Batches that outlasted max.poll.interval.ms (the worker then exits for a restart)",
 )
-ASSIGNED = Gauge("linecheck_assigned_partitions", "Partitions of boards.flagged held")
+ASSIGNED = Gauge(
+    "linecheck_assigned_partitions",
+    "Partitions of boards.flagged held",
+    multiprocess_mode="livesum",
+)
+MODEL_LOADED = Gauge(
+    "linecheck_model_loaded",
+    "Workers with their model loaded (1 per worker)",
+    multiprocess_mode="livesum",
+)
 
 
 def observe(verdict: Verdict, new: bool) -> None:

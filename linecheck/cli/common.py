@@ -14,14 +14,27 @@ from infra.settings import Settings, load_settings
 err = Console(stderr=True)
 ConfigOption = Annotated[
     Optional[Path],  # noqa: UP045 - typer needs Optional on 3.11
-    typer.Option("--config", "-c", envvar="LINECHECK_CONFIG", help="TOML settings file"),
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="LINECHECK_CONFIG",
+        help="TOML settings file (default: the running `linecheck up` of this folder's work dir)",
+    ),
 ]
 
 
-def settings_or_exit(config: Path | None) -> Settings:
-    """The validated settings, or exit 2 with the validation error on stderr."""
+def settings_or_exit(config: Path | None, find_running: bool = True) -> Settings:
+    """The validated settings, or exit 2 with the validation error on stderr. Without a
+    config file, a `linecheck up` running on this work dir lends its settings (servers)."""
     try:
-        return load_settings(config)
+        settings = load_settings(config)
+        if config is None and find_running:
+            from linecheck.running import running_service
+
+            found = running_service(settings.work_dir)
+            if found is not None:
+                settings = load_settings(Path(found["config"]))
+        return settings
     except (ValidationError, FileNotFoundError, ValueError) as exc:
         err.print(f"[red]invalid configuration:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -244,6 +244,10 @@ from linecheck.cli.operations import register as _register_operations  # noqa: E
 
 _register_operations(app)
 
+from linecheck.cli.service import register as _register_service  # noqa: E402
+
+_register_service(app)
+
 
 @app.command()
 def chaos(

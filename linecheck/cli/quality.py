@@ -45,13 +45,18 @@ def review(
     """Publish a review outcome (what the board really was) to boards.reviews."""
     from pydantic import ValidationError
 
-    from linecheck.review_queue import lookup_board
+    from infra.db import make_engine
+    from linecheck.station.queries import lookup_board
     from producers.review_outcomes import publish_outcomes
     from schemas.events import DefectType, ReviewOutcome
 
     settings = settings_or_exit(config)
     if line is None or serial is None:
-        found = lookup_board(settings.postgres.url.get_secret_value(), event_id)
+        engine = make_engine(settings.postgres.url.get_secret_value())
+        try:
+            found = lookup_board(engine, event_id)
+        finally:
+            engine.dispose()
         if found is None:
             err.print(f"[red]no audit row for event {event_id!r}: give --line and --serial[/red]")
             raise typer.Exit(2)
@@ -84,10 +89,15 @@ def review_queue(
     """Boards awaiting review, oldest first: sent to review, or drawn for the audit sample."""
     from rich.table import Table
 
-    from linecheck.review_queue import review_queue as queue
+    from infra.db import make_engine
+    from linecheck.station.queries import review_queue as queue
 
     settings = settings_or_exit(config)
-    rows = queue(settings.postgres.url.get_secret_value(), limit=limit, line=line)
+    engine = make_engine(settings.postgres.url.get_secret_value())
+    try:
+        rows = queue(engine, limit=limit, line=line)
+    finally:
+        engine.dispose()
     if as_json:
         for row in rows:
             print(json.dumps(row, default=str))
