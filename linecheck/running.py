@@ -92,5 +92,5 @@ def write_running(settings: Settings, url: str) -> Path:
 
 
 def clear_running(work_dir: Path) -> None:
-    for name in ("running.json", "running.toml"):
+    for name in ("running.json", "running.toml", "children.json"):
         (service_dir(work_dir) / name).unlink(missing_ok=True)

@@ -8,6 +8,7 @@ in hand) and the command exits 0."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -59,6 +60,17 @@ def _rebuild_counters(live: Settings, console: Console) -> None:
         console.log(f"live counters rebuilt from the audit store: {totals}")
     finally:
         stats.close()
+
+
+def _write_children(folder: Path, supervisor: Supervisor) -> None:
+    """``children.json``: each supervised process's pid and restarts (for operators)."""
+    children = {
+        name: {"pid": child.proc.pid, "restarts": supervisor.restarts.get(name, 0)}
+        for name, child in supervisor.children.items()
+    }
+    tmp = folder / "children.json.tmp"
+    tmp.write_text(json.dumps(children, indent=1))
+    os.replace(tmp, folder / "children.json")
 
 
 def run_service(settings: Settings, options: ServiceOptions, console: Console) -> int:
@@ -117,12 +129,15 @@ def run_service(settings: Settings, options: ServiceOptions, console: Console) -
                 f"  logs            {folder / 'logs'}\n"
                 "Ctrl-C or SIGTERM stops it."
             )
-            counted = dict(supervisor.restarts)
-            while not stop.wait(1.0):
+            counted: dict[str, int] = {}
+            while True:
                 for name, n in supervisor.restarts.items():
                     if n > counted.get(name, 0):
                         restarts.labels(name).inc(n - counted.get(name, 0))
-                        counted[name] = n
+                counted = dict(supervisor.restarts)
+                _write_children(folder, supervisor)
+                if stop.wait(1.0):
+                    break
         except ProcessError as exc:
             raise ServiceError(str(exc)) from exc
         finally:
