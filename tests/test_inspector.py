@@ -187,3 +187,27 @@ def test_an_explanation_that_fails_is_a_dead_letter_not_a_silent_gap(
     # the untrained test model finds doubtful regions on every board: one needs explaining
     assert isinstance(result, DeadLetter) and result.stage == "explain"
     assert "disk full" in result.reason and result.event_id == event.event_id
+
+
+def test_boards_a_person_will_see_keep_their_image_for_the_station(inspector: Inspector) -> None:
+    from infra.stats import audit_sampled
+
+    inspector.audit_rate = 0.5
+    kept = skipped = 0
+    for index in range(8):
+        event = _event(inspector, index, event_id=f"keep-{index}")  # deterministic audit draws
+        verdict = inspector.inspect(event)
+        assert verdict.template_id == event.template_id
+        person = verdict.verdict.value == "review" or audit_sampled(event.event_id, 0.5)
+        if person:
+            assert verdict.image_uri is not None
+            assert inspector.store.get(verdict.image_uri) == event.image.data  # the same bytes
+            kept += 1
+        else:
+            assert verdict.image_uri is None  # automatic, unaudited boards keep nothing
+            skipped += 1
+    assert kept and skipped
+    claim = inspector.store.put(encode_png(BoardGenerator(seed=5).board(0).image))
+    event = _event(inspector, 0, image=ImageRef(uri=claim))
+    inspector.audit_rate = 1.0
+    assert inspector.inspect(event).image_uri == claim  # a claim check is not copied
