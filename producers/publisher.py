@@ -66,10 +66,13 @@ class BoardPublisher:
             settings.images.inline_max_bytes,
         )
 
-    def image_ref(self, data: bytes, media_type: str = "image/png") -> ImageRef:
-        """Inline when small enough, else a claim-check URI into the object store."""
+    def image_ref(
+        self, data: bytes, media_type: str = "image/png", claim_check: bool = False
+    ) -> ImageRef:
+        """Inline when small enough (and no ``claim_check`` is asked for), else a claim-check
+        URI into the object store."""
         digest = hashlib.sha256(data).hexdigest()
-        if len(data) <= self.inline_max_bytes:
+        if len(data) <= self.inline_max_bytes and not claim_check:
             return ImageRef(media_type=media_type, data=data, sha256=digest)  # type: ignore[arg-type]
         return ImageRef(media_type=media_type, uri=self.store.put(data, media_type), sha256=digest)  # type: ignore[arg-type]
 

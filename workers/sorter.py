@@ -1,12 +1,12 @@
 """Sort inspected boards into folders: the results side of folder ingest (`linecheck watch
 --sort OUT`), as the stand-alone classifiers on lines behind a firewall do.
 
-A consumer of boards.verdicts in its own group (``<group_id>-sorter``) files each board that
-``lookup`` knows (the watcher's journal: event id → file name and claim-check URI) into
-``OUT/pass|fail|review/`` and appends one line to ``OUT/verdicts.csv``. The CSV is its own
-ledger: event ids already in it are skipped, so a redelivered verdict adds no second line; a
-line is written and fsynced before its offset is committed. Verdicts of other boards are
-passed over.
+A consumer of boards.verdicts (its offsets in its own group, ``<group_id>-sorter``) files
+each board that ``lookup`` knows (the watcher's journal: event id → file name and claim-check
+URI) into ``OUT/pass|fail|review/`` and appends one line to ``OUT/verdicts.csv``. The CSV is
+its own ledger: event ids already in it are skipped, so a redelivered verdict adds no second
+line; a line is written and fsynced before its offset is committed. Verdicts of other boards
+are passed over.
 """
 
 from __future__ import annotations
@@ -152,21 +152,28 @@ def sorter_group(settings: Settings) -> str:
 
 def consume_verdicts(settings: Settings, sorter: VerdictSorter, stop: threading.Event) -> None:
     """Feed boards.verdicts to ``sorter`` until ``stop`` is set, committing each offset once
-    its verdict is filed (a new group starts at the earliest verdict). An error filing
-    (a full disk) raises, uncommitted."""
-    from confluent_kafka import Consumer, KafkaError
+    its verdict is filed (from the earliest verdict the first time). An error filing (a full
+    disk) raises, uncommitted.
 
+    The consumer takes every partition itself (those at start) and commits under the group
+    ``<group_id>-sorter`` without joining it: a join takes Tansu seconds, and one stopped
+    mid-join there leaves the group unjoinable. Hence one sorter per group."""
+    from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, TopicPartition
+
+    topic = settings.topics.verdicts
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka.bootstrap_servers,
             "group.id": sorter_group(settings),
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-            "session.timeout.ms": settings.kafka.session_timeout_ms,
         }
     )
-    consumer.subscribe([settings.topics.verdicts])
     try:
+        meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise RuntimeError(f"topic {topic!r} not found on {settings.kafka.bootstrap_servers}")
+        consumer.assign([TopicPartition(topic, p, OFFSET_STORED) for p in meta.partitions])
         while not stop.is_set():
             msg = consumer.poll(0.25)
             if msg is None:
@@ -174,7 +181,7 @@ def consume_verdicts(settings: Settings, sorter: VerdictSorter, stop: threading.
             error = msg.error()
             if error is not None:
                 if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("reading %s: %s", settings.topics.verdicts, error)
+                    log.warning("reading %s: %s", topic, error)
                 continue
             sorter.handle_raw(msg.value() or b"")
             consumer.commit(message=msg, asynchronous=False)

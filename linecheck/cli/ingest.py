@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -142,33 +143,39 @@ def watch(
     ensure_topics(settings.kafka.bootstrap_servers, settings.topics, settings.kafka.partitions)
     store = ObjectStore(settings.images.object_store)
     options = WatchOptions(folder, line, machine, product, template_id, delete, settle_s)
+    counts: Counter[str] = Counter()
+
+    def report(result: FileResult) -> None:
+        counts[result.outcome] += 1
+        _print(result)
+
     try:
-        watcher = build_watcher(settings, options, store, _print)
+        watcher = build_watcher(settings, options, store, report)
     except ValidationError as exc:
         err.print(f"[red]invalid option:[/red] {exc}")
         raise typer.Exit(2) from exc
     stop = threading.Event()
     restore = _stop_on_signals(stop)
-    sorter_thread = None
-    if sort is not None:
-        from workers.sorter import VerdictSorter, sorter_group
-
-        sorter = VerdictSorter(sort, watcher.journal.get, store)
-        sorter_thread = _SorterThread(settings, sorter, stop)
-        sorter_thread.start()
-        err.print(f"sorting verdicts into {sort} (consumer group {sorter_group(settings)})")
+    sorter_thread: _SorterThread | None = None
     code = 0
     try:
+        if sort is not None:
+            from workers.sorter import VerdictSorter, sorter_group
+
+            sorter = VerdictSorter(sort, watcher.journal.get, store)
+            sorter_thread = _SorterThread(settings, sorter, stop)
+            sorter_thread.start()
+            err.print(f"sorting verdicts into {sort} (offsets of group {sorter_group(settings)})")
         if once:
             results = watcher.run_once(stop)
             if sorter_thread is not None:
+                filed = sorter_thread.sorter.filed
                 ids = {r.event_id for r in results if r.event_id}
                 deadline = time.monotonic() + sort_wait_s
-                while not ids <= sorter_thread.sorter.filed and time.monotonic() < deadline:
+                while not ids <= filed and time.monotonic() < deadline and not stop.is_set():
                     stop.wait(0.25)
-                missing = ids - sorter_thread.sorter.filed
-                if missing:
-                    err.print(f"[yellow]{len(missing)} verdict(s) not filed yet[/yellow]")
+                if ids - filed:
+                    err.print(f"[yellow]{len(ids - filed)} verdict(s) not filed yet[/yellow]")
                     code = 1
         else:
             err.print(f"watching {watcher.folder} (Ctrl-C to stop)")
@@ -182,6 +189,7 @@ def watch(
             sorter_thread.join(30)
         watcher.close()
         restore()
+    err.print(", ".join(f"{n} {outcome}" for outcome, n in counts.items()) or "no files")
     if sorter_thread is not None and sorter_thread.error is not None:
         err.print(f"[red]sorter failed:[/red] {sorter_thread.error!r}")
         code = 1
