@@ -75,9 +75,11 @@ def build_watcher(
 
 
 def _print(result: FileResult) -> None:
+    from rich.markup import escape  # file names are data, not markup
+
     style = _STYLE[result.outcome]
-    detail = result.event_id or result.reason or ""
-    err.print(f"[{style}]{result.outcome:>11}[/{style}] {result.name}  {detail}")
+    detail = escape(result.event_id or result.reason or "")
+    err.print(f"[{style}]{result.outcome:>11}[/{style}] {escape(result.name)}  {detail}")
 
 
 class _SorterThread(threading.Thread):
