@@ -269,6 +269,33 @@ def test_a_killed_worker_is_restarted_and_counted(service: Service) -> None:
     assert "worker-1 exited with code -9" in service.log_tail()
 
 
+def test_watch_feeds_the_running_service_from_a_folder(service: Service) -> None:
+    from board_data.synthetic import BoardGenerator
+    from infra.images import encode_png
+
+    inbox, out = service.folder / "aoi-drop", service.folder / "sorted"
+    inbox.mkdir()
+    boards = BoardGenerator(seed=11)
+    for i in range(5):
+        (inbox / f"W{i:03d}.png").write_bytes(encode_png(boards.board(i).image))
+    args = ["watch", str(inbox), "--line", "L9", "--machine", "aoi-9", "--product", "P9"]
+    service.linecheck(*args, "--once", "--sort", str(out), "--settle-s", "0.2", timeout=240)
+    rows = (out / "verdicts.csv").read_text().splitlines()[1:]
+    assert sorted(r.split(",")[1] for r in rows) == [f"W{i:03d}.png" for i in range(5)]
+    assert sorted(p.name for p in (inbox / ".published").iterdir()) == [
+        f"W{i:03d}.png" for i in range(5)
+    ]
+    engine = service.engine()
+    try:
+        with engine.connect() as conn:
+            line_rows = conn.execute(
+                sa.select(sa.func.count()).select_from(verdicts).where(verdicts.c.line == "L9")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert line_rows == 5
+
+
 def test_sigterm_exits_zero_and_the_data_is_there_after_up_again(service: Service) -> None:
     engine = service.engine()
     try:
@@ -279,7 +306,7 @@ def test_sigterm_exits_zero_and_the_data_is_there_after_up_again(service: Servic
             ).scalar_one()
     finally:
         engine.dispose()
-    assert before == BOARDS and outcomes >= 1
+    assert before == BOARDS + 5 and outcomes >= 1  # the simulated boards and the folder's
     assert service.stop() == 0, service.log_tail()
     assert not (service.folder / ".linecheck" / "service" / "running.json").exists()
     service.start()

@@ -248,6 +248,10 @@ from linecheck.cli.service import register as _register_service  # noqa: E402
 
 _register_service(app)
 
+from linecheck.cli.ingest import register as _register_ingest  # noqa: E402
+
+_register_ingest(app)
+
 
 @app.command()
 def chaos(
