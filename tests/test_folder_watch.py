@@ -10,7 +10,6 @@ import shutil
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -36,8 +35,8 @@ from producers.folder_watch import (
 )
 from producers.hostile import png_with_header
 from producers.simulator import synthetic_samples
-from schemas.events import DeadLetter, FlaggedBoard, ImageRef, StageTimings, Verdict
-from tests.helpers import wait_until
+from schemas.events import DeadLetter, FlaggedBoard, ImageRef, Verdict
+from tests.helpers import make_verdict, wait_until
 from workers.sorter import CSV_NAME, VerdictSorter, consume_verdicts
 
 
@@ -93,24 +92,7 @@ def test_the_journal_keeps_the_first_intent_and_survives_a_reopen(tmp_path: Path
 
 
 def _verdict(event_id: str, label: str = "fail") -> Verdict:
-    return Verdict(
-        event_id=event_id,
-        line="L1",
-        machine="aoi-1",
-        product="p",
-        board_serial=event_id.upper(),
-        verdict=label,  # type: ignore[arg-type]
-        board_score=0.9,
-        regions=[],
-        roi_method="recipe",
-        model_version="m1",
-        threshold_version="t1",
-        pass_below=0.3,
-        fail_at_or_above=0.7,
-        timings=StageTimings(),
-        worker="w",
-        inspected_at=datetime.now(UTC),
-    )
+    return make_verdict(event_id, label, board_serial=event_id.upper(), board_score=0.9)
 
 
 def test_the_sorter_files_a_board_once_and_drops_a_line_cut_by_a_crash(tmp_path: Path) -> None:

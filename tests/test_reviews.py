@@ -16,33 +16,10 @@ from infra.settings import Settings
 from infra.stats import audit_sampled
 from linecheck.processes import start_review_sink, stop_workers, wait_ready
 from producers.review_outcomes import publish_outcomes
-from schemas.events import DeadLetter, DefectType, ReviewOutcome, StageTimings, Verdict
-from tests.helpers import wait_until
+from schemas.events import DeadLetter, DefectType, ReviewOutcome
+from tests.helpers import make_verdict, wait_until
 from workers.audit_sink import AuditStore
 from workers.review_store import ReviewStore
-
-
-def make_verdict(event_id: str, verdict: str = "pass", **kw: object) -> Verdict:
-    base: dict[str, object] = dict(
-        event_id=event_id,
-        line="L1",
-        machine="aoi-1",
-        product="P1",
-        board_serial=f"S-{event_id}",
-        verdict=verdict,
-        board_score=0.1,
-        regions=[],
-        roi_method="reference",
-        model_version="m1",
-        threshold_version="t1",
-        pass_below=0.3,
-        fail_at_or_above=0.7,
-        timings=StageTimings(),
-        worker="w1",
-        inspected_at=datetime.now(UTC),
-    )
-    base.update(kw)
-    return Verdict(**base)  # type: ignore[arg-type]
 
 
 def test_audit_sink_marks_the_audit_sample_deterministically(settings: Settings) -> None:

@@ -106,6 +106,21 @@ def test_board_rates() -> None:
     assert r["review_rate"] == pytest.approx(1 / 6)
 
 
+def test_rates_without_boards_to_count_are_undefined_not_zero_or_one() -> None:
+    from board_data.deeppcb import DeepPcbSample
+    from training.scoring import PairResult, board_arrays
+
+    th = Thresholds(pass_below=0.2, fail_at_or_above=0.8, threshold_version="t", target_fnr=0.0)
+    clean = DeepPcbSample("0001", "g1", Path("t.jpg"), Path("r.jpg"), truths=())
+    empty = np.zeros((0, 7), np.float32)
+    results = [PairResult(clean, [], empty, [], empty, 0.0)]
+    scores, defective = board_arrays(results)
+    assert defective.tolist() == [False, False]  # a board without annotated defects is good
+    rates = board_rates(scores, defective, th)
+    assert rates["board_fnr"] is None and rates["board_fpr"] == 0.0
+    assert board_rates(np.array([0.9]), np.array([True]), th)["board_fpr"] is None
+
+
 def test_train_calibrate_evaluate_on_deeppcb_layout(tiny_deeppcb: Path, tmp_path: Path) -> None:
     split = tmp_path / "val.txt"
     split.write_text(
@@ -175,6 +190,21 @@ def test_train_calibrate_evaluate_on_deeppcb_layout(tiny_deeppcb: Path, tmp_path
     ]
     for p in (out / "detections").iterdir():
         read_detections(p)  # well-formed
+    # a split file listing every pair: evaluating needs no training pairs
+    everything = CliRunner().invoke(
+        app,
+        ["evaluate", "--data", str(tiny_deeppcb), "--split", str(tiny_deeppcb / "trainval.txt"),
+         "--out", str(tmp_path / "eval-all")],
+        env={"LINECHECK_MODEL__MODELS_DIR": str(models)},
+    )  # fmt: skip
+    assert everything.exit_code == 0, everything.output
+    assert json.loads((tmp_path / "eval-all" / "metrics.json").read_text())["boards"] == 12
+    (line,) = [x for x in everything.stdout.splitlines() if x.startswith("{")]
+
+    def no_nan(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    assert set(json.loads(line, parse_constant=no_nan)) >= {"f_score", "map", "board_fnr"}
     pictures = list((out / "boards").glob("*.png"))
     assert len(pictures) == 1
     picture = cv2.imread(str(pictures[0]))

@@ -72,11 +72,11 @@ def evaluation_metrics(
 
 def cross_group_board_rates(
     results: Sequence[PairResult], target_fnr: float = 0.001
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, float | None]]:
     """Honest board-level rates: calibrate on every validation group but one, measure on that
     one (needs ≥ 2 groups). Keyed by the group measured."""
     groups = sorted({r.sample.group for r in results})
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, float | None]] = {}
     if len(groups) < 2:
         return out
     for g in groups:
@@ -137,17 +137,17 @@ def evaluate_model(
     if drawn:
         _draw(model_dir, [r for r in results if r.crops is not None], Path(out) / "boards", card)
     (Path(out) / "metrics.json").write_text(
-        json.dumps(_json_ready(metrics), indent=2, allow_nan=False) + "\n"
+        json.dumps(json_ready(metrics), indent=2, allow_nan=False) + "\n"
     )
     return metrics
 
 
-def _json_ready(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """NaN (a class without truths) becomes null; numpy scalars become Python numbers."""
     if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not np.isfinite(value):

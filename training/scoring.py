@@ -108,22 +108,24 @@ def score_pairs(
 
 
 def board_arrays(results: Sequence[PairResult]) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, defective) over every tested board (defective) and every good twin."""
+    """(scores, defective) over every tested board (defective when its annotation lists a
+    defect) and every good twin."""
     scores = [r.score for r in results] + [r.good_score for r in results]
-    defective = [True] * len(results) + [False] * len(results)
-    return np.asarray(scores), np.asarray(defective)
+    defective = [bool(r.sample.truths) for r in results] + [False] * len(results)
+    return np.asarray(scores), np.asarray(defective, dtype=bool)
 
 
 def board_rates(
     scores: np.ndarray, defective: np.ndarray, thresholds: Thresholds
-) -> dict[str, float]:
-    """FNR (defective boards passed), FPR (good boards failed) and review rate."""
+) -> dict[str, float | None]:
+    """FNR (defective boards passed), FPR (good boards failed) and review rate; a rate
+    without boards to count is undefined (None), not 0 or 1."""
     verdicts = np.asarray([decide(thresholds, float(s)).value for s in scores])
     defective = np.asarray(defective, bool)
     n_pos, n_neg = int(defective.sum()), int((~defective).sum())
     return {
-        "board_fnr": float((verdicts[defective] == "pass").sum() / max(n_pos, 1)),
-        "board_fpr": float((verdicts[~defective] == "fail").sum() / max(n_neg, 1)),
+        "board_fnr": float((verdicts[defective] == "pass").sum() / n_pos) if n_pos else None,
+        "board_fpr": float((verdicts[~defective] == "fail").sum() / n_neg) if n_neg else None,
         "review_rate": float((verdicts == "review").mean()) if len(verdicts) else 0.0,
         "defective_boards": n_pos,
         "good_boards": n_neg,

@@ -50,15 +50,20 @@ def split_deeppcb(
 def eval_samples(
     root: Path, split_file: Path | None, groups: Sequence[str] = ()
 ) -> list[DeepPcbSample]:
-    """The pairs a split file lists; without one, the pairs of ``groups`` (e.g. the model's
-    validation groups, from its card) when any are under ``root``, else the default
-    validation groups."""
+    """Every pair a split file lists (present under ``root``; no training pairs needed);
+    without one, the pairs of ``groups`` (e.g. the model's validation groups, from its card)
+    when any are under ``root``, else the default validation groups."""
+    if split_file is not None:  # evaluating needs no training pairs: every listed pair
+        listed = [s for s in read_split(root, split_file) if s.test_path.exists()]
+        if not listed:
+            raise ValueError(f"no pair listed in {split_file} is under {root}")
+        return listed
     samples = samples_of(root)
-    if split_file is None and groups:
+    if groups:
         chosen = [s for s in samples if s.group in set(groups)]
         if chosen:
             return chosen
-    return split_deeppcb(samples, root, split_file)[1]
+    return split_deeppcb(samples, root, None)[1]
 
 
 def model_val_groups(card: ModelCard) -> list[str]:

@@ -176,6 +176,8 @@ def calibrate(
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"  # undefined: e.g. FNR on a set without defective boards
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
     return str(value)
@@ -220,7 +222,7 @@ def evaluate(
 ) -> None:
     """Evaluate a model on labelled pairs (DeepPCB protocol: IoU > 0.33, same type):
     OUT/detections/<id>.txt, OUT/metrics.json, and with --draw N pictures in OUT/boards/."""
-    from training.evaluation import evaluate_model
+    from training.evaluation import evaluate_model, json_ready
 
     settings = settings_or_exit(config)
     if variant not in ("fp32", "int8"):
@@ -231,21 +233,15 @@ def evaluate(
         metrics = evaluate_model(
             model_dir, data, split, out, variant=variant, draw=draw, seed=seed, console=err
         )
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
     err.print(
         metrics_table(metrics, f"{model_dir.name} ({variant}) on {', '.join(metrics['groups'])}")
     )
-    print(
-        json.dumps(
-            {
-                k: metrics[k]
-                for k in ("f_score", "map", "roi_recall", "board_fnr", "review_rate")
-                if k in metrics
-            }
-        )
-    )
+    keys = ("f_score", "map", "roi_recall", "board_fnr", "board_fpr", "review_rate")
+    headline = {k: metrics[k] for k in keys if k in metrics}
+    print(json.dumps(json_ready(headline), allow_nan=False))  # undefined rates: null
 
 
 def quantize(
