@@ -134,6 +134,30 @@ users = sa.Table(
     sa.Column("created_at", _TS, nullable=False, server_default=sa.func.now()),
 )
 
+# Model stages per product ('*': the default for every product), and every change (0006).
+MODEL_STAGES = ("candidate", "shadow", "active", "retired")
+model_stages = sa.Table(
+    "model_stages",
+    metadata,
+    sa.Column("product", sa.Text, primary_key=True),
+    sa.Column("model_version", sa.Text, primary_key=True),
+    sa.Column("stage", sa.Text, nullable=False),
+    sa.Column("changed_by", sa.Text, nullable=False),
+    sa.Column("changed_at", _TS, nullable=False),
+)
+model_stage_history = sa.Table(
+    "model_stage_history",
+    metadata,
+    sa.Column("change_id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("product", sa.Text, nullable=False),
+    sa.Column("model_version", sa.Text, nullable=False),
+    sa.Column("from_stage", sa.Text),
+    sa.Column("to_stage", sa.Text, nullable=False),
+    sa.Column("changed_by", sa.Text, nullable=False),
+    sa.Column("changed_at", _TS, nullable=False),
+    sa.Column("note", sa.Text, nullable=False, server_default=""),
+)
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Serialises concurrent upgrades (several workers starting at once) on one database.
 _MIGRATION_LOCK_ID = 0x11EC4EC

@@ -104,6 +104,12 @@ class ModelSettings(_Section):
     threads: int | None = Field(
         default=None, ge=1, description="threads per worker for inference and OpenCV"
     )
+    refresh_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how often workers look up the model stages (promote/rollback take "
+        "effect within this); 0: serve `version` only",
+    )
 
 
 class WorkerSettings(_Section):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import sqlalchemy as sa
 from rich.console import Console
@@ -33,6 +34,7 @@ from producers.review_outcomes import publish_outcomes
 from producers.simulator import PublishedBoard, publish_boards, synthetic_samples
 from schemas.events import DefectType, ReviewOutcome
 
+SWAP_REFRESH_S = 1.0  # `demo --swap-at`: workers look up the model stages every second
 DRIFT_DEMO_RATE = 12.0  # boards/s: the line's pace in `demo --drift` unless --rate is given
 
 
@@ -62,6 +64,8 @@ class DemoResult:
     alerts_before_drift: int = 0
     alert_metrics: list[str] = field(default_factory=list)
     first_alert_board: int | None = None
+    swap_at: int | None = None
+    model_versions: dict[str, int] = field(default_factory=dict)  # audit rows per model
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -235,6 +239,7 @@ def run_demo(
     seed: int = 0,
     external: bool = False,
     drift: bool = False,
+    swap_at: int | None = None,
     console: Console | None = None,
 ) -> DemoResult:
     from training.synthetic_model import ensure_model
@@ -242,8 +247,17 @@ def run_demo(
     console = console or Console(stderr=True)
     if boards < 1:
         raise DemoError(f"--boards must be at least 1, got {boards}")
+    if swap_at is not None and not 0 < swap_at < boards:
+        raise DemoError(f"--swap-at must be between 1 and boards - 1, got {swap_at}")
     model_dir = ensure_model(settings, console=console)
     with services(settings, external, console) as live:
+        if swap_at is not None:  # the rehearsal's models apart from the line's own
+            from inspection.model.registry import clone_model
+
+            model_dir = clone_model(model_dir, model_dir.name, live.work_dir / "swap-models")
+            live.model.models_dir = model_dir.parent
+            live.model.version = model_dir.name
+            live.model.refresh_s = SWAP_REFRESH_S
         upgrade(live.postgres.url.get_secret_value())
         ensure_topics(live.kafka.bootstrap_servers, live.topics, live.kafka.partitions)
         procs = start_workers(live, workers, live.work_dir / "logs")
@@ -271,15 +285,21 @@ def run_demo(
             store = ObjectStore(live.images.object_store)
             publisher = BoardPublisher.for_settings(live, store)
             start = time.monotonic()
-            with progress_bar(console, "published", boards) as step:
-                published = publish_boards(
-                    publisher,
-                    store,
-                    iter(samples),
-                    boards,
-                    rate=rate,
-                    on_published=lambda n: step(completed=n),
-                )
+            parts = [(0, swap_at), (swap_at, boards)] if swap_at else [(0, boards)]
+            published: list[PublishedBoard] = []
+            for lo, hi in parts:
+                if lo:  # --swap-at: the first part decided, then the candidate promoted
+                    wait_for_outcomes(live, engine, published, procs, console, 120 + 2.0 * lo)
+                    promote_candidate(engine, model_dir, console)
+                with progress_bar(console, "published", hi - lo) as step:
+                    published += publish_boards(
+                        publisher,
+                        store,
+                        iter(samples[lo:hi]),
+                        hi - lo,
+                        rate=rate,
+                        on_published=lambda n: step(completed=n),
+                    )
             publisher.close()
             rows, dead = wait_for_outcomes(
                 live, engine, published, procs, console, timeout=120 + 2.0 * boards
@@ -302,6 +322,7 @@ def run_demo(
                     live, engine, outcomes, len(published), seen_before, sink, 60 + 0.5 * boards
                 )
             raised = demo_alerts(engine, published, wall_start)
+            versions = verdicts_per_model(engine, published)
             alert_messages = read_topic(
                 live.kafka.bootstrap_servers,
                 live.topics.alerts,
@@ -333,7 +354,37 @@ def run_demo(
         alerts_before_drift=len(before),
         alert_metrics=[m for m, _ in raised],
         first_alert_board=raised[0][1] if raised else None,
+        swap_at=swap_at,
+        model_versions=versions,
     )
+
+
+def promote_candidate(engine: sa.Engine, active: Path, console: Console) -> str:
+    """`demo --swap-at`: register the active model again as a candidate version (same
+    weights, a new version name) and promote it, as a quality manager would a retrained one;
+    wait until the workers have looked it up."""
+    from inspection.model.registry import clone_model
+    from inspection.model.stages import StageStore
+
+    stages = StageStore(engine)
+    if not stages.active():
+        stages.promote(active.name, "demo", note="the model the demo started with")
+    candidate = clone_model(active, f"{active.name}-candidate").name
+    stages.set_stage(candidate, "candidate", "demo")
+    stages.promote(candidate, "demo", note="demo --swap-at")
+    console.log(f"promoted {candidate} (was {active.name}); workers switch between batches")
+    time.sleep(2 * SWAP_REFRESH_S)
+    return candidate
+
+
+def verdicts_per_model(engine: sa.Engine, boards: list[PublishedBoard]) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(verdicts.c.model_version, sa.func.count())
+            .where(verdicts.c.event_id.in_([b.event_id for b in boards]))
+            .group_by(verdicts.c.model_version)
+        ).all()
+    return {str(v): int(n) for v, n in rows}
 
 
 def _verdicts_seen(settings: Settings) -> int:

@@ -46,6 +46,27 @@ def test_demo_json_reports_one_verdict_and_one_audit_row_per_board(
     assert _processes_mentioning(str(tmp_path)) == []
 
 
+def test_demo_swap_promotes_a_candidate_half_way_and_no_verdict_is_lost_or_doubled(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "linecheck", "demo", "--boards", "24", "--swap-at", "12",
+         "--json"],
+        env=_demo_env(model_dir, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=420,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["published"] == summary["verdicts"] == summary["audit_rows"] == 24
+    assert summary["verdict_messages"] == 24 and summary["deadletter"] == 0
+    # the first half decided by the model the line started with, the rest by the candidate
+    assert summary["model_versions"] == {model_dir.name: 12, f"{model_dir.name}-candidate": 12}
+    assert not (model_dir.parent / f"{model_dir.name}-candidate").exists()  # line's own intact
+
+
 def _processes_mentioning(text: str) -> list[str]:
     found = []
     for proc in Path("/proc").iterdir():

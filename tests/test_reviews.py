@@ -164,7 +164,8 @@ def test_review_command_publishes_an_outcome_looked_up_from_the_audit_store(
     ensure_topics(settings.kafka.bootstrap_servers, settings.topics, 1)
     event_id = f"cli-{uuid.uuid4().hex}"
     audit = AuditStore(settings.postgres.url.get_secret_value())
-    audit.record(make_verdict(event_id, "review", line="L7"))
+    line = f"L7-{event_id[-8:]}"  # a line of its own: other tests share the audit store
+    audit.record(make_verdict(event_id, "review", line=line))
     audit.close()
     env = settings_env(settings)
     args = ["review", "--event-id", event_id, "--defective", "--types", "open,short"]
@@ -175,10 +176,10 @@ def test_review_command_publishes_an_outcome_looked_up_from_the_audit_store(
                         until=lambda v: len(v) >= 1)  # fmt: skip
     outcome = ReviewOutcome.model_validate_json(raw)
     assert (outcome.outcome_id, outcome.line, outcome.board_serial) == (
-        outcome_id, "L7", f"S-{event_id}"
+        outcome_id, line, f"S-{event_id}"
     )  # fmt: skip
     assert outcome.defective and outcome.defect_types == [DefectType.OPEN, DefectType.SHORT]
-    queue = CliRunner().invoke(app, ["review-queue", "--line", "L7", "--json"], env=env)
+    queue = CliRunner().invoke(app, ["review-queue", "--line", line, "--json"], env=env)
     assert queue.exit_code == 0, queue.output
     waiting = [json.loads(x) for x in queue.stdout.splitlines()]
     assert [(w["event_id"], w["why"]) for w in waiting] == [(event_id, "review")]

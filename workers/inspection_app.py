@@ -34,6 +34,7 @@ from workers.audit_sink import AuditBatch, AuditStore, LiveStats
 from workers.delivery import Backoff, broker_config, store_processed
 from workers.inspector import Inspector, SourceInfo
 from workers.messages import default_worker_name
+from workers.model_swap import ModelSwapper, load_served
 
 log = logging.getLogger("linecheck.worker")
 EXIT_EVICTED = 75  # EX_TEMPFAIL: evicted from the consumer group, start again
@@ -49,13 +50,13 @@ class WorkerContext:
     inspector: Inspector
     audit: AuditStore
     stats: LiveStats
+    swapper: ModelSwapper | None = None  # follows promote/rollback between batches
 
 
 def build_inspector(settings: Settings) -> Inspector:
     """The per-event code with the configured model, explainer, store and image policy
     (heavy: once per process). `linecheck inspect` runs it without any server."""
-    from inspection.backends import load_classifier
-    from inspection.model.registry import load_card, resolve_model
+    from inspection.model.registry import resolve_model
 
     if settings.model.threads is not None:
         import cv2
@@ -64,32 +65,13 @@ def build_inspector(settings: Settings) -> Inspector:
         # core, makes the workers fight over the cores (2 workers on 2 cores: 25 boards/s
         # with OpenCV's default threads, 43 with one each; benchmarks/pipeline.py).
         cv2.setNumThreads(settings.model.threads)
-    model_dir = resolve_model(settings.model.models_dir, settings.model.version)
-    card = load_card(model_dir)
-    classifier = load_classifier(
-        model_dir,
-        backend=settings.model.backend,
-        device=settings.model.device,
-        threads=settings.model.threads,
-    )
-    explainer = None
-    if settings.worker.explain:
-        from inspection.explain import Explainer
-
-        # the serving backend's own runtime: an OpenVINO worker never loads torch
-        on_openvino = settings.model.backend == "openvino"
-        explainer = Explainer(
-            model_dir,
-            backend=settings.model.backend,
-            device=(settings.model.device or "CPU") if on_openvino else "CPU",
-            threads=settings.model.threads,
-        )
+    served = load_served(settings, resolve_model(settings.model.models_dir, settings.model.version))
     return Inspector(
-        classifier,
-        card.require_thresholds(),
+        served.classifier,
+        served.thresholds,
         ObjectStore(settings.images.object_store),
         worker=settings.worker.name or default_worker_name(),
-        explainer=explainer,
+        explainer=served.explainer,
         policy=settings.images.policy,
         review_products=frozenset(settings.worker.review_products),
         dead_letter_inline_max=settings.images.inline_max_bytes,
@@ -102,8 +84,21 @@ def build_context(settings: Settings) -> WorkerContext:
     from infra.db import prepare
 
     prepare(settings.postgres.url.get_secret_value(), settings.worker.migrate)
+    inspector = build_inspector(settings)
+    swapper = None
+    if settings.model.refresh_s > 0:
+        from infra.db import make_engine
+
+        engine = make_engine(
+            settings.postgres.url.get_secret_value(),
+            settings.postgres.connect_timeout_s,
+            settings.postgres.statement_timeout_ms,
+        )
+        swapper = ModelSwapper.for_settings(settings, engine)
+        swapper.adopt(inspector.classifier.version, inspector.model_for(""))
     return WorkerContext(
-        inspector=build_inspector(settings),
+        inspector=inspector,
+        swapper=swapper,
         audit=AuditStore(
             settings.postgres.url.get_secret_value(),
             settings.quality.audit_rate,
@@ -251,6 +246,8 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
         delay = injected_delay(settings.worker.fault_slow_file)
 
         def inspect_all() -> list[Verdict | DeadLetter]:
+            if ctx.swapper is not None:  # between batches: a whole batch has one model set
+                ctx.swapper.refresh(ctx.inspector)
             out = []
             for body, source in zip(bodies, sources, strict=True):
                 if delay:

@@ -59,6 +59,15 @@ class InspectionError(Exception):
 
 
 @dataclass(frozen=True)
+class ServedModel:
+    """A model as a worker serves it: the classifier, its card's thresholds, its heatmaps."""
+
+    classifier: Classifier
+    thresholds: Thresholds
+    explainer: Explainer | None = None
+
+
+@dataclass(frozen=True)
 class SourceInfo:
     topic: str
     partition: int | None = None
@@ -92,6 +101,20 @@ class Inspector:
         # products whose boards go to review, uninspected, when their template is missing
         self.review_products = review_products
         self.audit_rate = audit_rate  # boards drawn for audit keep their image, as review's do
+        # products with an active model of their own (model stages); the rest get the default
+        self.overrides: dict[str, ServedModel] = {}
+
+    def serve(self, default: ServedModel, overrides: dict[str, ServedModel]) -> None:
+        """Switch models (between batches: the handler calls it before inspecting one)."""
+        self.classifier, self.thresholds = default.classifier, default.thresholds
+        self.explainer = default.explainer
+        self.overrides = dict(overrides)
+
+    def model_for(self, product: str) -> ServedModel:
+        found = self.overrides.get(product)
+        if found is not None:
+            return found
+        return ServedModel(self.classifier, self.thresholds, self.explainer)
 
     def keep_image(self, event: FlaggedBoard, verdict: VerdictLabel, data: bytes) -> str | None:
         """Where the review station finds this board's image, for boards a person will see:
@@ -138,10 +161,16 @@ class Inspector:
         return image
 
     def explain(
-        self, event_id: str, image: np.ndarray, crops: np.ndarray, regions: list[RegionVerdict]
+        self,
+        event_id: str,
+        image: np.ndarray,
+        crops: np.ndarray,
+        regions: list[RegionVerdict],
+        model: ServedModel | None = None,
     ) -> str | None:
         """Heatmaps of the failed or doubtful regions as a PNG in the object store; its URI."""
-        if self.explainer is None:
+        model = model or self.model_for("")
+        if model.explainer is None:
             return None
         name = (
             event_id
@@ -150,7 +179,7 @@ class Inspector:
         )
         path = self.store.root / "explanations" / f"{name}.png"
         try:
-            saved = self.explainer.save(path, image, crops, regions, self.thresholds)
+            saved = model.explainer.save(path, image, crops, regions, model.thresholds)
         except Exception as exc:  # the verdict promises an explanation: dead-letter, not loop
             raise InspectionError("explain", f"{type(exc).__name__}: {exc}") from exc
         return saved.as_uri() if saved is not None else None
@@ -168,18 +197,22 @@ class Inspector:
             timings=StageTimings(),
         )
 
-    def _verdict(self, event: FlaggedBoard, **decided: Any) -> Verdict:
-        """A verdict on ``event``: its identity, this model and thresholds, and ``decided``."""
+    def _verdict(
+        self, event: FlaggedBoard, model: ServedModel | None = None, **decided: Any
+    ) -> Verdict:
+        """A verdict on ``event``: its identity, the model and thresholds that decided, and
+        ``decided``."""
+        model = model or self.model_for(event.product)
         return Verdict(
             event_id=event.event_id,
             line=event.line,
             machine=event.machine,
             product=event.product,
             board_serial=event.board_serial,
-            model_version=self.classifier.version,
-            threshold_version=self.thresholds.threshold_version,
-            pass_below=self.thresholds.pass_below,
-            fail_at_or_above=self.thresholds.fail_at_or_above,
+            model_version=model.classifier.version,
+            threshold_version=model.thresholds.threshold_version,
+            pass_below=model.thresholds.pass_below,
+            fail_at_or_above=model.thresholds.fail_at_or_above,
             worker=self.worker,
             inspected_at=event.inspected_at,
             event_sha256=event_digest(event),
@@ -188,6 +221,7 @@ class Inspector:
         )
 
     def inspect(self, event: FlaggedBoard) -> Verdict:
+        model = self.model_for(event.product)
         t0 = time.perf_counter()
         try:
             data = self.store.image_bytes(event.image, self.policy.max_bytes)
@@ -222,19 +256,20 @@ class Inspector:
             raise InspectionError("roi", f"{type(exc).__name__}: {exc}") from exc
         t2 = time.perf_counter()
         try:
-            crops = make_crops(image, template, boxes, self.classifier.input_size, aligned=True)
-            probs = self.classifier.predict_proba(crops)
+            crops = make_crops(image, template, boxes, model.classifier.input_size, aligned=True)
+            probs = model.classifier.predict_proba(crops)
             regions = region_verdicts(boxes, probs)
         except Exception as exc:  # a poison board must not block its partition
             raise InspectionError("classify", f"{type(exc).__name__}: {exc}") from exc
         score = board_score(regions)
         t3 = time.perf_counter()
-        explanation = self.explain(event.event_id, image, crops, regions)
-        label = decide(self.thresholds, score)
+        explanation = self.explain(event.event_id, image, crops, regions, model)
+        label = decide(model.thresholds, score)
         image_uri = self.keep_image(event, label, data)
         t4 = time.perf_counter()
         return self._verdict(
             event,
+            model,
             verdict=label,
             image_uri=image_uri,
             board_score=score,

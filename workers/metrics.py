@@ -36,6 +36,9 @@ POLL_OVERRUNS = Counter(
     "linecheck_poll_overruns_total",
     "Batches that outlasted max.poll.interval.ms (the worker then exits for a restart)",
 )
+MODEL_SWAPS = Counter(
+    "linecheck_model_swaps_total", "Times a worker switched models after a stage change"
+)
 ASSIGNED = Gauge(
     "linecheck_assigned_partitions",
     "Partitions of boards.flagged held",

@@ -205,6 +205,25 @@ def save_model(module: nn.Module, card: ModelCard, models_dir: Path) -> Path:
     return final
 
 
+def clone_model(model_dir: Path, version: str, into: Path | None = None) -> Path:
+    """The same model registered again as ``version`` in ``into`` (default: beside it), for
+    a swap rehearsal; returns its folder, or the existing one."""
+    final = Path(into or Path(model_dir).parent) / version
+    if final.exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=final.parent))
+    try:
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+        card = load_card(tmp).model_copy(update={"version": version})
+        (tmp / CARD_FILE).write_text(card.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
 def _on_cpu(module: nn.Module) -> bool:
     return all(p.device.type == "cpu" for p in module.parameters())
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -38,3 +40,24 @@ def settings_or_exit(config: Path | None, find_running: bool = True) -> Settings
     except (ValidationError, FileNotFoundError, ValueError) as exc:
         err.print(f"[red]invalid configuration:[/red] {exc}")
         raise typer.Exit(2) from exc
+
+
+@contextlib.contextmanager
+def audit_store(settings: Settings) -> Iterator[str]:
+    """The running service's audit store, else the one `linecheck up` keeps in the work
+    dir (served for the command's duration), else the settings' external one."""
+    from infra.db import upgrade
+    from linecheck.embedded import postgres_data_dir, start_postgres
+    from linecheck.running import running_service, service_dir
+
+    url = settings.postgres.url.get_secret_value()
+    folder = service_dir(settings.work_dir) / "pg"
+    if running_service(settings.work_dir) is None and postgres_data_dir(folder).exists():
+        server = start_postgres(folder)
+        try:
+            upgrade(server.url)
+            yield server.url
+        finally:
+            server.stop()
+        return
+    yield url

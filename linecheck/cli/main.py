@@ -44,6 +44,10 @@ def demo(
         bool, typer.Option(help="use the Kafka/PostgreSQL/Redis of the settings")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="last line: the summary as JSON")] = False,
+    swap_at: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="after board N, promote a candidate model; workers switch live"),
+    ] = None,
     drift: Annotated[
         bool,
         typer.Option(
@@ -66,6 +70,7 @@ def demo(
             seed=seed,
             external=external,
             drift=drift,
+            swap_at=swap_at,
             console=err,
         )
     except DemoError as exc:
@@ -251,6 +256,10 @@ _register_service(app)
 from linecheck.cli.ingest import register as _register_ingest  # noqa: E402
 
 _register_ingest(app)
+
+from linecheck.cli.registry import register as _register_registry  # noqa: E402
+
+_register_registry(app)
 
 
 @app.command()

@@ -3,14 +3,11 @@ health endpoints) and `users` (the station's operator accounts)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from infra.settings import Settings
-from linecheck.cli.common import ConfigOption, err, settings_or_exit
+from linecheck.cli.common import ConfigOption, audit_store, err, settings_or_exit
 
 if TYPE_CHECKING:
     from linecheck.station.accounts import Accounts
@@ -74,27 +71,6 @@ def web(
     )
 
 
-@contextlib.contextmanager
-def _audit_store(settings: Settings) -> Iterator[str]:
-    """The running service's audit store, else the one `linecheck up` keeps in the work
-    dir (served for the command's duration), else the settings' external one."""
-    from infra.db import upgrade
-    from linecheck.embedded import postgres_data_dir, start_postgres
-    from linecheck.running import running_service, service_dir
-
-    url = settings.postgres.url.get_secret_value()
-    folder = service_dir(settings.work_dir) / "pg"
-    if running_service(settings.work_dir) is None and postgres_data_dir(folder).exists():
-        server = start_postgres(folder)
-        try:
-            upgrade(server.url)
-            yield server.url
-        finally:
-            server.stop()
-        return
-    yield url
-
-
 def _accounts(url: str) -> Accounts:
     from infra.db import make_engine
     from linecheck.station.accounts import Accounts
@@ -118,7 +94,7 @@ def users_add(
     settings = settings_or_exit(config)
     if password is None:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    with _audit_store(settings) as url:
+    with audit_store(settings) as url:
         accounts = _accounts(url)
         try:
             created = accounts.add(name, password, replace=replace)
@@ -134,7 +110,7 @@ def users_add(
 def users_list(config: ConfigOption = None) -> None:
     """The operator accounts and when they were made."""
     settings = settings_or_exit(config)
-    with _audit_store(settings) as url:
+    with audit_store(settings) as url:
         accounts = _accounts(url)
         try:
             for name, created in accounts.list():
@@ -147,7 +123,7 @@ def users_list(config: ConfigOption = None) -> None:
 def users_remove(name: str, config: ConfigOption = None) -> None:
     """Remove an account (its sessions end at their next request)."""
     settings = settings_or_exit(config)
-    with _audit_store(settings) as url:
+    with audit_store(settings) as url:
         accounts = _accounts(url)
         try:
             removed = accounts.remove(name)

@@ -1,0 +1,216 @@
+"""`linecheck models …`: the model registry's stages (shared by every worker through the
+audit store) and carrying a model as one file."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from inspection.model.stages import ALL_PRODUCTS, StageError, StageStore
+from linecheck.cli.common import ConfigOption, audit_store, err, settings_or_exit
+
+models_app = typer.Typer(
+    no_args_is_help=True,
+    help="Model stages (candidate, active, retired) per product; export and import.",
+)
+ProductOption = Annotated[
+    str, typer.Option(help="the product ('*': every product without its own active model)")
+]
+ByOption = Annotated[
+    Optional[str],  # noqa: UP045 - typer needs Optional on 3.11
+    typer.Option("--by", help="who makes the change (recorded; default: the OS user)"),
+]
+
+
+def _who(by: str | None) -> str:
+    if by:
+        return by
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        return "unknown"
+
+
+@contextlib.contextmanager
+def _stages(config: Path | None) -> Iterator[StageStore]:
+    from infra.db import make_engine, prepare
+
+    settings = settings_or_exit(config)
+    with audit_store(settings) as url:
+        prepare(url, migrate=False)
+        engine = make_engine(url)
+        try:
+            yield StageStore(engine)
+        finally:
+            engine.dispose()
+
+
+def _change(config: Path | None, action: str, *args: str) -> None:
+    with _stages(config) as stages:
+        try:
+            if action == "promote":
+                old = stages.promote(args[0], args[1], args[2])
+                err.print(
+                    f"{args[0]} is active for {args[2]!r}" + (f"; {old} retired" if old else "")
+                )
+            elif action == "rollback":
+                current, previous = stages.rollback(args[0], args[1])
+                err.print(f"{previous} is active again for {args[1]!r}; {current} retired")
+            else:
+                before = stages.set_stage(args[0], action, args[1], args[2])
+                err.print(f"{args[0]}: {before or 'unstaged'} → {action} for {args[2]!r}")
+        except StageError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
+    err.print("workers switch within model.refresh_s, between batches")
+
+
+@models_app.command("list")
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json")] = False, config: ConfigOption = None
+) -> None:
+    """Every registered model with its stage per product."""
+    from inspection.model.registry import list_versions, load_card
+
+    settings = settings_or_exit(config)
+    with _stages(config) as stages:
+        rows = stages.rows()
+    staged: dict[str, list[str]] = {}
+    for row in rows:
+        staged.setdefault(row.model_version, []).append(f"{row.stage} ({row.product})")
+    models = []
+    for version in list_versions(settings.model.models_dir):
+        card = load_card(settings.model.models_dir / version)
+        models.append(
+            {
+                "version": version,
+                "arch": card.arch,
+                "created_at": card.created_at.isoformat(),
+                "stages": staged.pop(version, []),
+            }
+        )
+    if as_json:
+        print(json.dumps({"models": models, "not_here": staged}))
+        return
+    table = Table(title=f"models in {settings.model.models_dir}")
+    for column in ("version", "arch", "created", "stages"):
+        table.add_column(column)
+    for m in models:
+        table.add_row(m["version"], m["arch"], m["created_at"][:19], ", ".join(m["stages"]) or "—")  # type: ignore[arg-type]
+    err.print(table)
+    for version, stage in staged.items():
+        err.print(
+            f"[yellow]{version} is staged ({', '.join(stage)}) but not in this models_dir[/yellow]"
+        )
+
+
+@models_app.command("show")
+def models_show(version: str, config: ConfigOption = None) -> None:
+    """A model's card and its stage history."""
+    from inspection.model.registry import load_card
+
+    settings = settings_or_exit(config)
+    card = load_card(settings.model.models_dir / version)
+    with _stages(config) as stages:
+        history = stages.history(version)
+    print(
+        json.dumps(
+            {"card": card.model_dump(mode="json"), "history": history}, default=str, indent=2
+        )
+    )
+
+
+@models_app.command("promote")
+def models_promote(
+    version: str,
+    product: ProductOption = ALL_PRODUCTS,
+    by: ByOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Make VERSION the active model (the one it replaces is retired)."""
+    settings = settings_or_exit(config)
+    if not (settings.model.models_dir / version / "model.json").is_file():
+        err.print(f"[red]no model {version!r} in {settings.model.models_dir}[/red]")
+        raise typer.Exit(2)
+    _change(config, "promote", version, _who(by), product)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    product: ProductOption = ALL_PRODUCTS,
+    by: ByOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Reactivate the model that was active before the current one."""
+    _change(config, "rollback", _who(by), product)
+
+
+@models_app.command("retire")
+def models_retire(
+    version: str,
+    product: ProductOption = ALL_PRODUCTS,
+    by: ByOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Retire VERSION (an active model is replaced by promoting another, not retired)."""
+    with _stages(config) as stages:
+        if stages.active().get(product) == version:
+            err.print(
+                f"[red]{version} is active for {product!r}: promote another model "
+                "(or roll back)[/red]"
+            )
+            raise typer.Exit(1)
+    _change(config, "retired", version, _who(by), product)
+
+
+@models_app.command("export")
+def models_export(
+    version: str,
+    out: Annotated[Path, typer.Argument(help="archive to write (.tar.gz)")],
+    config: ConfigOption = None,
+) -> None:
+    """Write VERSION as one checksummed file, to carry to a line PC."""
+    from inspection.model.archive import export_model
+
+    settings = settings_or_exit(config)
+    folder = settings.model.models_dir / version
+    if not (folder / "model.json").is_file():
+        err.print(f"[red]no model {version!r} in {settings.model.models_dir}[/red]")
+        raise typer.Exit(2)
+    manifest = export_model(folder, out)
+    err.print(f"wrote {out}: {version}, {len(manifest['files'])} files with SHA-256")  # type: ignore[arg-type]
+
+
+@models_app.command("import")
+def models_import(
+    archive: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    by: ByOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Verify an exported model and register it as a candidate."""
+    from inspection.model.archive import ArchiveError, import_model
+
+    settings = settings_or_exit(config)
+    try:
+        folder = import_model(archive, settings.model.models_dir)
+    except ArchiveError as exc:
+        err.print(f"[red]not imported:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    with _stages(config) as stages:
+        if not any(r.model_version == folder.name for r in stages.rows()):
+            stages.set_stage(
+                folder.name, "candidate", _who(by), ALL_PRODUCTS, f"imported from {archive.name}"
+            )
+    err.print(f"imported {folder.name} into {folder.parent} as a candidate")
+    print(folder.name)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(models_app, name="models")
