@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from dashboards.model_compare import SHADOW_AGREEMENT
 from infra.stats import CANDIDATE_EDGES
 
 PanelKind = Literal["timeseries", "table", "barchart", "stat"]
@@ -281,6 +282,9 @@ QUALITY_PANELS: tuple[PanelQuery, ...] = (
     PanelQuery("coverage", "Labels: review, audit sample and pending", "table",
                LABEL_COVERAGE, width=24, height=5),
     PanelQuery("alerts", "Drift alerts", "table", ALERTS, width=24),
+    PanelQuery("shadow", "Shadow models: agreement with the active model", "table",
+               SHADOW_AGREEMENT, "same boards; `linecheck models compare A B` for rates",
+               width=24, height=5),
 )  # fmt: skip
 
 OPERATIONS_PANELS: tuple[PanelQuery, ...] = (

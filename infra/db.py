@@ -158,6 +158,22 @@ model_stage_history = sa.Table(
     sa.Column("note", sa.Text, nullable=False, server_default=""),
 )
 
+# A shadow model's decisions on the boards the active model decided (0007): never published.
+shadow_verdicts = sa.Table(
+    "shadow_verdicts",
+    metadata,
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("model_version", sa.Text, primary_key=True),
+    sa.Column("threshold_version", sa.Text, nullable=False),
+    sa.Column("verdict", sa.Text, nullable=False),
+    sa.Column("board_score", sa.Float, nullable=False),
+    sa.Column("n_regions", sa.Integer, nullable=False),
+    sa.Column("regions", JSONB, nullable=False),
+    sa.Column("classify_ms", sa.Float, nullable=False),
+    sa.Column("worker", sa.Text, nullable=False),
+    sa.Column("decided_at", _TS, nullable=False),
+)
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Serialises concurrent upgrades (several workers starting at once) on one database.
 _MIGRATION_LOCK_ID = 0x11EC4EC

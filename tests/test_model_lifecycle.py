@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import tarfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 from board_data.synthetic import BoardGenerator
 from infra.db import make_engine
 from infra.images import encode_png
+from infra.object_store import ObjectStore
 from infra.settings import Settings
 from inspection.backends import load_classifier
 from inspection.model.archive import ArchiveError, export_model, import_model
@@ -26,13 +28,19 @@ from workers.model_swap import ModelSwapper, load_served
 
 
 @pytest.fixture()
-def stages(settings: Settings) -> StageStore:
+def stages(settings: Settings) -> Iterator[StageStore]:
     """The stages of the session's audit store, emptied: a worker serves every product's
     active model, so another test's stages must not be there."""
     engine = make_engine(settings.postgres.url.get_secret_value())
-    with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE model_stages, model_stage_history"))
-    return StageStore(engine)
+
+    def empty() -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.text("TRUNCATE model_stages, model_stage_history"))
+
+    empty()
+    yield StageStore(engine)
+    empty()  # nor must this test's stages reach the workers of the tests after it
+    engine.dispose()
 
 
 def _product() -> str:
@@ -166,3 +174,75 @@ def test_a_damaged_or_hostile_archive_is_refused(model_dir: Path, tmp_path: Path
     with pytest.raises(ArchiveError, match="not a model archive"):
         import_model(tmp_path / "junk.tar.gz", tmp_path / "c")
     assert not (tmp_path / "escape.json").exists()
+
+
+@pytest.mark.services
+def test_a_shadow_scores_every_board_beside_the_active_model_and_is_never_published(
+    settings: Settings, stages: StageStore, model_dir: Path
+) -> None:
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from infra.db import review_outcomes, shadow_verdicts, verdicts
+    from infra.kafka_admin import ensure_topics, read_topic
+    from infra.settings import settings_env
+    from linecheck.cli import app
+    from linecheck.processes import start_workers, stop_workers
+    from producers.publisher import BoardPublisher
+    from producers.simulator import publish_boards, synthetic_samples
+    from tests.helpers import wait_until
+
+    shadow = clone_model(model_dir, f"{model_dir.name}-s{uuid.uuid4().hex[:6]}")
+    stages.set_stage(shadow.name, "shadow", "qa")
+    settings.model.refresh_s = 1.0
+    ensure_topics(settings.kafka.bootstrap_servers, settings.topics, settings.kafka.partitions)
+    store = ObjectStore(settings.images.object_store)
+    publisher = BoardPublisher.for_settings(settings, store)
+    workers = start_workers(settings, 1, settings.work_dir / "logs")
+    engine = stages.engine
+    try:
+        boards = publish_boards(publisher, store, synthetic_samples(seed=21), 10)
+        ids = [b.event_id for b in boards]
+
+        def rows(table: sa.Table) -> list[tuple[str, str]]:
+            with engine.connect() as conn:
+                return [
+                    (str(e), str(m))
+                    for e, m in conn.execute(
+                        sa.select(table.c.event_id, table.c.model_version).where(
+                            table.c.event_id.in_(ids)
+                        )
+                    )
+                ]
+
+        wait_until(lambda: len(rows(verdicts)) == 10, 120, "10 audit rows")
+        wait_until(lambda: len(rows(shadow_verdicts)) == 10, 30, "10 shadow decisions")
+    finally:
+        stop_workers(workers)
+        publisher.close()
+    assert {m for _, m in rows(verdicts)} == {model_dir.name}
+    assert sorted(rows(shadow_verdicts)) == sorted((e, shadow.name) for e in ids)
+    published = read_topic(settings.kafka.bootstrap_servers, settings.topics.verdicts, timeout=20,
+                           until=lambda v: len(v) >= 10)  # fmt: skip
+    assert sorted(_json.loads(v)["model_version"] for v in published) == [model_dir.name] * 10
+    with engine.begin() as conn:  # two boards reviewed, as the station would store them
+        for event_id, defective in ((ids[0], True), (ids[1], False)):
+            conn.execute(
+                sa.insert(review_outcomes).values(
+                    event_id=event_id, outcome_id=f"o-{event_id}", line="L1",
+                    board_serial=event_id, defective=defective, defect_types=[], regions=[],
+                    reviewer="qa", reviewed_at=sa.func.now(),
+                )
+            )  # fmt: skip
+    done = CliRunner().invoke(
+        app,
+        ["models", "compare", model_dir.name, shadow.name, "--json"],
+        env=settings_env(settings),
+    )
+    assert done.exit_code == 0, done.output
+    report = _json.loads(done.stdout.strip().splitlines()[-1])
+    # the shadow is the same network: it agrees on every board, and its rates are the same
+    assert report["boards"] == 10 and report["agreement"] == 1.0 and report["disagreements"] == 0
+    assert report["rates"][model_dir.name] == report["rates"][shadow.name]
+    assert report["rates"][shadow.name]["reviewed_defective"] == 1

@@ -35,6 +35,7 @@ from workers.delivery import Backoff, broker_config, store_processed
 from workers.inspector import Inspector, SourceInfo
 from workers.messages import default_worker_name
 from workers.model_swap import ModelSwapper, load_served
+from workers.shadow import record_shadows
 
 log = logging.getLogger("linecheck.worker")
 EXIT_EVICTED = 75  # EX_TEMPFAIL: evicted from the consumer group, start again
@@ -256,6 +257,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             return out
 
         results = await anyio.to_thread.run_sync(inspect_all)
+        shadowed = ctx.inspector.take_shadow_decisions()
         decided = [
             (r, s, b)
             for r, s, b in zip(results, sources, bodies, strict=True)
@@ -275,6 +277,11 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
                     dead.append((refused_letter(body, source, verdict, audit, ctx), source))
                 else:
                     publish.append(chosen)  # a redelivery gets the verdict already audited
+            if shadowed:  # beside the audit rows of the boards they shadow; never published
+                kept = {v.event_id for v in publish}
+                await anyio.to_thread.run_sync(
+                    record_shadows, ctx.audit.engine, [d for d in shadowed if d.event_id in kept]
+                )
             # The same event twice in one batch is new once: counters count each event once.
             first_seen = {v.event_id: v for v in publish if v.event_id in audit.new}
             await asyncio.gather(

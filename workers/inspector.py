@@ -37,6 +37,7 @@ from workers.messages import dead_letter, decode_failure, default_worker_name
 
 if TYPE_CHECKING:
     from inspection.explain import Explainer
+    from workers.shadow import ShadowDecision
 
 
 log = logging.getLogger("linecheck.worker")
@@ -103,12 +104,26 @@ class Inspector:
         self.audit_rate = audit_rate  # boards drawn for audit keep their image, as review's do
         # products with an active model of their own (model stages); the rest get the default
         self.overrides: dict[str, ServedModel] = {}
+        # shadow models per product ('*': every product); their decisions wait here for the
+        # handler to store them after the batch (workers.shadow)
+        self.shadows: dict[str, list[ServedModel]] = {}
+        self.shadow_decisions: list[ShadowDecision] = []
 
-    def serve(self, default: ServedModel, overrides: dict[str, ServedModel]) -> None:
+    def serve(
+        self,
+        default: ServedModel,
+        overrides: dict[str, ServedModel],
+        shadows: dict[str, list[ServedModel]] | None = None,
+    ) -> None:
         """Switch models (between batches: the handler calls it before inspecting one)."""
         self.classifier, self.thresholds = default.classifier, default.thresholds
         self.explainer = default.explainer
         self.overrides = dict(overrides)
+        self.shadows = dict(shadows or {})
+
+    def take_shadow_decisions(self) -> list[ShadowDecision]:
+        taken, self.shadow_decisions = self.shadow_decisions, []
+        return taken
 
     def model_for(self, product: str) -> ServedModel:
         found = self.overrides.get(product)
@@ -267,6 +282,14 @@ class Inspector:
         label = decide(model.thresholds, score)
         image_uri = self.keep_image(event, label, data)
         t4 = time.perf_counter()
+        # after the clock: a shadow's cost is not the active model's
+        shadows = [*self.shadows.get("*", []), *self.shadows.get(event.product, [])]
+        if shadows:
+            from workers.shadow import score_shadows
+
+            self.shadow_decisions += score_shadows(
+                event.event_id, self.worker, shadows, image, template, boxes, crops
+            )
         return self._verdict(
             event,
             model,

@@ -2,8 +2,9 @@
 promote`` / ``rollback``) and switches models between batches, without a restart.
 
 Every ``model.refresh_s`` the handler asks the stages which version is active for ``*``
-(every product) and for each product with its own; a version not loaded yet is loaded
-(from ``model.models_dir``), then the inspector serves the new set from the next batch on.
+(every product) and for each product with its own, and which are shadows; a version not
+loaded yet is loaded (from ``model.models_dir``), then the inspector serves the new set from
+the next batch on.
 A stage lookup or a load that fails keeps the models being served: the line never stops
 for a registry problem. Each verdict names the model and thresholds that decided it."""
 
@@ -65,6 +66,7 @@ class ModelSwapper:
         self.clock = clock
         self._loaded: dict[str, ServedModel] = {}
         self._serving: dict[str, str] = {}
+        self._shadowing: dict[str, list[str]] = {}
         self._next = 0.0
 
     @classmethod
@@ -88,25 +90,27 @@ class ModelSwapper:
             return False
         self._next = now + self.refresh_s
         try:
-            active = self.stages.active()
+            active, shadows = self.stages.serving()
         except sa.exc.SQLAlchemyError as exc:
             log.warning("model stages unavailable, serving what we have: %s", exc)
             return False
         wanted = {ALL_PRODUCTS: self._serving.get(ALL_PRODUCTS, ""), **active}
-        if wanted == self._serving:
+        if wanted == self._serving and shadows == self._shadowing:
             return False
+        needed = set(wanted.values()) | {v for vs in shadows.values() for v in vs}
         try:
-            for version in set(wanted.values()) - set(self._loaded):
+            for version in needed - set(self._loaded):
                 self._loaded[version] = self.load(version)
         except Exception as exc:  # a missing or broken model folder: keep serving
-            log.error("cannot load model %s, serving what we have: %s", wanted, exc)
+            log.error("cannot load models %s, serving what we have: %s", sorted(needed), exc)
             return False
         default = self._loaded[wanted[ALL_PRODUCTS]]
         overrides = {p: self._loaded[v] for p, v in wanted.items() if p != ALL_PRODUCTS}
-        inspector.serve(default, overrides)
-        log.info("now serving %s (was %s)", wanted, self._serving)
+        shadowing = {p: [self._loaded[v] for v in vs] for p, vs in shadows.items()}
+        inspector.serve(default, overrides, shadowing)
+        log.info("now serving %s, shadows %s (was %s)", wanted, shadows, self._serving)
         metrics.MODEL_SWAPS.inc()
-        self._serving = wanted
+        self._serving, self._shadowing = wanted, shadows
         # keep only what is served: a retired model's memory goes back
-        self._loaded = {v: m for v, m in self._loaded.items() if v in set(wanted.values())}
+        self._loaded = {v: m for v, m in self._loaded.items() if v in needed}
         return True

@@ -138,6 +138,17 @@ class StageStore:
             )
             return {str(p): str(v) for p, v in rows}
 
+    def serving(self) -> tuple[dict[str, str], dict[str, list[str]]]:
+        """(product → active version, product → shadow versions), in one read."""
+        active: dict[str, str] = {}
+        shadows: dict[str, list[str]] = {}
+        for row in self.rows():
+            if row.stage == "active":
+                active[row.product] = row.model_version
+            elif row.stage == "shadow":
+                shadows.setdefault(row.product, []).append(row.model_version)
+        return active, shadows
+
     def in_stage(self, stage: str) -> dict[str, list[str]]:
         """product → the versions in ``stage`` (e.g. the shadows)."""
         out: dict[str, list[str]] = {}

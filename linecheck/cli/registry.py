@@ -7,8 +7,9 @@ import contextlib
 import getpass
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -18,7 +19,7 @@ from linecheck.cli.common import ConfigOption, audit_store, err, settings_or_exi
 
 models_app = typer.Typer(
     no_args_is_help=True,
-    help="Model stages (candidate, active, retired) per product; export and import.",
+    help="Model stages (candidate, shadow, active, retired) per product; compare, export, import.",
 )
 ProductOption = Annotated[
     str, typer.Option(help="the product ('*': every product without its own active model)")
@@ -150,6 +151,78 @@ def models_rollback(
 ) -> None:
     """Reactivate the model that was active before the current one."""
     _change(config, "rollback", _who(by), product)
+
+
+@models_app.command("shadow")
+def models_shadow(
+    version: str,
+    product: ProductOption = ALL_PRODUCTS,
+    by: ByOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Score every board with VERSION beside the active model; stored, never published."""
+    settings = settings_or_exit(config)
+    if not (settings.model.models_dir / version / "model.json").is_file():
+        err.print(f"[red]no model {version!r} in {settings.model.models_dir}[/red]")
+        raise typer.Exit(2)
+    _change(config, "shadow", version, _who(by), product)
+
+
+@models_app.command("compare")
+def models_compare(
+    a: Annotated[str, typer.Argument(help="a model version (e.g. the active one)")],
+    b: Annotated[str, typer.Argument(help="another (e.g. its shadow)")],
+    since: Annotated[
+        Optional[datetime],  # noqa: UP045
+        typer.Option(help="only boards decided since (ISO time, UTC if no zone)"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Two models on the same boards: agreement, disagreements, FNR/FPR on reviewed boards
+    (95% Wilson intervals), classify latency."""
+    from dashboards.model_compare import compare_models
+    from infra.db import make_engine
+
+    settings = settings_or_exit(config)
+    start = since or datetime(1970, 1, 1, tzinfo=UTC)
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    with audit_store(settings) as url:
+        engine = make_engine(url)
+        try:
+            found = compare_models(engine, a, b, start, z=settings.quality.z)
+        finally:
+            engine.dispose()
+    if as_json:
+        print(json.dumps(found, default=str))
+        return
+    if not found["boards"]:
+        err.print(f"[yellow]no board was decided by both {a} and {b}[/yellow]")
+        raise typer.Exit(1)
+    table = Table(title=f"{a} vs {b}: {found['boards']} boards, agreement {found['agreement']:.4f}")
+    for column in ("model", "FNR [95%]", "FPR [95%]", "reviewed +/−", "classify ms p50/p99"):
+        table.add_column(column)
+    for model in (a, b):
+        r, ms = found["rates"][model], found["classify_ms"][model]
+
+        def rate(name: str, r: dict[str, Any] = r) -> str:
+            if r[name] is None:
+                return "—"
+            lo, hi = r[f"{name}_interval"]
+            return f"{r[name]:.4f} [{lo:.4f}, {hi:.4f}]"
+
+        table.add_row(
+            model, rate("fnr"), rate("fpr"),
+            f"{r['reviewed_defective']}/{r['reviewed_good']}",
+            f"{ms['p50']:.2f}/{ms['p99']:.2f}",
+        )  # fmt: skip
+    err.print(table)
+    for d in found["disagreeing_boards"]:
+        err.print(
+            f"  {d['event_id']}  {d['line']} {d['board_serial']}: {a} {d['a_verdict']}, "
+            f"{b} {d['b_verdict']}  (station: /boards/{d['event_id']})"
+        )
 
 
 @models_app.command("retire")
