@@ -261,6 +261,10 @@ from linecheck.cli.registry import register as _register_registry  # noqa: E402
 
 _register_registry(app)
 
+from linecheck.cli.dataset import register as _register_dataset  # noqa: E402
+
+_register_dataset(app)
+
 
 @app.command()
 def chaos(
