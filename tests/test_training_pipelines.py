@@ -259,3 +259,37 @@ def test_real_deeppcb_roi_recall_on_one_group() -> None:
         boxes.append(find_regions_reference(image, template))
         truths.append(s.truths)
     assert roi_recall(boxes, truths) >= 0.97
+
+
+def test_a_boosted_tree_head_on_the_cnn_features_is_registered_and_served(
+    tiny_deeppcb: Path, tmp_path: Path
+) -> None:
+    from inspection.backends import load_classifier
+    from inspection.backends.gbdt_backend import GbdtClassifier
+    from training.gbdt_head import train_gbdt_head
+
+    split = tmp_path / "val.txt"
+    split.write_text(
+        "".join(
+            f"group22000/22000/22000{k:03d}.jpg group22000/22000_not/22000{k:03d}.txt\n"
+            for k in range(4)
+        )
+    )
+    cnn = train_deeppcb(tmp_path / "models", tiny_deeppcb, split, epochs=2, threads=2,
+                        version="tiny-cnn", cache_dir=None, int8=False, console=QUIET)  # fmt: skip
+    model_dir = train_gbdt_head(
+        cnn, tiny_deeppcb, split, threads=2, rounds=30, cache_dir=None, console=QUIET
+    )
+    card = load_card(model_dir)
+    assert model_dir.name == "tiny-cnn-gbdt" and card.head == "gbdt"
+    assert card.thresholds is not None and card.metrics["base_cnn"] == "tiny-cnn"
+    assert set(card.metrics["heads_val"]) == {"cnn", "gbdt"}
+    classifier = load_classifier(model_dir)
+    assert isinstance(classifier, GbdtClassifier) and classifier.version == "tiny-cnn-gbdt"
+    crops = np.random.default_rng(1).integers(0, 255, (5, 3, 64, 64)).astype(np.uint8)
+    probs = classifier.predict_proba(crops)
+    assert probs.shape == (5, 7) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert classifier.predict_proba(crops[:0]).shape == (0, 7)
+    with pytest.raises(ValueError, match="OpenVINO FP32"):
+        load_classifier(model_dir, backend="torch")
+    assert load_card(cnn).head == "cnn"  # the CNN version is untouched

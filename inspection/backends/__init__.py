@@ -39,6 +39,14 @@ def load_classifier(
         raise ValueError(f"unknown variant {variant!r}; choose one of {list(VARIANTS)}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    from inspection.model.registry import load_card
+
+    if load_card(model_dir).head == "gbdt":
+        if backend != "openvino" or variant != "fp32":
+            raise ValueError("a boosted-tree head is served on OpenVINO FP32 features only")
+        from inspection.backends.gbdt_backend import GbdtClassifier
+
+        return GbdtClassifier(model_dir, device=device or "CPU", threads=threads)
     if backend == "openvino":
         from inspection.backends.openvino_backend import OpenVINOClassifier
 

@@ -42,6 +42,7 @@ IR_BIN = "model.bin"
 IR_INT8_XML = "model_int8.xml"  # made by training.quantize (NNCF)
 IR_INT8_BIN = "model_int8.bin"
 CARD_FILE = "model.json"
+GBDT_FILE = "gbdt.txt"  # a boosted-tree head's LightGBM model (card.head == "gbdt")
 LATEST = "latest"
 IR_INPUT_NAME = "crops"
 IR_OUTPUT_NAME = "logits"
@@ -85,6 +86,11 @@ class ModelCard(BaseModel):
     thresholds: Thresholds | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     training_data_hash: str = ""
+    head: Literal["cnn", "gbdt"] = Field(
+        default="cnn",
+        description="what decides a region: the CNN's own classifier, or a LightGBM model "
+        "(gbdt.txt) on the CNN's pooled features",
+    )
     created_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
     torch_version: str | None = None
     openvino_version: str | None = None

@@ -82,6 +82,13 @@ def train(
     ] = None,
     int8: Annotated[bool, typer.Option(help="also save the INT8 IR (DeepPCB)")] = True,
     version: Annotated[Optional[str], typer.Option(help="model version name")] = None,  # noqa: UP045
+    head: Annotated[
+        str, typer.Option(help="cnn | gbdt: a LightGBM head on the CNN's features (DeepPCB)")
+    ] = "cnn",
+    base_model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="--head gbdt: the trained CNN to put it on (default: train one)"),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Train a classifier, calibrate it and register it (OpenVINO IR, FP32 and INT8).
@@ -117,6 +124,16 @@ def train(
     from training.deeppcb_model import train_deeppcb
     from training.image_folder_model import train_image_folder
 
+    if head not in ("cnn", "gbdt") or (head == "gbdt" and task != "detect"):
+        err.print(f"[red]--head must be cnn, or gbdt on DeepPCB-layout data; got {head!r}[/red]")
+        raise typer.Exit(2)
+    if head == "gbdt" and base_model is not None:
+        from training.gbdt_head import train_gbdt_head
+
+        base = _model_dir(settings, base_model)
+        print(train_gbdt_head(base, data, split, seed=seed, threads=threads,
+                              cache_dir=settings.work_dir / "cache", console=err))  # fmt: skip
+        return
     if task == "detect":
         model_dir = train_deeppcb(
             settings.model.models_dir,
@@ -131,6 +148,18 @@ def train(
             cache_dir=settings.work_dir / "cache",
             console=err,
         )
+        if head == "gbdt":
+            from training.gbdt_head import train_gbdt_head
+
+            model_dir = train_gbdt_head(
+                model_dir,
+                data,
+                split,
+                seed=seed,
+                threads=threads,
+                cache_dir=settings.work_dir / "cache",
+                console=err,
+            )
     elif task == "classify":
         model_dir = train_image_folder(
             settings.model.models_dir / "classify",
