@@ -86,13 +86,14 @@ def models_list(
     staged: dict[str, list[str]] = {}
     for row in rows:
         staged.setdefault(row.model_version, []).append(f"{row.stage} ({row.product})")
-    models = []
+    models: list[dict[str, Any]] = []
     for version in list_versions(settings.model.models_dir):
         card = load_card(settings.model.models_dir / version)
         models.append(
             {
                 "version": version,
                 "arch": card.arch,
+                "head": card.head,
                 "created_at": card.created_at.isoformat(),
                 "stages": staged.pop(version, []),
             }
@@ -101,10 +102,12 @@ def models_list(
         print(json.dumps({"models": models, "not_here": staged}))
         return
     table = Table(title=f"models in {settings.model.models_dir}")
-    for column in ("version", "arch", "created", "stages"):
+    for column in ("version", "arch", "head", "created", "stages"):
         table.add_column(column)
     for m in models:
-        table.add_row(m["version"], m["arch"], m["created_at"][:19], ", ".join(m["stages"]) or "—")  # type: ignore[arg-type]
+        table.add_row(
+            m["version"], m["arch"], m["head"], m["created_at"][:19], ", ".join(m["stages"]) or "—"
+        )
     err.print(table)
     for version, stage in staged.items():
         err.print(
