@@ -115,15 +115,10 @@ class OpenVINOCam:
         xml = Path(model_dir) / IR_XML
         core = ov.Core()
         model = core.read_model(xml)
-        pool, weight = _pool_and_weight(model, xml)
+        pool, weight = pool_and_weight(model, xml)
         self.weight = weight
         model.add_outputs([pool.input_value(0)])
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if device.upper().startswith("CPU"):
-            config["INFERENCE_PRECISION_HINT"] = "f32"
-            if threads is not None:
-                config["INFERENCE_NUM_THREADS"] = threads
-        self._request = core.compile_model(model, device, config).create_infer_request()
+        self._request = compile_f32(core, model, device, threads).create_infer_request()
 
     def maps(
         self, crops: np.ndarray, classes: Sequence[int] | np.ndarray | None = None
@@ -138,7 +133,17 @@ class OpenVINOCam:
         return cam_from_features(features, self.weight, _chosen(classes, logits), size)
 
 
-def _pool_and_weight(model: Any, xml: Path) -> tuple[Any, np.ndarray]:
+def compile_f32(core: Any, model: Any, device: str, threads: int | None) -> Any:
+    """``model`` compiled for one request at a time, f32 on the CPU (matching torch)."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if device.upper().startswith("CPU"):
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
+    return core.compile_model(model, device, config)
+
+
+def pool_and_weight(model: Any, xml: Path) -> tuple[Any, np.ndarray]:
     """The global-pooling node and the (classes, channels) weight of the final linear layer."""
     node = model.outputs[0].get_node().input_value(0).get_node()  # behind the Result
     if node.get_type_name() == "Add":  # the bias

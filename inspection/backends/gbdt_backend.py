@@ -5,7 +5,6 @@ reference deployment put a boosted decision tree on CNN features."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -19,19 +18,14 @@ class FeatureExtractor:
     def __init__(self, model_dir: Path, device: str = "CPU", threads: int | None = None) -> None:
         import openvino as ov
 
-        from inspection.cam import _pool_and_weight
+        from inspection.cam import compile_f32, pool_and_weight
 
         xml = Path(model_dir) / IR_XML
         core = ov.Core()
         model = core.read_model(xml)
-        pool, _weight = _pool_and_weight(model, xml)
+        pool, _weight = pool_and_weight(model, xml)
         model.add_outputs([pool.output(0)])
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if device.upper().startswith("CPU"):
-            config["INFERENCE_PRECISION_HINT"] = "f32"
-            if threads is not None:
-                config["INFERENCE_NUM_THREADS"] = threads
-        self._request = core.compile_model(model, device, config).create_infer_request()
+        self._request = compile_f32(core, model, device, threads).create_infer_request()
 
     def features(self, crops: np.ndarray, batch: int = 512) -> np.ndarray:
         parts = []

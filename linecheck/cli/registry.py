@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from infra.settings import Settings
 from inspection.model.stages import ALL_PRODUCTS, StageError, StageStore
 from linecheck.cli.common import ConfigOption, audit_store, err, settings_or_exit
 
@@ -37,6 +38,15 @@ def _who(by: str | None) -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # a container user without a passwd entry
         return "unknown"
+
+
+def _require_model(settings: Settings, version: str) -> Path:
+    """The model's folder, or exit 2 naming the models folder."""
+    folder = settings.model.models_dir / version
+    if not (folder / "model.json").is_file():
+        err.print(f"[red]no model {version!r} in {settings.model.models_dir}[/red]")
+        raise typer.Exit(2)
+    return folder
 
 
 @contextlib.contextmanager
@@ -139,10 +149,7 @@ def models_promote(
     config: ConfigOption = None,
 ) -> None:
     """Make VERSION the active model (the one it replaces is retired)."""
-    settings = settings_or_exit(config)
-    if not (settings.model.models_dir / version / "model.json").is_file():
-        err.print(f"[red]no model {version!r} in {settings.model.models_dir}[/red]")
-        raise typer.Exit(2)
+    _require_model(settings_or_exit(config), version)
     _change(config, "promote", version, _who(by), product)
 
 
@@ -164,10 +171,7 @@ def models_shadow(
     config: ConfigOption = None,
 ) -> None:
     """Score every board with VERSION beside the active model; stored, never published."""
-    settings = settings_or_exit(config)
-    if not (settings.model.models_dir / version / "model.json").is_file():
-        err.print(f"[red]no model {version!r} in {settings.model.models_dir}[/red]")
-        raise typer.Exit(2)
+    _require_model(settings_or_exit(config), version)
     _change(config, "shadow", version, _who(by), product)
 
 
@@ -256,10 +260,7 @@ def models_export(
     from inspection.model.archive import export_model
 
     settings = settings_or_exit(config)
-    folder = settings.model.models_dir / version
-    if not (folder / "model.json").is_file():
-        err.print(f"[red]no model {version!r} in {settings.model.models_dir}[/red]")
-        raise typer.Exit(2)
+    folder = _require_model(settings, version)
     manifest = export_model(folder, out)
     err.print(f"wrote {out}: {version}, {len(manifest['files'])} files with SHA-256")  # type: ignore[arg-type]
 
