@@ -293,3 +293,24 @@ def test_a_boosted_tree_head_on_the_cnn_features_is_registered_and_served(
     with pytest.raises(ValueError, match="OpenVINO FP32"):
         load_classifier(model_dir, backend="torch")
     assert load_card(cnn).head == "cnn"  # the CNN version is untouched
+
+
+def test_leave_one_group_out_cross_validation_never_measures_on_a_choosing_group(
+    tmp_path: Path,
+) -> None:
+    from training.cross_validation import cross_validate
+
+    data = _deeppcb_folder(tmp_path / "three", {"11000": 4, "22000": 4, "33000": 4})
+    report = cross_validate(data, tmp_path / "cv", epochs=1, threads=2, cache_dir=None,
+                            console=QUIET)  # fmt: skip
+    folds = report["folds"]
+    assert set(folds) == {"group11000", "group22000", "group33000"}
+    for group, row in folds.items():
+        assert row["inner_validation_group"] != group and row["boards"] == 4
+        assert (tmp_path / "cv" / group / "metrics.json").is_file()
+    f_scores = [row["f_score"] for row in folds.values()]
+    assert report["summary"]["f_score"]["mean"] == pytest.approx(np.mean(f_scores))
+    assert report["summary"]["f_score"]["min"] == pytest.approx(min(f_scores))
+    on_disk = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert on_disk["folds"].keys() == folds.keys()
+    assert not list((tmp_path / "cv").glob("cv-*"))  # the fold models are cleaned up

@@ -37,11 +37,13 @@ def train_deeppcb(
     target_fnr: float = 0.001,
     int8: bool = True,
     cache_dir: Path | None = Path(".linecheck/cache"),
+    exclude_groups: tuple[str, ...] = (),
     console: Console | None = None,
 ) -> Path:
     """Train on the training groups, keep the best epoch by validation loss, register the
     model, calibrate its thresholds on the validation groups (board level), quantize to INT8,
-    and record validation metrics in the card. Returns the model folder."""
+    and record validation metrics in the card. ``exclude_groups``: board groups left out
+    altogether (the fold being measured, in cross-validation). Returns the model folder."""
     import torch
 
     from inspection.backends import load_classifier
@@ -52,10 +54,12 @@ def train_deeppcb(
 
     console = console or Console(stderr=True)
     started = time.monotonic()
-    samples = samples_of(data)
+    every = samples_of(data)
+    samples = [s for s in every if s.group not in exclude_groups]  # e.g. a CV fold's test group
     train_s, val_s = split_deeppcb(samples, data, split_file)
-    with progress_bar(console, "cropping DeepPCB pairs", len(samples)) as step:
-        table = build_table(data, samples, CROP_SIZE, seed, cache_dir, progress=lambda i, n: step())
+    # crops of every pair, cached once: each fold of a cross-validation selects from them
+    with progress_bar(console, "cropping DeepPCB pairs", len(every)) as step:
+        table = build_table(data, every, CROP_SIZE, seed, cache_dir, progress=lambda i, n: step())
     train_t = table.select(table.in_images([s.image_id for s in train_s]))
     val_t = table.select(table.in_images([s.image_id for s in val_s]))
     val_groups = sorted({s.group for s in val_s})

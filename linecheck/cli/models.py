@@ -85,6 +85,11 @@ def train(
     head: Annotated[
         str, typer.Option(help="cnn | gbdt: a LightGBM head on the CNN's features (DeepPCB)")
     ] = "cnn",
+    cv: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="'groups': leave-one-board-group-out cross-validation (DeepPCB)"),
+    ] = None,
+    cv_out: Annotated[Path, typer.Option(help="--cv: folder for cv.json")] = Path("out/cv"),
     base_model: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="--head gbdt: the trained CNN to put it on (default: train one)"),
@@ -124,6 +129,25 @@ def train(
     from training.deeppcb_model import train_deeppcb
     from training.image_folder_model import train_image_folder
 
+    if cv is not None:
+        if cv != "groups" or task != "detect":
+            err.print("[red]--cv groups needs DeepPCB-layout --data[/red]")
+            raise typer.Exit(2)
+        from training.cross_validation import cross_validate
+
+        report = cross_validate(
+            data,
+            cv_out,
+            arch=arch,  # type: ignore[arg-type]
+            epochs=epochs or 10,
+            seed=seed,
+            threads=threads,
+            cache_dir=settings.work_dir / "cache",
+            console=err,
+        )
+        err.print(cv_table(report))
+        print(cv_out / "cv.json")
+        return
     if head not in ("cnn", "gbdt") or (head == "gbdt" and task != "detect"):
         err.print(f"[red]--head must be cnn, or gbdt on DeepPCB-layout data; got {head!r}[/red]")
         raise typer.Exit(2)
@@ -210,6 +234,28 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
     return str(value)
+
+
+def cv_table(report: dict[str, Any]) -> Table:
+    """Per fold and mean ± sd (min) of the headline figures."""
+    keys = ("f_score", "map", "roi_recall", "board_fnr", "board_fpr", "review_rate")
+    table = Table(title=f"leave-one-group-out cross-validation ({len(report['folds'])} folds)")
+    table.add_column("fold (inner)")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for group, row in report["folds"].items():
+        table.add_row(f"{group} ({row['inner_validation_group']})", *(_fmt(row[k]) for k in keys))
+    summary = report["summary"]
+    table.add_row(
+        "mean ± sd (min)",
+        *(
+            f"{summary[k]['mean']:.4f} ± {summary[k]['sd']:.4f} ({summary[k]['min']:.4f})"
+            if k in summary
+            else "—"
+            for k in keys
+        ),
+    )
+    return table
 
 
 def metrics_table(metrics: dict[str, Any], title: str) -> Table:
