@@ -244,6 +244,29 @@ def test_classify_folder_of_labelled_images(tmp_path: Path) -> None:
     card = load_card(model_dir)
     assert card.classes == ("rolled-in_scale", "stripes") and card.input_size == 32
     assert card.metrics["held_out_accuracy_openvino"] >= 0.8
+    # evaluate scores the same held-out images the trainer did, and every image on request
+    from linecheck.cli import app
+
+    (tmp_path / "models" / "classify").mkdir()
+    model_dir.rename(tmp_path / "models" / "classify" / "cls")
+    out = tmp_path / "eval-cls"
+    held = CliRunner().invoke(
+        app, ["evaluate", "--data", str(tmp_path), "--out", str(out), "--model", "cls",
+              "--held-out"], env={"LINECHECK_MODEL__MODELS_DIR": str(tmp_path / "models")},
+    )  # fmt: skip
+    assert held.exit_code == 0, held.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images"] == 10  # 20 % of each class of 24
+    assert metrics["accuracy"] == pytest.approx(card.metrics["held_out_accuracy_openvino"])
+    assert sum(map(sum, metrics["confusion"])) == 10
+    assert json.loads(held.stdout.strip().splitlines()[-1])["images"] == 10
+    everything = CliRunner().invoke(
+        app, ["evaluate", "--data", str(tmp_path), "--out", str(out / "all"), "--model", "cls"],
+        env={"LINECHECK_MODEL__MODELS_DIR": str(tmp_path / "models")},
+    )  # fmt: skip
+    assert everything.exit_code == 0, everything.output
+    rows = (out / "all" / "scores.csv").read_text().splitlines()
+    assert len(rows) == 49 and rows[0].startswith("file,true,predicted,p_rolled-in_scale")
 
 
 def test_real_deeppcb_roi_recall_on_one_group() -> None:
@@ -314,3 +337,16 @@ def test_leave_one_group_out_cross_validation_never_measures_on_a_choosing_group
     on_disk = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert on_disk["folds"].keys() == folds.keys()
     assert not list((tmp_path / "cv").glob("cv-*"))  # the fold models are cleaned up
+
+
+def test_classification_metrics_count_and_leave_undefined_rates_undefined() -> None:
+    from training.classify_evaluation import classification_metrics
+
+    truth = np.array([0, 0, 1, 1, 1, 2])
+    predicted = np.array([0, 1, 1, 1, 0, 0])
+    m = classification_metrics(truth, predicted, ("a", "b", "c"))
+    assert m["confusion"] == [[1, 1, 0], [1, 2, 0], [1, 0, 0]]
+    assert m["accuracy"] == pytest.approx(3 / 6)
+    assert m["per_class"]["b"] == {"precision": 2 / 3, "recall": 2 / 3, "f1": pytest.approx(2 / 3),
+                                   "support": 3}  # fmt: skip
+    assert m["per_class"]["c"]["precision"] is None and m["per_class"]["c"]["recall"] == 0.0
