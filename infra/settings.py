@@ -100,6 +100,10 @@ class ModelSettings(_Section):
     models_dir: Path = Path(".linecheck/models")
     version: str = Field(default="latest", description="model folder name, or 'latest'")
     backend: Literal["openvino", "torch"] = "openvino"
+    variant: Literal["fp32", "int8"] = Field(
+        default="fp32",
+        description="OpenVINO IR served: fp32, or the NNCF-quantized int8 saved beside it",
+    )
     device: str | None = Field(default=None, description="CPU/GPU/NPU (openvino), cpu/cuda (torch)")
     threads: int | None = Field(
         default=None, ge=1, description="threads per worker for inference and OpenCV"

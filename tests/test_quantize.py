@@ -71,3 +71,20 @@ def test_int8_variant_errors(tmp_path: Path) -> None:
         load_classifier(model_dir, backend="torch", variant="int8")
     with pytest.raises(ValueError, match="variant"):
         load_classifier(model_dir, backend="openvino", variant="fp16")  # type: ignore[arg-type]
+
+
+def test_workers_serve_the_int8_ir_when_the_settings_say_so(
+    trained_small: tuple[Path, np.ndarray],
+) -> None:
+    from infra.settings import load_settings
+    from inspection.model.registry import Thresholds, load_card, update_card
+    from workers.model_swap import load_served
+
+    model_dir, crops = trained_small
+    th = Thresholds(pass_below=0.3, fail_at_or_above=0.7, threshold_version="t", target_fnr=0.0)
+    update_card(model_dir, load_card(model_dir).model_copy(update={"thresholds": th}))
+    settings = load_settings(model={"variant": "int8", "threads": 2}, worker={"explain": False})
+    served = load_served(settings, model_dir)
+    expected = load_classifier(model_dir, backend="openvino", threads=2, variant="int8")
+    assert getattr(served.classifier, "variant", None) == "int8"
+    assert np.array_equal(served.classifier.predict_proba(crops), expected.predict_proba(crops))

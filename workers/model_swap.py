@@ -36,6 +36,7 @@ def load_served(settings: Settings, model_dir: Path) -> ServedModel:
         backend=settings.model.backend,
         device=settings.model.device,
         threads=settings.model.threads,
+        variant=settings.model.variant,
     )
     explainer = None
     if settings.worker.explain:
