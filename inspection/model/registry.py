@@ -16,6 +16,7 @@ import them lazily.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -197,17 +198,12 @@ def save_model(module: nn.Module, card: ModelCard, models_dir: Path) -> Path:
     card = card.model_copy(
         update={"torch_version": torch.__version__, "openvino_version": ov.get_version()}
     )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{card.version}.", suffix=".tmp", dir=models_dir))
-    try:
+    with _assembled(final) as tmp:
         state = {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}
         torch.save(state, tmp / WEIGHTS_FILE)
         cpu_module = module if _on_cpu(module) else _cpu_copy(module)
         export_openvino(cpu_module, card.input_size, tmp)
         (tmp / CARD_FILE).write_text(card.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -218,16 +214,24 @@ def clone_model(model_dir: Path, version: str, into: Path | None = None) -> Path
     if final.exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=final.parent))
-    try:
+    with _assembled(final) as tmp:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
         card = load_card(tmp).model_copy(update={"version": version})
         (tmp / CARD_FILE).write_text(card.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return final
+
+
+@contextlib.contextmanager
+def _assembled(final: Path) -> Iterator[Path]:
+    """A temporary folder beside ``final``, renamed into place when the block succeeds, so
+    that readers never see half a model (and removed when it fails)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
 
 
 def _on_cpu(module: nn.Module) -> bool:
