@@ -43,6 +43,7 @@ class StageStore:
         who: str,
         note: str,
         now: datetime,
+        replacing: bool = False,
     ) -> str | None:
         if stage not in MODEL_STAGES:
             raise StageError(f"unknown stage {stage!r}: one of {', '.join(MODEL_STAGES)}")
@@ -51,6 +52,11 @@ class StageStore:
             .where(model_stages.c.product == product, model_stages.c.model_version == version)
             .with_for_update()
         ).scalar_one_or_none()
+        if before == "active" and stage != "active" and not replacing:
+            raise StageError(
+                f"{version} is the active model of {product!r}: promote another model "
+                "(or roll back) instead"
+            )
         stmt = insert(model_stages).values(
             product=product, model_version=version, stage=stage, changed_by=who, changed_at=now
         )
@@ -94,8 +100,8 @@ class StageStore:
             old = self._active_in(conn, product)
             if old == version:
                 raise StageError(f"{version} is already the active model of {product!r}")
-            if old is not None:
-                self._set(conn, old, "retired", product, who, f"replaced by {version}", now)
+            if old is not None:  # the one place an active model leaves its stage
+                self._set(conn, old, "retired", product, who, f"replaced by {version}", now, True)
             self._set(conn, version, "active", product, who, note, now)
             return old
 

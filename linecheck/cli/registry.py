@@ -63,20 +63,21 @@ def _stages(config: Path | None) -> Iterator[StageStore]:
             engine.dispose()
 
 
-def _change(config: Path | None, action: str, *args: str) -> None:
+def _change(config: Path | None, action: str, who: str, product: str, version: str = "") -> None:
+    """Promote, roll back, or set another stage; the outcome or the refusal on stderr."""
     with _stages(config) as stages:
         try:
             if action == "promote":
-                old = stages.promote(args[0], args[1], args[2])
+                old = stages.promote(version, who, product)
                 err.print(
-                    f"{args[0]} is active for {args[2]!r}" + (f"; {old} retired" if old else "")
+                    f"{version} is active for {product!r}" + (f"; {old} retired" if old else "")
                 )
             elif action == "rollback":
-                current, previous = stages.rollback(args[0], args[1])
-                err.print(f"{previous} is active again for {args[1]!r}; {current} retired")
+                current, previous = stages.rollback(who, product)
+                err.print(f"{previous} is active again for {product!r}; {current} retired")
             else:
-                before = stages.set_stage(args[0], action, args[1], args[2])
-                err.print(f"{args[0]}: {before or 'unstaged'} → {action} for {args[2]!r}")
+                before = stages.set_stage(version, action, who, product)
+                err.print(f"{version}: {before or 'unstaged'} → {action} for {product!r}")
         except StageError as exc:
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from exc
@@ -150,7 +151,7 @@ def models_promote(
 ) -> None:
     """Make VERSION the active model (the one it replaces is retired)."""
     _require_model(settings_or_exit(config), version)
-    _change(config, "promote", version, _who(by), product)
+    _change(config, "promote", _who(by), product, version)
 
 
 @models_app.command("rollback")
@@ -172,7 +173,7 @@ def models_shadow(
 ) -> None:
     """Score every board with VERSION beside the active model; stored, never published."""
     _require_model(settings_or_exit(config), version)
-    _change(config, "shadow", version, _who(by), product)
+    _change(config, "shadow", _who(by), product, version)
 
 
 @models_app.command("compare")
@@ -240,14 +241,7 @@ def models_retire(
     config: ConfigOption = None,
 ) -> None:
     """Retire VERSION (an active model is replaced by promoting another, not retired)."""
-    with _stages(config) as stages:
-        if stages.active().get(product) == version:
-            err.print(
-                f"[red]{version} is active for {product!r}: promote another model "
-                "(or roll back)[/red]"
-            )
-            raise typer.Exit(1)
-    _change(config, "retired", version, _who(by), product)
+    _change(config, "retired", _who(by), product, version)
 
 
 @models_app.command("export")
