@@ -144,20 +144,42 @@ def compile_f32(core: Any, model: Any, device: str, threads: int | None) -> Any:
 
 
 def pool_and_weight(model: Any, xml: Path) -> tuple[Any, np.ndarray]:
-    """The global-pooling node and the (classes, channels) weight of the final linear layer."""
+    """The global-pooling node and the (classes, channels) weight of the final linear layer.
+
+    Works on the FP32 IR and on NNCF's INT8 IR, where FakeQuantize nodes sit between the
+    pooling and the MatMul and the weight is a dequantizing subgraph (int8 constant, convert,
+    scale): its value is computed, so the heatmap uses the weight the served model uses."""
     node = model.outputs[0].get_node().input_value(0).get_node()  # behind the Result
     if node.get_type_name() == "Add":  # the bias
         node = node.input_value(0).get_node()
     if node.get_type_name() != "MatMul":
         raise ValueError(f"{xml}: expected the logits from a MatMul, found {node.get_type_name()}")
     pool = node.input_value(0).get_node()
-    const = node.input_value(1).get_node()
-    if pool.get_type_name() != "ReduceMean" or const.get_type_name() != "Constant":
+    while pool.get_type_name() == "FakeQuantize":  # INT8: the pooled features re-quantized
+        pool = pool.input_value(0).get_node()
+    if pool.get_type_name() != "ReduceMean":
         raise ValueError(
-            f"{xml}: expected MatMul(ReduceMean(features), Constant), found "
-            f"MatMul({pool.get_type_name()}, {const.get_type_name()})"
+            f"{xml}: expected MatMul(ReduceMean(features), weight), found "
+            f"MatMul({pool.get_type_name()}, …)"
         )
-    weight = np.asarray(const.get_data(), np.float32)
+    weight = _constant_value(node.input_value(1))
+    if weight is None:
+        raise ValueError(f"{xml}: the final MatMul's weight is not a constant expression")
     if not node.get_transpose_b():
         weight = weight.T  # stored (channels, classes)
-    return pool, weight
+    return pool, np.asarray(weight, np.float32)
+
+
+def _constant_value(output: Any) -> np.ndarray | None:
+    """The value of a graph output that depends on no parameter (a Constant, or e.g. an
+    INT8 weight's Convert → Subtract → Multiply chain), or None when it needs an input."""
+    import openvino as ov
+
+    node = output.get_node()
+    if node.get_type_name() == "Constant":
+        return np.asarray(node.get_data(), np.float32)
+    sub = ov.Model([output], [], "weight")
+    if len(sub.get_parameters()) != 0:
+        return None
+    compiled = ov.Core().compile_model(sub, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return np.asarray(compiled({})[0], np.float32)

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Literal
 import cv2
 import numpy as np
 
-from inspection.cam import CamModel, OpenVINOCam, TorchCam, normalise_maps
+from inspection.cam import CamModel, OpenVINOCam, TorchCam, cam_from_features, normalise_maps
 from inspection.crops import _square
 from schemas.events import Box, RegionVerdict
 
 if TYPE_CHECKING:
+    from inspection.backends.base import FeatureClassifier
     from inspection.model.nets import ClassifierNet
     from inspection.model.registry import Thresholds
 
@@ -140,29 +141,40 @@ def needs_explaining(region: RegionVerdict, thresholds: Thresholds | None) -> bo
     return thresholds is not None and region.score >= thresholds.pass_below
 
 
+def explained_indices(regions: Sequence[RegionVerdict], thresholds: Thresholds | None) -> list[int]:
+    return [i for i, r in enumerate(regions) if needs_explaining(r, thresholds)]
+
+
 def save_explanation(
     path: Path,
     image: np.ndarray,
     crops: np.ndarray,
     regions: Sequence[RegionVerdict],
-    cam: CamModel,
+    cam: CamModel | None,
     thresholds: Thresholds | None = None,
     truths: Sequence[tuple[Box, str]] = (),
     title: str = "",
+    maps: np.ndarray | None = None,
 ) -> Path | None:
     """Write ``path`` (PNG): the board with CAM heatmaps of its failed or doubtful regions.
 
-    ``crops`` are the regions' classifier crops (one per region, same order). Returns the
-    path, or None (nothing written) when no region needs explaining.
+    ``crops`` are the regions' classifier crops (one per region, same order). The raw maps
+    come from ``maps`` (one per region, already computed from the served inference) or else
+    from ``cam``. Returns the path, or None (nothing written) when no region needs explaining.
     """
     if len(crops) != len(regions):
         raise ValueError(f"{len(crops)} crops for {len(regions)} regions")
-    chosen = [i for i, r in enumerate(regions) if needs_explaining(r, thresholds)]
+    chosen = explained_indices(regions, thresholds)
     if not chosen and not truths:
         return None
     cams = np.zeros((len(regions), crops.shape[-1], crops.shape[-1]), np.float32)
     if chosen:
-        cams[chosen] = normalise_maps(cam.maps(crops[chosen]))
+        if maps is None:
+            if cam is None:
+                raise ValueError("no CAM model and no precomputed maps to explain with")
+            maps = np.zeros_like(cams)
+            maps[chosen] = cam.maps(crops[chosen])
+        cams[chosen] = normalise_maps(maps[chosen])
     picture = render_board(image, regions, cams, truths, title)
     if chosen:  # the explained regions enlarged beside the board, so the heatmaps are legible
         kinds = [regions[i].defect_type for i in chosen]
@@ -180,13 +192,16 @@ def save_explanation(
 
 
 class Explainer:
-    """A model folder's CAM model, loaded once, to explain verdicts as PNGs.
+    """A model's CAM heatmaps, loaded once, to explain verdicts as PNGs.
 
     ``Explainer(model_dir).save(path, image, crops, verdict.regions, thresholds)`` writes the
     heatmaps of a board's failed or doubtful regions (``crops`` are the classifier's crops of
     ``verdict.regions``, e.g. from :func:`inspection.crops.make_crops`). ``backend``
     "openvino" (the default) reads the FP32 IR and never imports torch; "torch" loads the
-    weights into the torch module.
+    weights into the torch module. With ``served`` (a classifier loaded with its feature
+    output) no second model is loaded: :meth:`save` is given the feature maps and
+    probabilities of the inference that decided, so the heatmap explains the served model
+    (INT8 included) at the cost of a few array operations.
     """
 
     def __init__(
@@ -195,12 +210,18 @@ class Explainer:
         backend: Literal["openvino", "torch"] = "openvino",
         device: str = "CPU",
         threads: int | None = None,
+        served: FeatureClassifier | None = None,
     ) -> None:
         from inspection.model.registry import load_card
 
         self.card = load_card(model_dir)
-        self.cam: CamModel
-        if backend == "openvino":
+        self.cam: CamModel | None = None
+        self.weight: np.ndarray | None = None
+        if served is not None:
+            if served.cam_weight is None:
+                raise ValueError(f"model {served.version} was loaded without its feature output")
+            self.weight = served.cam_weight
+        elif backend == "openvino":
             self.cam = OpenVINOCam(model_dir, device, threads)
         elif backend == "torch":
             from inspection.backends.torch_backend import load_module
@@ -209,6 +230,10 @@ class Explainer:
         else:
             raise ValueError(f"backend must be 'openvino' or 'torch', got {backend!r}")
 
+    @property
+    def uses_served_features(self) -> bool:
+        return self.weight is not None
+
     def save(
         self,
         path: Path,
@@ -216,7 +241,22 @@ class Explainer:
         crops: np.ndarray,
         regions: Sequence[RegionVerdict],
         thresholds: Thresholds | None = None,
+        features: np.ndarray | None = None,
+        probs: np.ndarray | None = None,
     ) -> Path | None:
-        return save_explanation(
-            path, image, crops, regions, self.cam, thresholds or self.card.thresholds
-        )
+        """Write the explanation PNG (see :func:`save_explanation`). ``features`` and
+        ``probs``: the served inference's feature maps and probabilities of ``crops``
+        (required when the explainer was built on a served classifier)."""
+        thresholds = thresholds or self.card.thresholds
+        maps = None
+        if self.weight is not None:
+            if features is None or probs is None:
+                raise ValueError("this explainer needs the served model's features and probs")
+            chosen = explained_indices(regions, thresholds)
+            size = crops.shape[-1]
+            maps = np.zeros((len(regions), size, size), np.float32)
+            if chosen:
+                maps[chosen] = cam_from_features(
+                    features[chosen], self.weight, probs[chosen].argmax(1), size
+                )
+        return save_explanation(path, image, crops, regions, self.cam, thresholds, maps=maps)

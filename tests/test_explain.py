@@ -126,3 +126,44 @@ def test_openvino_cam_matches_the_torch_cam(arch: str, tmp_path: Path) -> None:
         atol=1e-3,
     )
     assert OpenVINOCam(model_dir).maps(crops[:0]).shape == (0, 64, 64)
+
+
+@pytest.mark.parametrize("backend", ["openvino", "torch"])
+def test_heatmaps_from_the_served_inference_match_a_separate_cam_model(
+    backend: str, tmp_path: Path
+) -> None:
+    """A worker explains from the feature maps of the inference that decided: the same
+    probabilities as a plain classifier, and the same maps as a second CAM model, with one
+    forward pass."""
+    from inspection.backends import FeatureClassifier, load_classifier
+    from inspection.explain import Explainer
+    from inspection.model.registry import ModelCard, save_model
+
+    torch.manual_seed(2)
+    module = build_model("small", 7, pretrained=False)
+    model_dir = save_model(module, ModelCard(version="served-cam", arch="small"), tmp_path)
+    crops = np.random.default_rng(3).integers(0, 256, size=(6, 3, 64, 64), dtype=np.uint8)
+    served = load_classifier(model_dir, backend=backend, features=True)  # type: ignore[arg-type]
+    assert isinstance(served, FeatureClassifier)
+    probs, features = served.predict_with_features(crops)
+    plain = load_classifier(model_dir, backend=backend)  # type: ignore[arg-type]
+    np.testing.assert_allclose(probs, plain.predict_proba(crops), atol=1e-5)
+    assert features.shape[0] == 6 and features.ndim == 4
+    regions = [
+        RegionVerdict(box=Box(x1=10 * i, y1=10, x2=10 * i + 30, y2=40), score=0.9, type_score=0.9,
+                      defect_type=DefectType.SHORT)
+        for i in range(6)
+    ]  # fmt: skip
+    from inspection.cam import cam_from_features
+
+    maps = cam_from_features(features, served.cam_weight, probs.argmax(1), 64)  # type: ignore[arg-type]
+    expected = TorchCam(module).maps(crops)
+    scale = float(np.abs(expected).max())
+    assert np.abs(maps - expected).max() <= 1e-3 * scale
+    image = np.full((200, 200), 255, np.uint8)
+    explainer = Explainer(model_dir, served=served)
+    assert explainer.uses_served_features and explainer.cam is None
+    path = explainer.save(tmp_path / "e.png", image, crops, regions, features=features, probs=probs)
+    assert path is not None and cv2.imread(str(path)) is not None
+    with pytest.raises(ValueError, match="features"):
+        explainer.save(tmp_path / "f.png", image, crops, regions)

@@ -178,7 +178,9 @@ def test_an_explanation_that_fails_is_a_dead_letter_not_a_silent_gap(
     inspector: Inspector,
 ) -> None:
     class Broken:
-        def save(self, *args: object) -> object:
+        uses_served_features = False
+
+        def save(self, *args: object, **kwargs: object) -> object:
             raise OSError("disk full")
 
     inspector.explainer = Broken()  # type: ignore[assignment]

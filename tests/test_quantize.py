@@ -88,3 +88,28 @@ def test_workers_serve_the_int8_ir_when_the_settings_say_so(
     expected = load_classifier(model_dir, backend="openvino", threads=2, variant="int8")
     assert getattr(served.classifier, "variant", None) == "int8"
     assert np.array_equal(served.classifier.predict_proba(crops), expected.predict_proba(crops))
+
+
+def test_an_int8_worker_explains_with_the_int8_models_own_feature_maps(
+    trained_small: tuple[Path, np.ndarray],
+) -> None:
+    """No second (FP32) model for heatmaps: the INT8 IR's feature output and its dequantized
+    last-layer weight give the maps, close to the FP32 model's (same network, quantized)."""
+    from infra.settings import load_settings
+    from inspection.cam import cam_from_features, normalise_maps
+    from workers.model_swap import load_served
+
+    model_dir, crops = trained_small
+    settings = load_settings(model={"variant": "int8", "threads": 2}, worker={"explain": True})
+    served = load_served(settings, model_dir)
+    assert served.explainer is not None and served.explainer.uses_served_features
+    _, feats8 = served.classifier.predict_with_features(crops[:32])  # type: ignore[attr-defined]
+    fp32 = load_classifier(model_dir, backend="openvino", threads=2, features=True)
+    probs32, feats32 = fp32.predict_with_features(crops[:32])  # type: ignore[attr-defined]
+    assert not np.array_equal(feats8, feats32)  # really the quantized network's features
+    cls = probs32.argmax(1)
+    m8 = normalise_maps(cam_from_features(feats8, served.explainer.weight, cls, 64))  # type: ignore[arg-type]
+    m32 = normalise_maps(cam_from_features(feats32, fp32.cam_weight, cls, 64))  # type: ignore[attr-defined]
+    # quantization moves the maps a little, not their shape
+    corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(m8, m32, strict=True)]
+    assert np.nanmedian(corr) > 0.9

@@ -182,8 +182,11 @@ class Inspector:
         crops: np.ndarray,
         regions: list[RegionVerdict],
         model: ServedModel | None = None,
+        served: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> str | None:
-        """Heatmaps of the failed or doubtful regions as a PNG in the object store; its URI."""
+        """Heatmaps of the failed or doubtful regions as a PNG in the object store; its URI.
+        ``served``: (probs, feature maps) of the inference that decided, when the classifier
+        returns its features."""
         model = model or self.model_for("")
         if model.explainer is None:
             return None
@@ -194,7 +197,10 @@ class Inspector:
         )
         path = self.store.root / "explanations" / f"{name}.png"
         try:
-            saved = model.explainer.save(path, image, crops, regions, model.thresholds)
+            probs, features = served if served is not None else (None, None)
+            saved = model.explainer.save(
+                path, image, crops, regions, model.thresholds, features=features, probs=probs
+            )
         except Exception as exc:  # the verdict promises an explanation: dead-letter, not loop
             raise InspectionError("explain", f"{type(exc).__name__}: {exc}") from exc
         return saved.as_uri() if saved is not None else None
@@ -272,13 +278,18 @@ class Inspector:
         t2 = time.perf_counter()
         try:
             crops = make_crops(image, template, boxes, model.classifier.input_size, aligned=True)
-            probs = model.classifier.predict_proba(crops)
+            served = None
+            if model.explainer is not None and model.explainer.uses_served_features:
+                probs, features = model.classifier.predict_with_features(crops)  # type: ignore[attr-defined]
+                served = (probs, features)
+            else:
+                probs = model.classifier.predict_proba(crops)
             regions = region_verdicts(boxes, probs)
         except Exception as exc:  # a poison board must not block its partition
             raise InspectionError("classify", f"{type(exc).__name__}: {exc}") from exc
         score = board_score(regions)
         t3 = time.perf_counter()
-        explanation = self.explain(event.event_id, image, crops, regions, model)
+        explanation = self.explain(event.event_id, image, crops, regions, model, served)
         label = decide(model.thresholds, score)
         image_uri = self.keep_image(event, label, data)
         t4 = time.perf_counter()

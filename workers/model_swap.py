@@ -28,28 +28,30 @@ log = logging.getLogger("linecheck.worker.models")
 def load_served(settings: Settings, model_dir: Path) -> ServedModel:
     """A registered model as this worker serves it (backend, device and threads of the
     settings; heatmaps from the serving runtime when explanations are on)."""
-    from inspection.backends import load_classifier
+    from inspection.backends import FeatureClassifier, load_classifier
     from inspection.model.registry import load_card
 
+    explain = settings.worker.explain
     classifier = load_classifier(
         model_dir,
         backend=settings.model.backend,
         device=settings.model.device,
         threads=settings.model.threads,
         variant=settings.model.variant,
+        features=explain,
     )
     explainer = None
-    if settings.worker.explain:
+    if explain:
         from inspection.explain import Explainer
 
-        # the serving backend's own runtime: an OpenVINO worker never loads torch
-        on_openvino = settings.model.backend == "openvino"
-        explainer = Explainer(
-            model_dir,
-            backend=settings.model.backend,
-            device=(settings.model.device or "CPU") if on_openvino else "CPU",
-            threads=settings.model.threads,
-        )
+        if isinstance(classifier, FeatureClassifier) and classifier.cam_weight is not None:
+            # heatmaps from the deciding inference's own feature maps: no second model, and
+            # the heatmap explains the model served (INT8 included)
+            explainer = Explainer(model_dir, served=classifier)
+        else:  # a boosted-tree head: the CNN's FP32 IR beside it
+            explainer = Explainer(
+                model_dir, device=settings.model.device or "CPU", threads=settings.model.threads
+            )
     return ServedModel(classifier, load_card(model_dir).require_thresholds(), explainer)
 
 

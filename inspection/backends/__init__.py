@@ -9,14 +9,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from inspection.backends.base import Classifier
+from inspection.backends.base import Classifier, FeatureClassifier
 
 Backend = Literal["openvino", "torch"]
 BACKENDS: tuple[Backend, ...] = ("openvino", "torch")
 Variant = Literal["fp32", "int8"]
 VARIANTS: tuple[Variant, ...] = ("fp32", "int8")
 
-__all__ = ["BACKENDS", "VARIANTS", "Backend", "Classifier", "Variant", "load_classifier"]
+__all__ = [
+    "BACKENDS",
+    "VARIANTS",
+    "Backend",
+    "Classifier",
+    "FeatureClassifier",
+    "Variant",
+    "load_classifier",
+]
 
 
 def load_classifier(
@@ -26,6 +34,7 @@ def load_classifier(
     threads: int | None = None,
     hint: Literal["latency", "throughput"] = "latency",
     variant: Variant = "fp32",
+    features: bool = False,
 ) -> Classifier:
     """Load the model in ``model_dir`` (a registry folder) on the chosen backend.
 
@@ -33,7 +42,8 @@ def load_classifier(
     ("cpu" by default, "cuda", "cuda:1"). ``threads``: inference threads on the CPU (OpenVINO:
     per compiled model; torch: process-wide ``torch.set_num_threads``). ``hint``: OpenVINO's
     performance hint (ignored by torch). ``variant``: "fp32" (default) or "int8", the NNCF
-    post-training-quantized IR saved beside it (OpenVINO only).
+    post-training-quantized IR saved beside it (OpenVINO only). ``features``: OpenVINO also
+    returns the last feature maps (for heatmaps; the torch backend always can).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {list(VARIANTS)}")
@@ -51,7 +61,12 @@ def load_classifier(
         from inspection.backends.openvino_backend import OpenVINOClassifier
 
         return OpenVINOClassifier(
-            model_dir, device=device or "CPU", threads=threads, hint=hint, variant=variant
+            model_dir,
+            device=device or "CPU",
+            threads=threads,
+            hint=hint,
+            variant=variant,
+            features=features,
         )
     if backend == "torch":
         from inspection.backends.torch_backend import TorchClassifier

@@ -21,3 +21,16 @@ class Classifier(Protocol):
     input_size: int
 
     def predict_proba(self, crops: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class FeatureClassifier(Classifier, Protocol):
+    """A classifier that also returns the last feature maps of the inference that decided,
+    for class-activation heatmaps without a second model (:mod:`inspection.cam`).
+
+    ``cam_weight``: the (classes, channels) weight of the final linear layer, or None when
+    the classifier was loaded without its feature output."""
+
+    cam_weight: np.ndarray | None
+
+    def predict_with_features(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...

@@ -24,7 +24,10 @@ class OpenVINOClassifier:
     requests. ``precision``: the inference precision hint; by default f32 on the CPU (so
     that results match the torch model; a CPU with bf16 support would otherwise run bf16) and
     the device's default elsewhere. ``variant``: "fp32" reads ``model.xml``, "int8" the NNCF
-    post-training-quantized ``model_int8.xml`` beside it.
+    post-training-quantized ``model_int8.xml`` beside it. ``features``: also return the
+    last feature maps (the input of the global pooling, an extra output of the IR), so that
+    class-activation heatmaps come from the same inference that decided
+    (:meth:`predict_with_features`, :attr:`cam_weight`).
     """
 
     def __init__(
@@ -35,6 +38,7 @@ class OpenVINOClassifier:
         hint: Literal["latency", "throughput"] = "latency",
         precision: Literal["f32", "bf16", "f16"] | None = None,
         variant: Literal["fp32", "int8"] = "fp32",
+        features: bool = False,
     ) -> None:
         model_dir = Path(model_dir)
         card = load_card(model_dir)
@@ -73,6 +77,12 @@ class OpenVINOClassifier:
                 f"{xml}: input shape {shape} does not fit the card's input_size "
                 f"{self.input_size} (expected {expected}, one output)"
             )
+        self.cam_weight: np.ndarray | None = None
+        if features:
+            from inspection.cam import pool_and_weight
+
+            pool, self.cam_weight = pool_and_weight(model, xml)
+            model.add_outputs([pool.input_value(0)])
         self._compiled = core.compile_model(model, device, config)
         self._request = self._compiled.create_infer_request()
         self._nreq = (
@@ -86,30 +96,46 @@ class OpenVINOClassifier:
         self._lock = threading.Lock()
 
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        return self._run(crops)[0]
+
+    def predict_with_features(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (N, classes) and the last feature maps (N, C, h, w) of one inference
+        (the classifier must be built with ``features=True``)."""
+        if self.cam_weight is None:
+            raise RuntimeError(f"model {self.version} was loaded without its feature output")
+        probs, feats = self._run(crops)
+        assert feats is not None
+        return probs, feats
+
+    def _run(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         x = preprocess(crops, self.input_size)
         n = x.shape[0]
+        with_features = self.cam_weight is not None
         if n == 0:
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
+            return np.zeros((0, len(self.classes)), dtype=np.float32), (
+                np.zeros((0, 0, 0, 0), np.float32) if with_features else None
+            )
         with self._lock:
             if self._queue is not None and n >= 2 * self._nreq:
-                logits = self._infer_parallel(x)
+                outs = self._infer_parallel(x)
             else:
                 self._request.infer({0: x})
-                logits = self._request.get_output_tensor(0).data.copy()
+                outs = [t.data.copy() for t in self._request.output_tensors]
+        logits = outs[0]
         if logits.shape != (n, len(self.classes)):
             raise RuntimeError(
                 f"model {self.version} returned logits {logits.shape}, expected "
                 f"({n}, {len(self.classes)})"
             )
-        return softmax(logits)
+        return softmax(logits), (outs[1] if with_features else None)
 
-    def _infer_parallel(self, x: np.ndarray) -> np.ndarray:
+    def _infer_parallel(self, x: np.ndarray) -> list[np.ndarray]:
         assert self._queue is not None
         chunks = np.array_split(x, self._nreq)
-        results: list[np.ndarray | None] = [None] * len(chunks)
+        results: list[list[np.ndarray] | None] = [None] * len(chunks)
 
         def done(request: ov.InferRequest, index: int) -> None:
-            results[index] = request.get_output_tensor(0).data.copy()
+            results[index] = [t.data.copy() for t in request.output_tensors]
 
         self._queue.set_callback(done)
         for i, chunk in enumerate(chunks):
@@ -118,4 +144,5 @@ class OpenVINOClassifier:
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
             raise RuntimeError(f"OpenVINO returned no result for chunks {missing}")
-        return np.concatenate([r for r in results if r is not None])
+        done_parts = [r for r in results if r is not None]
+        return [np.concatenate([r[k] for r in done_parts]) for k in range(len(done_parts[0]))]

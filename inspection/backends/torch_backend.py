@@ -50,6 +50,11 @@ class TorchClassifier:
             torch.set_num_threads(threads)
         self.module = load_module(model_dir, card).to(dev).eval()
 
+        # CAM: the final linear layer's weight, for heatmaps from the deciding inference
+        self.cam_weight: np.ndarray | None = (
+            self.module.classifier.weight.detach().float().cpu().numpy()
+        )
+
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:
         x = preprocess(crops, self.input_size)
         if x.shape[0] == 0:
@@ -57,3 +62,13 @@ class TorchClassifier:
         with torch.inference_mode():
             logits = self.module(torch.from_numpy(x).to(self.device))
         return softmax(logits.float().cpu().numpy())
+
+    def predict_with_features(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and the last feature maps (N, C, h, w) of one forward pass."""
+        x = preprocess(crops, self.input_size)
+        if x.shape[0] == 0:
+            return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0, 0, 0), np.float32)
+        with torch.inference_mode():
+            feats = self.module.features(torch.from_numpy(x).to(self.device))
+            logits = self.module.classifier(feats.mean(dim=(2, 3)))
+        return softmax(logits.float().cpu().numpy()), feats.float().cpu().numpy()
