@@ -40,18 +40,34 @@ def broker_config(delivery_timeout_ms: int | None = None) -> ConfluentConfig:
     return config
 
 
-async def store_processed(msg: KafkaMessage, records: tuple[Any, ...]) -> None:
+def confluent_consumer(msg: KafkaMessage) -> Any:
+    """The confluent ``Consumer`` that polled ``msg``."""
+    return msg.consumer.consumer  # type: ignore[attr-defined]
+
+
+async def store_processed(consumer: Any, records: tuple[Any, ...]) -> None:
     """Mark a batch as processed: store, per partition, the offset after its last record
-    (what FastStream's ack then commits)."""
+    (what FastStream's ack then commits). ``consumer``: the confluent ``Consumer``."""
     from confluent_kafka import TopicPartition
 
     last: dict[tuple[str, int], int] = {}
     for r in records:
         key = (r.topic(), r.partition())
         last[key] = max(last.get(key, -1), r.offset())
-    consumer = msg.consumer.consumer  # type: ignore[attr-defined]  # the confluent Consumer
     await anyio.to_thread.run_sync(
         lambda: consumer.store_offsets(
             offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
         )
     )
+
+
+def commit_stored(consumer: Any) -> None:
+    """Commit the stored offsets now, synchronously (from a rebalance callback); nothing
+    stored is not an error."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    try:
+        consumer.commit(asynchronous=False)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError._NO_OFFSET:
+            raise

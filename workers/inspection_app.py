@@ -1,13 +1,15 @@
 """The worker: a FastStream (confluent) application around `Inspector`.
 
 Delivery is at least once, with idempotent sinks. The worker consumes batches (up to
-`kafka.batch_size` events, whatever the poll returned): it inspects each event, writes the
-batch's audit rows in one statement (a redelivered event gets its audited verdict, a reused
-id with another payload is a `conflict` dead letter), publishes the verdicts and dead letters
-(waiting for the broker's acks), stores the batch's offsets, and only then FastStream commits
-them (AckPolicy.NACK_ON_ERROR: a sink failure raises, backs off and seeks back, so it stops
-the commit, not the data). Bad input never raises: it becomes a dead letter and the offset
-moves on. Redis is a cache: its failures are logged and counted, never fatal.
+`kafka.batch_size` events, whatever the poll returned) and inspects each event. The batch's
+sinks then run in the background while the next batch is inspected
+(:mod:`workers.batch_sinks`): its audit rows in one statement (a redelivered event gets its
+audited verdict, a reused id with another payload is a `conflict` dead letter), then its
+verdicts and dead letters (waiting for the broker's acks), then its offsets are stored, and
+FastStream's next commit takes them. Sinks run one batch at a time in poll order; a batch
+whose sinks fail is rewound with the batch inspected behind it, after a backoff, so an outage
+stops the commit, not the data. Bad input never raises: it becomes a dead letter and the
+offset moves on. Redis is a cache: its failures are logged and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from infra.settings import Settings
 from schemas.events import DeadLetter, Verdict
 from workers import metrics
 from workers.audit_sink import AuditBatch, AuditStore, LiveStats
-from workers.delivery import Backoff, broker_config, store_processed
+from workers.batch_sinks import BatchResult, SinkPipeline, rewind
+from workers.delivery import Backoff, broker_config, commit_stored, confluent_consumer
 from workers.inspector import Inspector, SourceInfo
 from workers.messages import default_worker_name
 from workers.model_swap import ModelSwapper, load_served
@@ -197,7 +200,6 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
         description="Messages that could not be processed: the original, the stage and why",
     )
     state: dict[str, WorkerContext] = {}
-    backoff = Backoff()
     ready_file = settings.worker.ready_file
 
     def on_assign(consumer: Any, partitions: list[Any]) -> None:
@@ -212,6 +214,13 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             ready_file.touch()
 
     def on_revoke(consumer: Any, partitions: list[Any]) -> None:
+        # let the batch in flight finish and commit it before the partitions move, so that
+        # their new owner does not redo it (it would be decided once anyway: the sinks dedupe)
+        try:
+            if pipeline.drain_blocking(poll_budget_s(settings)):
+                commit_stored(consumer)
+        except Exception as exc:  # the new owner redoes the batch: the sinks dedupe
+            log.warning("could not commit before the rebalance: %s", exc)
         metrics.ASSIGNED.set(0)
         log.info("revoked %d partition(s) of %s", len(partitions), topics.flagged)
 
@@ -257,49 +266,23 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             return out
 
         results = await anyio.to_thread.run_sync(inspect_all)
-        shadowed = ctx.inspector.take_shadow_decisions()
-        decided = [
-            (r, s, b)
-            for r, s, b in zip(results, sources, bodies, strict=True)
-            if isinstance(r, Verdict)
-        ]
-        dead = [(r, s) for r, s in zip(results, sources, strict=True) if isinstance(r, DeadLetter)]
-        try:
-            # Audit rows first: while the database is down nothing is published, so a
-            # retried batch does not flood the MES with copies of its verdicts.
-            audit = await anyio.to_thread.run_sync(
-                ctx.audit.record_batch, [(v, s.partition, s.offset) for v, s, _ in decided]
-            )
-            publish: list[Verdict] = []
-            for verdict, source, body in decided:
-                chosen = audit.resolve(verdict)
-                if chosen is None:  # a conflict, or a row the database refused: never retried
-                    dead.append((refused_letter(body, source, verdict, audit, ctx), source))
-                else:
-                    publish.append(chosen)  # a redelivery gets the verdict already audited
-            if shadowed:  # beside the audit rows of the boards they shadow; never published
-                kept = {v.event_id for v in publish}
-                await anyio.to_thread.run_sync(
-                    record_shadows, ctx.audit.engine, [d for d in shadowed if d.event_id in kept]
-                )
-            # The same event twice in one batch is new once: counters count each event once.
-            first_seen = {v.event_id: v for v in publish if v.event_id in audit.new}
-            await asyncio.gather(
-                *(verdicts.publish(v, key=f"{v.line}:{v.board_serial}".encode()) for v in publish),
-                *(deadletters.publish(letter, key=s.key) for letter, s in dead),
-            )
-        except Exception as exc:
-            # Not committed: FastStream seeks back and the batch is processed again (the sinks
-            # are idempotent). Back off so that an outage is not a busy loop.
-            delay = backoff.failed()
-            log.error(
-                "sinks failed for a batch of %d (%s); retrying in %.1fs", len(results), exc, delay
-            )
-            metrics.SINK_FAILURES.inc()
-            await anyio.sleep(delay)
-            raise
-        backoff.reset()
-        await store_processed(msg, records)
+        batch = BatchResult(
+            results,
+            sources,
+            bodies,
+            records,
+            confluent_consumer(msg),
+            ctx.inspector.take_shadow_decisions(),
+        )
+        # the previous batch's sinks ran while this one was inspected
+        failed = await pipeline.wait()
+        if failed is not None:
+            # this batch comes after the one that failed: consume both again, after a pause
+            previous, pause = failed
+            await rewind(batch.consumer, previous.records, batch.records)
+            await anyio.sleep(pause)
+            return
+        pipeline.start(batch)
         took = time.monotonic() - began
         if took * 1e3 > settings.kafka.max_poll_interval_ms:
             # The group has evicted this consumer mid-batch (its partitions went to others,
@@ -314,6 +297,44 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             )
             metrics.POLL_OVERRUNS.inc()
             os._exit(EXIT_EVICTED)
+
+    async def sink(batch: BatchResult) -> None:
+        """Audit rows, then verdicts and dead letters, then the live counters (raises when
+        a sink fails: the pipeline rewinds the batch)."""
+        ctx = state["ctx"]
+        decided = [
+            (r, s, b)
+            for r, s, b in zip(batch.results, batch.sources, batch.bodies, strict=True)
+            if isinstance(r, Verdict)
+        ]
+        dead = [
+            (r, s)
+            for r, s in zip(batch.results, batch.sources, strict=True)
+            if isinstance(r, DeadLetter)
+        ]
+        # Audit rows first: while the database is down nothing is published, so a retried
+        # batch does not flood the MES with copies of its verdicts.
+        audit = await anyio.to_thread.run_sync(
+            ctx.audit.record_batch, [(v, s.partition, s.offset) for v, s, _ in decided]
+        )
+        publish: list[Verdict] = []
+        for verdict, source, body in decided:
+            chosen = audit.resolve(verdict)
+            if chosen is None:  # a conflict, or a row the database refused: never retried
+                dead.append((refused_letter(body, source, verdict, audit, ctx), source))
+            else:
+                publish.append(chosen)  # a redelivery gets the verdict already audited
+        if batch.shadowed:  # beside the audit rows of the boards they shadow; never published
+            kept = {v.event_id for v in publish}
+            await anyio.to_thread.run_sync(
+                record_shadows, ctx.audit.engine, [d for d in batch.shadowed if d.event_id in kept]
+            )
+        # The same event twice in one batch is new once: counters count each event once.
+        first_seen = {v.event_id: v for v in publish if v.event_id in audit.new}
+        await asyncio.gather(
+            *(verdicts.publish(v, key=f"{v.line}:{v.board_serial}".encode()) for v in publish),
+            *(deadletters.publish(letter, key=s.key) for letter, s in dead),
+        )
         for letter, source in dead:
             log.warning(
                 "dead-lettered %s/%s at %s: %s",
@@ -332,13 +353,15 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             )
         except Exception as exc:
             metrics.REDIS_FAILURES.inc()
-            log.error("live counters not updated for a batch of %d: %s", len(results), exc)
+            log.error("live counters not updated for a batch of %d: %s", len(batch.results), exc)
         for verdict in publish:
             metrics.observe(verdict, first_seen.pop(verdict.event_id, None) is not None)
         for letter, _ in dead:
             metrics.DEADLETTERS.labels(letter.stage).inc()
             if letter.stage == "conflict":
                 metrics.CONFLICTS.inc()
+
+    pipeline = SinkPipeline(sink, Backoff())
 
     app = FastStream(
         broker,
@@ -356,6 +379,10 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
         metrics.MODEL_LOADED.set(1)
         if settings.worker.metrics_port is not None:
             metrics.serve(settings.worker.metrics_port)
+
+    @app.on_shutdown
+    async def _drain() -> None:
+        await pipeline.wait()  # the last batch's sinks, before the broker closes
 
     @app.after_shutdown
     async def _close() -> None:

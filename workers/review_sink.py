@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from infra.object_store import ObjectStore
 from infra.settings import Settings
 from schemas.events import Alert, DeadLetter, ReviewOutcome, Verdict, VerdictLabel
-from workers.delivery import Backoff, broker_config, store_processed
+from workers.delivery import Backoff, broker_config, confluent_consumer, store_processed
 from workers.drift import BoardObservation, DriftMonitor, LabelObservation
 from workers.messages import dead_letter, decode_failure, default_worker_name
 from workers.review_store import OutcomeResult, ReviewRejected, ReviewStore
@@ -257,7 +257,7 @@ def create_review_sink_app(settings: Settings, sink: ReviewSink | None = None) -
             await anyio.sleep(delay)
             raise
         backoff.reset()
-        await store_processed(msg, (raw,))
+        await store_processed(confluent_consumer(msg), (raw,))
 
     common: dict[str, Any] = dict(
         auto_offset_reset="earliest",
