@@ -37,6 +37,13 @@ class KafkaSettings(_Section):
     batch_size: int = Field(
         default=16, ge=1, le=500, description="most events a worker takes from one poll"
     )
+    poll_wait_ms: int = Field(
+        default=10,
+        ge=1,
+        le=1_000,
+        description="a poll returns what has arrived after this, even short of batch_size: "
+        "bounds the wait a board adds to its latency on a quiet line",
+    )
     # Short session/poll limits: a crashed worker's partitions move quickly, and Tansu
     # completes a group join within the rebalance timeout.
     session_timeout_ms: int = Field(default=10_000, ge=1_000)

@@ -238,6 +238,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
         decoder=_raw_bodies,
         batch=True,  # one audit insert, one Redis round trip and one commit per batch
         max_records=settings.kafka.batch_size,
+        polling_interval=settings.kafka.poll_wait_ms / 1e3,
         on_assign=on_assign,
         on_revoke=on_revoke,
         title="flagged",

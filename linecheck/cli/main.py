@@ -307,3 +307,8 @@ def chaos(
             err.print(fault)
     if not report.ok:
         raise typer.Exit(1)
+
+
+from linecheck.cli.bench import register as _register_bench  # noqa: E402
+
+_register_bench(app)

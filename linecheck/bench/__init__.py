@@ -1,0 +1,105 @@
+"""`linecheck bench`: every throughput ratio of the pipeline from one run, on the same
+boards and the same machine (see BENCHMARKS.md for what each figure means).
+
+1. raw: the worker's per-board code in N processes, no Kafka (explanations on, then off);
+2. end to end: N `linecheck worker` processes on the embedded (or configured) servers,
+   saturation throughput with the default batch and with batches of one, then
+   publish-to-verdict latency at a fraction of saturation with open-loop Poisson arrivals;
+3. the classify stage alone: OpenVINO vs torch eager, INT8 vs FP32, batched vs per crop;
+4. optionally (`--scale 1,2,4`): end-to-end saturation with each number of workers.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from infra.settings import Settings
+from linecheck.bench.classify import board_crops, compare
+from linecheck.bench.e2e import e2e_runs
+from linecheck.bench.raw import bench_events, raw_run
+from linecheck.embedded import services
+
+LATENCY_AT = 0.5  # the latency run's arrival rate, as a fraction of the saturation rate
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, np.float64), q))
+
+
+def run_bench(
+    settings: Settings,
+    *,
+    boards: int = 400,
+    workers: int = 2,
+    seed: int = 11,
+    scale: tuple[int, ...] = (),
+    classify_boards: int = 100,
+    external: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run every measurement and return them as one flat JSON-ready dict."""
+    from inspection.model.registry import load_card
+    from training.synthetic_model import ensure_model
+
+    console = console or Console(stderr=True)
+    if boards < 8:
+        raise ValueError(f"--boards must be at least 8, got {boards}")
+    model_dir = ensure_model(settings, console=console)
+    started = time.monotonic()
+    out: dict[str, Any] = {
+        "model": model_dir.name,
+        "boards": boards,
+        "workers": workers,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "backend": settings.model.backend,
+        "batch_size": settings.kafka.batch_size,
+    }
+    with services(settings, external, console) as live:
+        with console.status(f"making {boards} boards"):
+            events = bench_events(live, boards, seed)
+        with console.status(f"raw: {workers} processes, explanations on"):
+            on = raw_run(live, events, workers)
+        with console.status(f"raw: {workers} processes, explanations off"):
+            off = raw_run(live, events, workers, LINECHECK_WORKER__EXPLAIN="false")
+        out.update(
+            raw_boards_per_s=on.boards_per_s,
+            raw_boards_per_s_no_explain=off.boards_per_s,
+            **{k: v for k, v in on.stage_ms.items()},
+            regions_per_board=on.regions_per_board,
+            explained_boards=on.explained / on.boards,
+            # per board on one core: what explanations add to the wall time of the whole code
+            explain_cost_ms=on.wall_ms_per_board - off.wall_ms_per_board,
+        )
+        with console.status(f"end to end: {workers} workers, batch {live.kafka.batch_size}"):
+            batched, paced = e2e_runs(live, events, workers, live.kafka.batch_size, "batched",
+                                      latency_at=LATENCY_AT)  # fmt: skip
+        assert paced is not None
+        with console.status(f"end to end: {workers} workers, batch 1"):
+            single, _ = e2e_runs(live, events, workers, 1, "unbatched")
+        out.update(
+            e2e_boards_per_s=batched.boards_per_s,
+            e2e_over_raw=batched.boards_per_s / on.boards_per_s,
+            e2e_unbatched_boards_per_s=single.boards_per_s,
+            batched_over_unbatched=batched.boards_per_s / single.boards_per_s,
+            latency_rate=paced.boards_per_s,
+            p50_ms=_percentile(paced.latency_ms, 50),
+            p99_ms=_percentile(paced.latency_ms, 99),
+            saturated_p50_ms=_percentile(batched.latency_ms, 50),
+        )
+        for n in scale:
+            with console.status(f"scaling: {n} worker(s)"):
+                run, _ = e2e_runs(live, events, n, live.kafka.batch_size, f"scale{n}")
+            out[f"e2e_boards_per_s_{n}_workers"] = run.boards_per_s
+    with console.status("classify stage: OpenVINO, torch, INT8"):
+        size = load_card(model_dir).input_size
+        crops = board_crops(seed, min(classify_boards, boards), size)
+        out.update(compare(model_dir, settings.work_dir, crops))
+    out["bench_seconds"] = time.monotonic() - started
+    return out

@@ -1,0 +1,115 @@
+"""The classify stage alone, on the regions the ROI stage finds on the bench boards: OpenVINO
+vs torch eager, INT8 vs FP32 (speed and detection F-score), and a board's crops in one
+call vs one call per crop. One thread, as a worker runs it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from inspection.backends import Classifier, load_classifier
+from inspection.crops import make_crops
+from inspection.roi import find_regions_aligned
+from schemas.events import Box, GroundTruth
+from training.detection_metrics import ImageResult, detection_metrics
+from training.scoring import detections_of
+
+
+@dataclass(frozen=True)
+class BoardCrops:
+    boxes: list[Box]
+    crops: np.ndarray
+    truths: list[GroundTruth]
+
+
+def board_crops(seed: int, boards: int, size: int) -> list[BoardCrops]:
+    """The ROI candidates and their classifier crops on ``boards`` synthetic boards of
+    generator ``seed`` (boards the synthetic model was not trained on for seed ≠ 0)."""
+    from board_data.synthetic import BoardGenerator
+
+    gen = BoardGenerator(seed=seed)
+    out = []
+    for i in range(boards):
+        board = gen.board(i)
+        boxes, aligned = find_regions_aligned(board.image, board.template)
+        crops = make_crops(board.image, aligned, boxes, size, aligned=True)
+        out.append(BoardCrops(boxes, crops, list(board.defects)))
+    return out
+
+
+def ms_per_board(classifier: Classifier, boards: list[BoardCrops], per_crop: bool = False) -> float:
+    """Mean ms per board to classify its crops (best of three passes: the least disturbed)."""
+    classifier.predict_proba(boards[0].crops)  # warm-up
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for b in boards:
+            if per_crop:
+                for crop in b.crops:
+                    classifier.predict_proba(crop[None])
+            else:
+                classifier.predict_proba(b.crops)
+        best = min(best, time.perf_counter() - start)
+    return best / len(boards) * 1e3
+
+
+def f_score(classifier: Classifier, boards: list[BoardCrops]) -> float:
+    """Detection F-score (DeepPCB protocol, IoU > 0.33, same type) on the boards."""
+    results = [
+        ImageResult(detections_of(b.boxes, classifier.predict_proba(b.crops)), b.truths)
+        for b in boards
+    ]
+    return float(detection_metrics(results)["f_score"])  # type: ignore[arg-type]
+
+
+def ensure_int8(model_dir: Path, work_dir: Path, size: int) -> Path:
+    """A folder with the model and its INT8 IR: the model's own when it has one, else a copy
+    in ``work_dir`` quantized with NNCF on crops of synthetic training boards (the registry
+    is left as it is)."""
+    from inspection.model.registry import IR_INT8_XML, clone_model
+
+    if (model_dir / IR_INT8_XML).is_file():
+        return model_dir
+    copy = work_dir / "bench-models" / model_dir.name
+    if not (copy / IR_INT8_XML).is_file():
+        from training.quantize import quantize_int8
+
+        if not copy.is_dir():
+            copy = clone_model(model_dir, model_dir.name, work_dir / "bench-models")
+        calibration = np.concatenate([b.crops for b in board_crops(0, 60, size) if len(b.crops)])
+        quantize_int8(copy, calibration)
+    return copy
+
+
+def compare(model_dir: Path, work_dir: Path, boards: list[BoardCrops]) -> dict[str, float]:
+    """Classify-stage ms per board for each runtime, their ratios, and INT8's F-score."""
+    fp32 = load_classifier(model_dir, backend="openvino", threads=1)
+    torch_eager = load_classifier(model_dir, backend="torch", threads=1)
+    int8 = load_classifier(
+        ensure_int8(model_dir, work_dir, fp32.input_size),
+        backend="openvino",
+        threads=1,
+        variant="int8",
+    )
+    ms = {
+        "openvino_fp32": ms_per_board(fp32, boards),
+        "openvino_int8": ms_per_board(int8, boards),
+        "torch_eager": ms_per_board(torch_eager, boards),
+        "openvino_fp32_per_crop": ms_per_board(fp32, boards, per_crop=True),
+    }
+    f32, f8 = f_score(fp32, boards), f_score(int8, boards)
+    return {
+        "classify_ms_openvino": ms["openvino_fp32"],
+        "classify_ms_torch": ms["torch_eager"],
+        "classify_ms_int8": ms["openvino_int8"],
+        "classify_ms_per_crop_calls": ms["openvino_fp32_per_crop"],
+        "openvino_over_torch": ms["torch_eager"] / ms["openvino_fp32"],
+        "int8_over_fp32": ms["openvino_fp32"] / ms["openvino_int8"],
+        "fp32_f_score": f32,
+        "int8_f_score": f8,
+        "int8_f_score_delta": f8 - f32,
+        "classify_batched_over_per_crop": ms["openvino_fp32_per_crop"] / ms["openvino_fp32"],
+    }

@@ -1,0 +1,177 @@
+"""End to end through the broker: N worker processes (`linecheck worker`) in one group
+consume pre-serialized boards, write audit rows and publish verdicts; throughput at
+saturation and publish-to-verdict latency under open-loop arrivals.
+
+Times come from the messages themselves: a board's publish time is taken when it is handed
+to the producer, its verdict's is the verdict message's timestamp (set by the worker's
+producer as it sends, after the audit row is written). Same machine, same clock.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from infra.db import upgrade
+from infra.kafka_admin import ensure_topics
+from infra.settings import Settings
+from linecheck.processes import WorkerProcess, start_workers, stop_workers, wait_ready
+from producers.publisher import producer_config
+from schemas.events import FlaggedBoard
+
+
+@dataclass(frozen=True)
+class E2eRun:
+    workers: int
+    batch_size: int
+    boards: int
+    boards_per_s: float  # first publish → last verdict
+    latency_ms: list[float]  # publish → verdict, per board
+
+
+def with_new_ids(events: list[bytes]) -> list[tuple[str, bytes]]:
+    """The same boards under fresh event ids (each run's boards are new to the audit
+    store: a repeated id would be a cheaper redelivery)."""
+    out = []
+    for raw in events:
+        event = FlaggedBoard.model_validate_json(raw).model_copy(
+            update={"event_id": uuid.uuid4().hex}
+        )
+        out.append((event.event_id, event.model_dump_json().encode()))
+    return out
+
+
+class VerdictWatch:
+    """Reads ``boards.verdicts`` from the start (all partitions assigned) and keeps the
+    first verdict timestamp of each event id."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topics.verdicts
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka.bootstrap_servers,
+                "group.id": f"linecheck-bench-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+            }
+        )
+        meta = self._consumer.list_topics(self.topic, timeout=30).topics[self.topic]
+        self._consumer.assign([TopicPartition(self.topic, p, 0) for p in meta.partitions])
+        self.seen: dict[str, float] = {}  # event id → verdict timestamp (s)
+
+    def wait_for(self, ids: set[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not ids <= self.seen.keys():
+            if time.monotonic() > deadline:
+                missing = len(ids - self.seen.keys())
+                raise TimeoutError(f"{missing} of {len(ids)} verdicts missing after {timeout}s")
+            for msg in self._consumer.consume(500, 0.2):
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise RuntimeError(f"reading {self.topic}: {error}")
+                value = msg.value()
+                if value is None:
+                    continue
+                event_id = json.loads(value)["event_id"]
+                self.seen.setdefault(event_id, msg.timestamp()[1] / 1e3)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def publish(
+    settings: Settings, events: list[tuple[str, bytes]], rate: float | None, seed: int = 0
+) -> dict[str, float]:
+    """Hand ``events`` to a producer, as fast as possible or at Poisson arrivals of mean
+    ``rate`` boards/s (open loop: the schedule does not wait for the workers); returns each
+    event's publish time."""
+    producer = Producer(producer_config(settings.kafka.bootstrap_servers))
+    gaps = (
+        np.random.default_rng(seed).exponential(1.0 / rate, len(events))
+        if rate
+        else np.zeros(len(events))
+    )
+    due = time.time()
+    sent: dict[str, float] = {}
+    for (event_id, value), gap in zip(events, gaps, strict=True):
+        due += float(gap)
+        wait = due - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        while True:
+            try:
+                producer.produce(settings.topics.flagged, value=value, key=event_id.encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        sent[event_id] = time.time()
+        producer.poll(0)
+    if producer.flush(60):
+        raise RuntimeError("the broker did not acknowledge every bench board")
+    return sent
+
+
+@contextmanager
+def worker_group(
+    live: Settings, workers: int, batch_size: int, run: str
+) -> Iterator[tuple[Settings, list[WorkerProcess]]]:
+    """``workers`` worker processes on topics and a group of their own (``run`` names them),
+    ready (model loaded, partitions held) when entered; stopped after."""
+    settings = live.model_copy(deep=True)
+    settings.kafka.topic_prefix = f"bench-{run}."
+    settings.kafka.group_id = f"bench-{run}"
+    settings.kafka.batch_size = batch_size
+    ensure_topics(settings.kafka.bootstrap_servers, settings.topics, settings.kafka.partitions)
+    procs = start_workers(settings, workers, Path(settings.work_dir) / "logs" / f"bench-{run}")
+    try:
+        wait_ready(procs)
+        yield settings, procs
+    finally:
+        stop_workers(procs)
+
+
+def measure(
+    settings: Settings, watch: VerdictWatch, events: list[bytes], rate: float | None
+) -> tuple[float, list[float]]:
+    """Boards/s (first publish → last verdict) and each board's publish → verdict ms."""
+    batch = with_new_ids(events)
+    sent = publish(settings, batch, rate)
+    watch.wait_for(set(sent), timeout=120 + 2.0 * len(batch))
+    done = [watch.seen[i] for i in sent]
+    elapsed = max(done) - min(sent.values())
+    latency = [(watch.seen[i] - t) * 1e3 for i, t in sent.items()]
+    return len(batch) / elapsed, latency
+
+
+def e2e_runs(
+    live: Settings,
+    events: list[bytes],
+    workers: int,
+    batch_size: int,
+    run: str,
+    latency_at: float | None = None,
+) -> tuple[E2eRun, E2eRun | None]:
+    """Saturation run (every board published at once) and, with ``latency_at`` (a fraction
+    of the saturation rate), an open-loop run at that rate on the same workers."""
+    upgrade(live.postgres.url.get_secret_value())
+    with worker_group(live, workers, batch_size, run) as (settings, _):
+        watch = VerdictWatch(settings)
+        try:
+            rate, latency = measure(settings, watch, events, None)
+            saturated = E2eRun(workers, batch_size, len(events), rate, latency)
+            paced = None
+            if latency_at is not None:
+                r, lat = measure(settings, watch, events, rate * latency_at)
+                paced = E2eRun(workers, batch_size, len(events), r, lat)
+        finally:
+            watch.close()
+    return saturated, paced
