@@ -4,7 +4,7 @@ board and its enlarged regions.
 - :func:`class_activation_maps`: a torch module's maps, crops in, (N, S, S) in [0, 1] out;
 - :func:`render_board`: a picture of a board with its regions, types and heatmaps, and
   :func:`zoom_panel`: the explained crops enlarged with their heatmaps;
-- :func:`save_explanation`: the PNG of one board's failed or doubtful regions (what a worker
+- :func:`save_explanation`: the picture of one board's failed or doubtful regions (what a worker
   writes beside a verdict);
 - :class:`Explainer`: a model folder's CAM model loaded once, for a worker (OpenVINO by
   default: a worker serving with OpenVINO never loads torch).
@@ -80,7 +80,7 @@ def render_board(
     box (red: called a defect, orange: "none" but scored ≥ 0.1, grey: clean) with type and
     score, and ground-truth boxes in green when given."""
     canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    canvas = (canvas.astype(np.float32) * 0.6 + 255 * 0.4).astype(np.uint8)  # lighten
+    canvas = cv2.convertScaleAbs(canvas, alpha=0.6, beta=255 * 0.4)  # lighten
     if cams is not None:
         if len(cams) != len(regions):
             raise ValueError(f"{len(cams)} heatmaps for {len(regions)} regions")
@@ -145,6 +145,15 @@ def explained_indices(regions: Sequence[RegionVerdict], thresholds: Thresholds |
     return [i for i, r in enumerate(regions) if needs_explaining(r, thresholds)]
 
 
+# A picture for people, written on the worker's hot path: JPEG at quality 90 encodes a
+# 640×900 explanation in ~2 ms, PNG (fastest settings) in 11–16 ms.
+_WRITE_PARAMS = {
+    ".jpg": [cv2.IMWRITE_JPEG_QUALITY, 90],
+    ".jpeg": [cv2.IMWRITE_JPEG_QUALITY, 90],
+    ".png": [cv2.IMWRITE_PNG_COMPRESSION, 1],
+}
+
+
 def save_explanation(
     path: Path,
     image: np.ndarray,
@@ -156,7 +165,8 @@ def save_explanation(
     title: str = "",
     maps: np.ndarray | None = None,
 ) -> Path | None:
-    """Write ``path`` (PNG): the board with CAM heatmaps of its failed or doubtful regions.
+    """Write ``path`` (JPEG or PNG, by its suffix): the board with CAM heatmaps of its
+    failed or doubtful regions.
 
     ``crops`` are the regions' classifier crops (one per region, same order). The raw maps
     come from ``maps`` (one per region, already computed from the served inference) or else
@@ -186,13 +196,13 @@ def save_explanation(
         picture = np.concatenate([picture, panel], axis=1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), picture, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+    if not cv2.imwrite(str(path), picture, _WRITE_PARAMS.get(path.suffix.lower(), [])):
         raise OSError(f"cannot write {path}")
     return path
 
 
 class Explainer:
-    """A model's CAM heatmaps, loaded once, to explain verdicts as PNGs.
+    """A model's CAM heatmaps, loaded once, to explain verdicts as pictures (JPEG or PNG).
 
     ``Explainer(model_dir).save(path, image, crops, verdict.regions, thresholds)`` writes the
     heatmaps of a board's failed or doubtful regions (``crops`` are the classifier's crops of
@@ -244,7 +254,7 @@ class Explainer:
         features: np.ndarray | None = None,
         probs: np.ndarray | None = None,
     ) -> Path | None:
-        """Write the explanation PNG (see :func:`save_explanation`). ``features`` and
+        """Write the explanation picture (see :func:`save_explanation`). ``features`` and
         ``probs``: the served inference's feature maps and probabilities of ``crops``
         (required when the explainer was built on a served classifier)."""
         thresholds = thresholds or self.card.thresholds

@@ -184,7 +184,7 @@ class Inspector:
         model: ServedModel | None = None,
         served: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> str | None:
-        """Heatmaps of the failed or doubtful regions as a PNG in the object store; its URI.
+        """Heatmaps of the failed or doubtful regions as a JPEG in the object store; its URI.
         ``served``: (probs, feature maps) of the inference that decided, when the classifier
         returns its features."""
         model = model or self.model_for("")
@@ -195,7 +195,7 @@ class Inspector:
             if _SAFE_NAME.match(event_id)
             else hashlib.sha256(event_id.encode()).hexdigest()
         )
-        path = self.store.root / "explanations" / f"{name}.png"
+        path = self.store.root / "explanations" / f"{name}.jpg"
         try:
             probs, features = served if served is not None else (None, None)
             saved = model.explainer.save(
