@@ -33,6 +33,7 @@ from infra.settings import Settings
 from schemas.events import DeadLetter, Verdict
 from workers import metrics
 from workers.audit_sink import AuditBatch, AuditStore, LiveStats
+from workers.batch_inspection import inspect_batch
 from workers.batch_sinks import BatchResult, SinkPipeline, rewind
 from workers.delivery import Backoff, broker_config, commit_stored, confluent_consumer
 from workers.inspector import Inspector, SourceInfo
@@ -259,12 +260,10 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
         def inspect_all() -> list[Verdict | DeadLetter]:
             if ctx.swapper is not None:  # between batches: a whole batch has one model set
                 ctx.swapper.refresh(ctx.inspector)
-            out = []
-            for body, source in zip(bodies, sources, strict=True):
-                if delay:
-                    time.sleep(delay)
-                out.append(ctx.inspector.process(body, source))
-            return out
+            # the crops of the whole batch go to the classifier in one call per model
+            return inspect_batch(
+                ctx.inspector, bodies, sources, (lambda: time.sleep(delay)) if delay else None
+            )
 
         results = await anyio.to_thread.run_sync(inspect_all)
         batch = BatchResult(

@@ -26,6 +26,7 @@ from inspection.model.registry import Thresholds
 from inspection.roi import find_regions_aligned, find_regions_recipe
 from inspection.verdict import board_score, decide, region_verdicts
 from schemas.events import (
+    Box,
     DeadLetter,
     FlaggedBoard,
     RegionVerdict,
@@ -66,6 +67,22 @@ class ServedModel:
     classifier: Classifier
     thresholds: Thresholds
     explainer: Explainer | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A board after decode, ROI and crops: what the classify stage takes."""
+
+    event: FlaggedBoard
+    model: ServedModel
+    data: bytes
+    image: np.ndarray
+    template: np.ndarray | None  # aligned to the board
+    boxes: list[Box]
+    crops: np.ndarray
+    decode_ms: float
+    roi_ms: float
+    crop_ms: float
 
 
 @dataclass(frozen=True)
@@ -241,7 +258,9 @@ class Inspector:
             **decided,
         )
 
-    def inspect(self, event: FlaggedBoard) -> Verdict:
+    def prepare(self, event: FlaggedBoard) -> Prepared | Verdict:
+        """Decode, ROI and crops: the board ready for the classify stage (or, for a review
+        product whose template is missing, its review verdict already)."""
         model = self.model_for(event.product)
         t0 = time.perf_counter()
         try:
@@ -278,46 +297,75 @@ class Inspector:
         t2 = time.perf_counter()
         try:
             crops = make_crops(image, template, boxes, model.classifier.input_size, aligned=True)
-            served = None
-            if model.explainer is not None and model.explainer.uses_served_features:
-                probs, features = model.classifier.predict_with_features(crops)  # type: ignore[attr-defined]
-                served = (probs, features)
-            else:
-                probs = model.classifier.predict_proba(crops)
-            regions = region_verdicts(boxes, probs)
         except Exception as exc:  # a poison board must not block its partition
             raise InspectionError("classify", f"{type(exc).__name__}: {exc}") from exc
-        score = board_score(regions)
         t3 = time.perf_counter()
-        explanation = self.explain(event.event_id, image, crops, regions, model, served)
-        label = decide(model.thresholds, score)
-        image_uri = self.keep_image(event, label, data)
-        t4 = time.perf_counter()
+        return Prepared(
+            event, model, data, image, template, boxes, crops,
+            decode_ms=(t1 - t0) * 1e3, roi_ms=(t2 - t1) * 1e3, crop_ms=(t3 - t2) * 1e3,
+        )  # fmt: skip
+
+    @staticmethod
+    def classify(model: ServedModel, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities of ``crops`` (any number of boards' crops at once), and the feature
+        maps of the same inference when the explainer uses them."""
+        try:
+            if model.explainer is not None and model.explainer.uses_served_features:
+                return model.classifier.predict_with_features(crops)  # type: ignore[attr-defined]
+            return model.classifier.predict_proba(crops), None
+        except Exception as exc:  # a poison board must not block its partition
+            raise InspectionError("classify", f"{type(exc).__name__}: {exc}") from exc
+
+    def finish(
+        self, p: Prepared, probs: np.ndarray, features: np.ndarray | None, classify_ms: float
+    ) -> Verdict:
+        """Regions, score, explanation and verdict of a prepared board from its crops'
+        probabilities (and feature maps)."""
+        t3 = time.perf_counter()
+        try:
+            regions = region_verdicts(p.boxes, probs)
+        except Exception as exc:
+            raise InspectionError("classify", f"{type(exc).__name__}: {exc}") from exc
+        score = board_score(regions)
+        served = (probs, features) if features is not None else None
+        explanation = self.explain(p.event.event_id, p.image, p.crops, regions, p.model, served)
+        label = decide(p.model.thresholds, score)
+        image_uri = self.keep_image(p.event, label, p.data)
+        explain_ms = (time.perf_counter() - t3) * 1e3
         # after the clock: a shadow's cost is not the active model's
-        shadows = [*self.shadows.get("*", []), *self.shadows.get(event.product, [])]
+        shadows = [*self.shadows.get("*", []), *self.shadows.get(p.event.product, [])]
         if shadows:
             from workers.shadow import score_shadows
 
             self.shadow_decisions += score_shadows(
-                event.event_id, self.worker, shadows, image, template, boxes, crops
+                p.event.event_id, self.worker, shadows, p.image, p.template, p.boxes, p.crops
             )
+        classify_ms += p.crop_ms
         return self._verdict(
-            event,
-            model,
+            p.event,
+            p.model,
             verdict=label,
             image_uri=image_uri,
             board_score=score,
             regions=regions,
-            roi_method="reference" if template is not None else "recipe",
+            roi_method="reference" if p.template is not None else "recipe",
             timings=StageTimings(
-                decode_ms=(t1 - t0) * 1e3,
-                roi_ms=(t2 - t1) * 1e3,
-                classify_ms=(t3 - t2) * 1e3,
-                explain_ms=(t4 - t3) * 1e3,
-                total_ms=(t4 - t0) * 1e3,
+                decode_ms=p.decode_ms,
+                roi_ms=p.roi_ms,
+                classify_ms=classify_ms,
+                explain_ms=explain_ms,
+                total_ms=p.decode_ms + p.roi_ms + classify_ms + explain_ms,
             ),
             explanation_uri=explanation,
         )
+
+    def inspect(self, event: FlaggedBoard) -> Verdict:
+        prepared = self.prepare(event)
+        if isinstance(prepared, Verdict):
+            return prepared
+        t = time.perf_counter()
+        probs, features = self.classify(prepared.model, prepared.crops)
+        return self.finish(prepared, probs, features, (time.perf_counter() - t) * 1e3)
 
     def process(self, raw: bytes, source: SourceInfo) -> Verdict | DeadLetter:
         """Decode, validate and inspect; bad input becomes a DeadLetter naming what was wrong."""

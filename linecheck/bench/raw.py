@@ -1,6 +1,7 @@
-"""The raw per-board pipeline: the worker's own code (``Inspector.process`` on serialized
-events: JSON validation, decode, ROI, crops, classifier, heatmaps) in N processes at once,
-without Kafka, PostgreSQL or Redis. What a worker could do if its I/O were free."""
+"""The raw per-board pipeline: the worker's own code (:func:`workers.batch_inspection.
+inspect_batch` on serialized events in the worker's batches: JSON validation, decode, ROI,
+crops, classifier, heatmaps) in N processes at once, without Kafka, PostgreSQL or Redis.
+What a worker could do if its I/O were free."""
 
 from __future__ import annotations
 
@@ -61,15 +62,21 @@ def _child(
     env: dict[str, str], events: list[bytes], barrier: Any, out: Any, index: int
 ) -> None:  # pragma: no cover - runs in a child process
     os.environ.update(env)
+    from workers.batch_inspection import inspect_batch
     from workers.inspection_app import build_inspector
     from workers.inspector import SourceInfo
 
-    inspector = build_inspector(load_settings())
+    settings = load_settings()
+    inspector = build_inspector(settings)
     source = SourceInfo(topic="bench")
     inspector.process(events[0], source)  # warm-up: first inference compiles kernels
     barrier.wait()
     start = time.perf_counter()
-    results = [inspector.process(e, source) for e in events]
+    results = []
+    size = settings.kafka.batch_size  # in the worker's batches, as a worker runs them
+    for at in range(0, len(events), size):
+        chunk = events[at : at + size]
+        results += inspect_batch(inspector, chunk, [source] * len(chunk))
     elapsed = time.perf_counter() - start
     rows = []
     for r in results:

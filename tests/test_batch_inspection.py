@@ -1,0 +1,100 @@
+"""A polled batch through the inspector with one classifier call: the same verdicts as
+board by board, and bad input isolated to its own event."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inspection.explain import Explainer
+from schemas.events import DeadLetter, Verdict
+from tests.test_inspector import SOURCE, _event
+from tests.test_inspector import inspector as inspector  # the fixture
+from workers.batch_inspection import inspect_batch
+from workers.inspector import Inspector
+
+
+class Counting:
+    """The served classifier, counting its calls; with ``refuse_batches`` it fails any call
+    with more crops than that (a device out of memory)."""
+
+    def __init__(self, inner: object, refuse_batches: int | None = None) -> None:
+        self.inner = inner
+        self.version = inner.version  # type: ignore[attr-defined]
+        self.input_size = inner.input_size  # type: ignore[attr-defined]
+        self.cam_weight = getattr(inner, "cam_weight", None)
+        self.calls: list[int] = []
+        self.refuse_batches = refuse_batches
+
+    def _check(self, crops: np.ndarray) -> None:
+        self.calls.append(len(crops))
+        if self.refuse_batches is not None and len(crops) > self.refuse_batches:
+            raise RuntimeError("batch too large for the device")
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        self._check(crops)
+        return self.inner.predict_proba(crops)  # type: ignore[attr-defined,no-any-return]
+
+    def predict_with_features(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._check(crops)
+        return self.inner.predict_with_features(crops)  # type: ignore[attr-defined,no-any-return]
+
+
+def test_a_batch_gives_the_verdicts_of_board_by_board_with_one_classifier_call(
+    inspector: Inspector, model_dir: Path
+) -> None:
+    from inspection.backends import load_classifier
+
+    served = load_classifier(model_dir, features=True)
+    inspector.classifier = Counting(served)  # type: ignore[assignment]
+    inspector.explainer = Explainer(model_dir, served=served)  # type: ignore[arg-type]
+    events = [_event(inspector, index=i, event_id=f"b-{i}") for i in range(6)]
+    bodies = [e.model_dump_json().encode() for e in events]
+    one_by_one = [inspector.process(b, SOURCE) for b in bodies]
+    calls_before = len(inspector.classifier.calls)  # type: ignore[attr-defined]
+    batched = inspect_batch(inspector, bodies, [SOURCE] * len(bodies))
+    assert len(inspector.classifier.calls) - calls_before == 1  # type: ignore[attr-defined]
+    for a, b in zip(one_by_one, batched, strict=True):
+        assert isinstance(a, Verdict) and isinstance(b, Verdict)
+        assert (a.event_id, a.verdict, len(a.regions)) == (b.event_id, b.verdict, len(b.regions))
+        assert b.board_score == pytest.approx(a.board_score, abs=1e-5)
+        assert (a.explanation_uri is None) == (b.explanation_uri is None)
+
+
+def test_bad_input_in_a_batch_is_its_own_dead_letter(inspector: Inspector) -> None:
+    good = [_event(inspector, index=i, event_id=f"g-{i}") for i in range(3)]
+    missing = _event(inspector, index=3, event_id="m", template_id="never-registered")
+    bodies = [
+        good[0].model_dump_json().encode(),
+        b'{"not": "an event"',
+        missing.model_dump_json().encode(),
+        good[1].model_dump_json().encode(),
+        good[2].model_dump_json().encode(),
+    ]
+    out = inspect_batch(inspector, bodies, [SOURCE] * len(bodies))
+    assert [type(r).__name__ for r in out] == [
+        "Verdict", "DeadLetter", "DeadLetter", "Verdict", "Verdict",
+    ]  # fmt: skip
+    assert isinstance(out[2], DeadLetter) and out[2].stage == "template"
+    assert [r.event_id for r in out if isinstance(r, Verdict)] == ["g-0", "g-1", "g-2"]
+
+
+def test_a_failed_batch_call_falls_back_to_one_call_per_board(inspector: Inspector) -> None:
+    inspector.classifier = Counting(inspector.classifier, refuse_batches=64)  # type: ignore[assignment]
+    events = [_event(inspector, index=i, event_id=f"f-{i}") for i in range(8)]
+    bodies = [e.model_dump_json().encode() for e in events]
+    sizes = []
+    for e in events:  # every board alone fits
+        prepared = inspector.prepare(e)
+        assert not isinstance(prepared, Verdict)
+        sizes.append(len(prepared.crops))
+    inspector.classifier.refuse_batches = max(sizes)  # type: ignore[attr-defined]
+    if sum(sizes) <= max(sizes):
+        pytest.skip("the generated boards have too few candidates to make a batch larger")
+    before = len(inspector.classifier.calls)  # type: ignore[attr-defined]
+    out = inspect_batch(inspector, bodies, [SOURCE] * len(bodies))
+    assert all(isinstance(r, Verdict) for r in out)
+    # the batch call failed, then each board went alone
+    assert inspector.classifier.calls[before:] == [sum(sizes), *sizes]  # type: ignore[attr-defined]

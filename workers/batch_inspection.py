@@ -1,0 +1,113 @@
+"""A polled batch of events through the inspector with one classifier call per model: the
+crops of every board in the batch go to the device together (on a GPU, batches that fill
+it; on a CPU, fewer calls), then each board is finished on its own.
+
+Bad input is isolated as in :meth:`workers.inspector.Inspector.process`: an event that
+fails to decode, align or crop is a dead letter and the rest of the batch goes on; if the
+batch's classifier call fails, its boards are classified one by one so that only the
+poison board becomes a dead letter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from pydantic import ValidationError
+
+from schemas.events import DeadLetter, FlaggedBoard, Verdict
+from workers.inspector import InspectionError, Inspector, Prepared, SourceInfo
+from workers.messages import decode_failure
+
+Result = Verdict | DeadLetter
+
+
+def inspect_batch(
+    inspector: Inspector,
+    bodies: Sequence[bytes],
+    sources: Sequence[SourceInfo],
+    before_each: Callable[[], None] | None = None,
+) -> list[Result]:
+    """One result per body, in order. ``before_each`` runs before each board (fault
+    injection in chaos runs)."""
+    results: list[Result | None] = [None] * len(bodies)
+    prepared: dict[int, Prepared] = {}
+    for i, (raw, source) in enumerate(zip(bodies, sources, strict=True)):
+        if before_each is not None:
+            before_each()
+        event_id: str | None = None
+        try:
+            event = FlaggedBoard.model_validate_json(raw)
+            event_id = event.event_id
+            ready = inspector.prepare(event)
+        except ValidationError as exc:
+            results[i] = inspector.dead_letter(raw, source, *decode_failure(exc), None)
+            continue
+        except InspectionError as exc:
+            results[i] = inspector.dead_letter(raw, source, exc.stage, exc.reason, event_id)
+            continue
+        if isinstance(ready, Verdict):
+            results[i] = ready
+        else:
+            prepared[i] = ready
+    groups: dict[int, list[int]] = {}
+    for i, p in prepared.items():  # one call per model: products may have their own
+        groups.setdefault(id(p.model.classifier), []).append(i)
+    for members in groups.values():
+        for i, result in _classify_group(inspector, [prepared[i] for i in members]):
+            results[members[i]] = (
+                result
+                if isinstance(result, Verdict)
+                else _letter(
+                    inspector, bodies[members[i]], sources[members[i]], prepared[members[i]], result
+                )
+            )
+    assert all(r is not None for r in results)
+    return [r for r in results if r is not None]
+
+
+def _letter(
+    inspector: Inspector, raw: bytes, source: SourceInfo, p: Prepared, exc: InspectionError
+) -> DeadLetter:
+    return inspector.dead_letter(raw, source, exc.stage, exc.reason, p.event.event_id)
+
+
+def _classify_group(
+    inspector: Inspector, boards: list[Prepared]
+) -> list[tuple[int, Verdict | InspectionError]]:
+    """Finish ``boards`` (same model) from one classifier call over all their crops; one call
+    per board if that fails."""
+    counts = [len(p.crops) for p in boards]
+    t = time.perf_counter()
+    try:
+        probs, features = Inspector.classify(
+            boards[0].model, np.concatenate([p.crops for p in boards])
+        )
+    except InspectionError:
+        return [(i, _one(inspector, p)) for i, p in enumerate(boards)]
+    elapsed_ms = (time.perf_counter() - t) * 1e3
+    total = max(1, sum(counts))
+    out: list[tuple[int, Verdict | InspectionError]] = []
+    start = 0
+    for i, (p, n) in enumerate(zip(boards, counts, strict=True)):
+        part = slice(start, start + n)
+        start += n
+        try:
+            verdict = inspector.finish(
+                p, probs[part], None if features is None else features[part], elapsed_ms * n / total
+            )
+        except InspectionError as exc:
+            out.append((i, exc))
+            continue
+        out.append((i, verdict))
+    return out
+
+
+def _one(inspector: Inspector, p: Prepared) -> Verdict | InspectionError:
+    t = time.perf_counter()
+    try:
+        probs, features = Inspector.classify(p.model, p.crops)
+        return inspector.finish(p, probs, features, (time.perf_counter() - t) * 1e3)
+    except InspectionError as exc:
+        return exc
