@@ -13,11 +13,14 @@ annotations, fit the defect pixels plus a margin of about 10 px.
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from inspection import roi_align as _align
 from schemas.events import Box
 
 
@@ -35,11 +38,20 @@ class RoiParams:
     """alignment search radius: a larger estimated shift is distrusted and ignored"""
     max_rotation_deg: float = 1.0
     """a larger estimated rotation is distrusted; the shift alone is used"""
+    max_stretch: float = 0.02
+    """the tile fit may absorb a scale change / shear up to this (line-scan stretch is ~1 %);
+    a larger one is distrusted and the global rigid fit is used"""
     local_tiles: int = 4
     """after the global fit, re-estimate the shift on a tiles×tiles grid (0 = off): line-scan
     boards stretch unevenly, so one rigid warp leaves 1–3 px offsets in places"""
     max_local_shift_px: float = 3.0
     """a tile whose residual shift is larger than this (or ill-defined) keeps the global fit"""
+    refine_iterations: int = 2
+    """Lucas–Kanade steps refining each tile's phase-correlation shift (0 = off)"""
+    registered_px: float = 0.25
+    """if the fitted motion moves no image corner by more than this, and no tile centre by
+    more than twice this, the board counts as registered and gets the template as it is
+    (no resampling; negative = never)"""
     tolerance_px: int = 2
     """a differing pixel within this distance of an edge in both images is taken for
     residual misregistration, not a defect"""
@@ -95,74 +107,11 @@ def estimate_alignment(
 
     Phase correlation gives the shift robustly; ECC (Euclidean) then refines shift and
     rotation from there. Both run on a blurred, downscaled copy: the binary edges carry all
-    the signal and blurring makes the ECC objective smooth.
+    the signal and blurring makes the ECC objective smooth. (`align_template` fits its
+    global motion to tile shifts instead, and uses this only where tiles cannot carry a fit.)
     """
     image, template = _check_pair(image, template)
-    identity = np.eye(2, 3, dtype=np.float32)
-    if not params.align:
-        return identity
-    s = params.align_scale
-    h, w = image.shape
-    size = (max(16, round(w * s)), max(16, round(h * s)))
-    a = cv2.GaussianBlur(cv2.resize(image, size, interpolation=cv2.INTER_AREA), (5, 5), 0)
-    b = cv2.GaussianBlur(cv2.resize(template, size, interpolation=cv2.INTER_AREA), (5, 5), 0)
-    a32, b32 = a.astype(np.float32), b.astype(np.float32)
-    if a32.std() < 1.0 or b32.std() < 1.0:
-        return identity  # a blank image has nothing to align on
-    (dx, dy), _ = cv2.phaseCorrelate(a32, b32)
-    if np.hypot(dx, dy) > params.max_shift_px * s:
-        dx, dy = 0.0, 0.0  # implausible peak (periodic pattern, blank area): trust the line
-    warp: np.ndarray = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
-    try:
-        criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-4)
-        everywhere = np.ones(a32.shape, np.uint8)
-        _, ecc = cv2.findTransformECC(
-            a32, b32, warp.copy(), cv2.MOTION_EUCLIDEAN, criteria, everywhere, 1
-        )
-        angle = np.degrees(np.arctan2(ecc[1, 0], ecc[0, 0]))
-        if (
-            abs(angle) <= params.max_rotation_deg
-            and np.hypot(ecc[0, 2], ecc[1, 2]) <= params.max_shift_px * s
-        ):
-            warp = ecc
-    except cv2.error:
-        pass  # ECC did not converge: the phase-correlation shift stands
-    # Map back to full size: with pixel centres u = (x + 0.5)·s − 0.5, a warp (R, t) on the
-    # small images is (R, t/s + c·(1 − R·1)) on the full ones, where c = (1/s − 1)/2.
-    full = warp.astype(np.float64)
-    c = (1.0 / s - 1.0) / 2.0
-    full[:, 2] = full[:, 2] / s + c * (1.0 - full[:, :2].sum(axis=1))
-    return full.astype(np.float32)
-
-
-def _local_residual(
-    image: np.ndarray, aligned: np.ndarray, params: RoiParams
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Smooth per-pixel residual shift (dx, dy) left after the global fit, or None."""
-    n = params.local_tiles
-    h, w = image.shape
-    if n < 2 or h // n < 32 or w // n < 32:
-        return None
-    th, tw = h // n, w // n
-    a = cv2.GaussianBlur(image, (5, 5), 0).astype(np.float32)
-    b = cv2.GaussianBlur(aligned, (5, 5), 0).astype(np.float32)
-    window = cv2.createHanningWindow((tw, th), cv2.CV_32F)
-    shifts = np.zeros((n, n, 2), np.float32)
-    for i in range(n):
-        for j in range(n):
-            ta = a[i * th : (i + 1) * th, j * tw : (j + 1) * tw]
-            tb = b[i * th : (i + 1) * th, j * tw : (j + 1) * tw]
-            if ta.std() < 8.0 or tb.std() < 8.0:
-                continue  # (nearly) blank tile: nothing to measure, keep the global fit
-            (dx, dy), response = cv2.phaseCorrelate(ta, tb, window)
-            if response > 0.1 and np.hypot(dx, dy) <= params.max_local_shift_px:
-                shifts[i, j] = (dx, dy)
-    if not shifts.any():
-        return None
-    # bilinear between tile centres: a smooth field, no seams at tile borders
-    field_x = cv2.resize(shifts[:, :, 0], (w, h), interpolation=cv2.INTER_LINEAR)
-    field_y = cv2.resize(shifts[:, :, 1], (w, h), interpolation=cv2.INTER_LINEAR)
-    return field_x, field_y
+    return _align.estimate_alignment(image, template, params)
 
 
 def align_template(
@@ -170,34 +119,18 @@ def align_template(
 ) -> np.ndarray:
     """The template warped into the board's frame (same shape as `image`, uint8).
 
-    A global Euclidean fit first, then (optionally) a smooth field of local shifts on top.
-    Areas the warp brings in from outside the template are filled from the nearest edge, so
-    a shifted border does not show up as a difference.
+    One global fit (affine: shift, small rotation, line-scan stretch) and a smooth field of
+    local shifts on top, both from per-tile shifts (see `inspection.roi_align`). Areas the
+    warp brings in from outside the template are filled from the nearest edge, so a shifted
+    border does not show up as a difference. An already registered board gets the template
+    unchanged (a copy).
     """
     image, template = _check_pair(image, template)
-    if not params.align:
-        return template
-    warp = estimate_alignment(image, template, params)
-    h, w = image.shape
-    aligned = cv2.warpAffine(
-        template,
-        warp,
-        (w, h),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
-    residual = _local_residual(image, aligned, params)
-    if residual is None:
-        return aligned
-    # board pixel x samples the template at W·x + d(x)
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    map_x = warp[0, 0] * xs + warp[0, 1] * ys + warp[0, 2] + residual[0]
-    map_y = warp[1, 0] * xs + warp[1, 1] * ys + warp[1, 2] + residual[1]
-    return cv2.remap(template, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return _align.align_template(image, template, params)
 
 
 def _binarise(image: np.ndarray, params: RoiParams) -> np.ndarray:
-    return (image > params.threshold).astype(np.uint8)
+    return np.asarray(cv2.threshold(image, params.threshold, 1, cv2.THRESH_BINARY)[1])
 
 
 def _open(mask: np.ndarray, n: int) -> np.ndarray:
@@ -207,30 +140,69 @@ def _open(mask: np.ndarray, n: int) -> np.ndarray:
     if n <= 1:
         return mask
     k = np.ones((n, n), np.uint8)
-    return cv2.dilate(cv2.erode(mask, k, anchor=(0, 0)), k, anchor=(n - 1, n - 1))
+    return np.asarray(cv2.dilate(cv2.erode(mask, k, anchor=(0, 0)), k, anchor=(n - 1, n - 1)))
 
 
 def _disc(radius: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return np.asarray(
+        cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    )
 
 
-def _far_from_shared_edges(a: np.ndarray, b: np.ndarray, tolerance: float) -> np.ndarray:
+@functools.lru_cache(maxsize=8)
+def _tolerance_kernel(tolerance: int) -> np.ndarray:
+    """Offsets within `tolerance` + 0.5 px, measured as cv2.distanceTransform(DIST_L2,
+    DIST_MASK_5) measures (its chamfer metric, not true L2): dilating with this kernel
+    answers "is there such a pixel within the tolerance" exactly as thresholding that
+    distance transform did, in a fraction of the time."""
+    r = max(0, tolerance) + 1
+    probe = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+    probe[r, r] = 0
+    dist = cv2.distanceTransform(probe, cv2.DIST_L2, cv2.DIST_MASK_5)
+    kernel = (dist <= tolerance + 0.5).astype(np.uint8)
+    kernel.setflags(write=False)
+    return kernel
+
+
+def _far_from_shared_edges(
+    a: np.ndarray, b: np.ndarray, differ: np.ndarray, tolerance: int
+) -> np.ndarray:
     """0/1 mask of differing pixels that are not just residual misregistration.
 
     Misregistration leaves slivers squeezed between an edge of the board and the matching
     edge of the template: such a pixel is near an edge in both images. A real defect pixel
     is far from an edge in at least one of them, even when the defect is thin (a 2-px cut
     lies deep inside template copper; a filled 2-px gap lies deep inside board copper).
+    "Near an edge" = both values within the tolerance = the morphological gradient.
     """
+    k = _tolerance_kernel(tolerance)
+    near_both = cv2.bitwise_and(
+        cv2.morphologyEx(a, cv2.MORPH_GRADIENT, k), cv2.morphologyEx(b, cv2.MORPH_GRADIENT, k)
+    )
+    return np.asarray(cv2.subtract(differ, near_both))
 
-    def dist(m: np.ndarray) -> np.ndarray:  # each set pixel's distance to the nearest unset
-        return cv2.distanceTransform(m, cv2.DIST_L2, cv2.DIST_MASK_5)
 
-    na, nb = 1 - a, 1 - b
-    # for a pixel where a=1, b=0: distance to the template's 1s and to the board's 0s
-    d_template = np.where(a > 0, dist(nb), dist(b))
-    d_board = np.where(a > 0, dist(a), dist(na))
-    return (a ^ b) & (np.maximum(d_template, d_board) > tolerance + 0.5).astype(np.uint8)
+def _outer_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int, int, int]]:
+    """(x, y, w, h, px, py) per 8-connected component of a 0/1 mask: its bounding box and
+    one of its pixels. Outer contours find them: cheap on a sparse mask, unlike labelling
+    the whole image (cv2.connectedComponentsWithStats takes ~3 ms on 640×640)."""
+    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []  # an empty mask
+    out = []
+    for contour, (_, _, _, parent) in zip(contours, hierarchy.reshape(-1, 4), strict=True):
+        if parent < 0:  # not a hole's border
+            x, y, w, h = cv2.boundingRect(contour)
+            px, py = contour.reshape(-1, 2)[0]
+            out.append((x, y, w, h, int(px), int(py)))
+    return out
+
+
+def _own_pixels(mask: np.ndarray, box: tuple[int, int, int, int, int, int]) -> np.ndarray:
+    """0/1 window of `box` holding only its component (others may reach into the box)."""
+    x, y, w, h, px, py = box
+    _, labels = cv2.connectedComponents(mask[y : y + h, x : x + w], connectivity=8)
+    return (labels == labels[py - y, px - x]).astype(np.uint8)
 
 
 def difference_mask(
@@ -239,48 +211,55 @@ def difference_mask(
     """0/1 mask of pixels where the board really differs from the aligned template."""
     a = _binarise(image, params)
     b = _binarise(aligned_template, params)
-    strict = _open(_far_from_shared_edges(a, b, params.tolerance_px), params.open_px)
+    differ = cv2.bitwise_xor(a, b)
+    strict = _open(_far_from_shared_edges(a, b, differ, params.tolerance_px), params.open_px)
     if params.small_tolerance_px >= params.tolerance_px:
         return strict
     # Small bites and nicks can be as shallow as the strict tolerance. With a smaller
     # tolerance they survive, and so do long thin slivers; keep only the small, thick
     # (≥ 3 px across) pieces, which slivers never are.
-    lenient = _open(_far_from_shared_edges(a, b, params.small_tolerance_px), params.open_px)
+    lenient = _open(_far_from_shared_edges(a, b, differ, params.small_tolerance_px), params.open_px)
     thick = cv2.erode(lenient, cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(lenient, connectivity=8)
+    if not cv2.countNonZero(thick):
+        return strict
     limit = params.small_max_extent_px
-    small = (stats[:, cv2.CC_STAT_WIDTH] <= limit) & (stats[:, cv2.CC_STAT_HEIGHT] <= limit)
-    keep = np.zeros(n, bool)
-    keep[np.unique(labels[thick > 0])] = True
-    keep &= small
-    keep[0] = False
-    return strict | keep[labels].astype(np.uint8)
+    out = strict.copy()
+    for box in _outer_boxes(lenient):
+        x, y, w, h = box[:4]
+        if w > limit or h > limit or not cv2.countNonZero(thick[y : y + h, x : x + w]):
+            continue
+        own = _own_pixels(lenient, box)
+        if cv2.countNonZero(own & thick[y : y + h, x : x + w]):
+            out[y : y + h, x : x + w] |= own
+    return out
 
 
 def boxes_from_mask(mask: np.ndarray, params: RoiParams = RoiParams()) -> list[Box]:
     """Merge nearby pieces of a 0/1 mask into regions and box each region's own pixels."""
     h, w = mask.shape
-    merged = cv2.dilate(mask, _disc(params.merge_px // 2)) if params.merge_px > 1 else mask
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(merged, connectivity=8)
-    regions: list[tuple[int, Box]] = []
-    for i in range(1, n):
-        x, y, bw, bh = stats[i, :4]
-        window = (labels[y : y + bh, x : x + bw] == i) & (mask[y : y + bh, x : x + bw] > 0)
-        count = int(window.sum())
+    merged = np.asarray(
+        cv2.dilate(mask, _disc(params.merge_px // 2)) if params.merge_px > 1 else mask
+    )
+    regions: list[tuple[int, int, int, Box]] = []
+    for region in _outer_boxes(merged):
+        x, y, bw, bh = region[:4]
+        window = _own_pixels(merged, region) & mask[y : y + bh, x : x + bw]
+        count = cv2.countNonZero(window)
         if count < params.min_area:
             continue
         # fit the box to the un-dilated pixels: the dilation only decides what belongs together
-        ys, xs = np.nonzero(window)
+        fx, fy, fw, fh = cv2.boundingRect(window)
         m = params.margin_px
         box = Box(
-            x1=max(0, int(x + xs.min()) - m),
-            y1=max(0, int(y + ys.min()) - m),
-            x2=min(w, int(x + xs.max()) + 1 + m),
-            y2=min(h, int(y + ys.max()) + 1 + m),
+            x1=max(0, x + fx - m),
+            y1=max(0, y + fy - m),
+            x2=min(w, x + fx + fw + m),
+            y2=min(h, y + fy + fh + m),
         )
-        regions.append((count, box))
-    regions.sort(key=lambda r: -r[0])
-    return [box for _, box in regions[: params.max_candidates]]
+        regions.append((-count, region[5], region[4], box))
+    # largest first; ties in raster order of each region's first pixel, as labelling has it
+    regions.sort(key=lambda r: r[:3])
+    return [r[3] for r in regions[: params.max_candidates]]
 
 
 def find_regions_reference(
@@ -296,8 +275,13 @@ def find_regions_aligned(
     """Candidate boxes and the template aligned to the board (crops reuse it: aligning
     is most of the ROI stage's cost, so it is done once per board)."""
     image, template = _check_pair(image, template)
-    aligned = align_template(image, template, params)
-    return boxes_from_mask(difference_mask(image, aligned, params), params), aligned
+    aligned = _align.align_template(image, template, params)
+    t0 = time.perf_counter()
+    mask = difference_mask(image, aligned, params)
+    t0 = _align.lap("difference_mask", t0)
+    boxes = boxes_from_mask(mask, params)
+    _align.lap("boxing", t0)
+    return boxes, aligned
 
 
 def find_regions_recipe(image: np.ndarray, params: RoiParams = RoiParams()) -> list[Box]:

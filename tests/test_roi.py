@@ -12,6 +12,8 @@ from board_data.synthetic import BoardGenerator, ScanConditions, SyntheticBoard
 from inspection.roi import (
     RoiParams,
     align_template,
+    boxes_from_mask,
+    difference_mask,
     estimate_alignment,
     find_regions_recipe,
     find_regions_reference,
@@ -79,6 +81,92 @@ def test_alignment_recovers_shift_and_rotation() -> None:
     aligned = align_template(board, template)
     assert ((aligned > 127) != (board > 127)).mean() < 0.002
     assert ((template > 127) != (board > 127)).mean() > 0.01
+
+
+def test_registered_board_skips_resampling_yet_finds_its_defects() -> None:
+    # scanned without misregistration (blur, edge noise and speckle only)
+    gen = BoardGenerator(
+        seed=3,
+        n_designs=2,
+        defect_rate=1.0,
+        scan=ScanConditions(max_shift_px=0, max_rotation_deg=0),
+    )
+    for i in range(3):
+        board = gen.board(i)
+        template = board.template.copy()
+        aligned = align_template(board.image, board.template)
+        assert np.array_equal(aligned, board.template)  # the template itself, not resampled
+        assert aligned is not board.template  # ... but a copy, free for the caller to change
+        assert np.array_equal(board.template, template)  # inputs untouched
+        found = find_regions_reference(board.image, board.template)
+        assert all(any(d.box.iou(c) > 0.33 for c in found) for d in board.defects)
+        assert len(found) <= 1.25 * len(board.defects)
+
+
+def _stretched(template: np.ndarray, amplitude: float) -> np.ndarray:
+    """`template` as an uneven line scan sees it: rows land 0.6 to 0.6 + amplitude px off,
+    most in the middle, and drift sideways a little; binarised."""
+    h, w = template.shape
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    bow = np.sin(np.pi * ys / h)
+    board = cv2.remap(
+        template,
+        xs + 0.8 * bow,
+        ys + amplitude * bow + 0.6,
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    return np.where(board > 127, 255, 0).astype(np.uint8)
+
+
+def test_uneven_stretch_gets_the_local_alignment() -> None:
+    gen = BoardGenerator(seed=5, n_designs=3, defect_rate=0.0)
+    rigid = RoiParams(local_tiles=0)
+    for tid in gen.template_ids:
+        template = gen.template(tid)
+        board = _stretched(template, amplitude=5.0)
+
+        def misfit(aligned: np.ndarray, board: np.ndarray = board) -> float:
+            return float(((aligned > 127) != (board > 127)).mean())
+
+        local = misfit(align_template(board, template))
+        assert local < 0.5 * misfit(align_template(board, template, rigid))
+        assert local < 0.012
+        assert find_regions_reference(board, template) == []  # a good board stays quiet
+
+
+def test_difference_mask_keeps_the_distance_transform_definition() -> None:
+    # The mask is computed with morphology; it must equal the definition: a differing pixel
+    # counts where its chamfer distance (DIST_MASK_5) to the nearest edge exceeds the
+    # tolerance + 0.5 px in the board or in the template.
+    rng = np.random.default_rng(0)
+
+    def dist(m: np.ndarray) -> np.ndarray:
+        return cv2.distanceTransform(m, cv2.DIST_L2, cv2.DIST_MASK_5)
+
+    for trial in range(6):
+        noise = rng.random((90, 110)).astype(np.float32)
+        a = (cv2.GaussianBlur(noise, (0, 0), 3) > 0.5).astype(np.uint8)
+        b = a.copy()
+        b[rng.random(a.shape) < 0.02] ^= 1  # speckle
+        b = np.roll(b, trial % 3, axis=trial % 2)  # misregistration
+        for tolerance in (0, 1, 2, 3):
+            d_template = np.where(a > 0, dist(1 - b), dist(b))
+            d_board = np.where(a > 0, dist(a), dist(1 - a))
+            far = (a ^ b) & (np.maximum(d_template, d_board) > tolerance + 0.5)
+            params = RoiParams(tolerance_px=tolerance, small_tolerance_px=9, open_px=1)
+            got = difference_mask(a * 255, b * 255, params)
+            assert np.array_equal(got, far.astype(np.uint8)), (trial, tolerance)
+
+
+def test_boxes_of_a_component_inside_another() -> None:
+    mask = np.zeros((100, 100), np.uint8)
+    cv2.rectangle(mask, (10, 10), (80, 80), 1, 3)  # a ring
+    ys, xs = np.nonzero(mask)
+    ring = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    mask[40:45, 40:46] = 1  # a blob in its hole
+    boxes = boxes_from_mask(mask, RoiParams(merge_px=1, margin_px=0))
+    assert [(b.x1, b.y1, b.x2, b.y2) for b in boxes] == [ring, (40, 40, 46, 45)]
 
 
 def test_boxes_fit_the_defect_with_deeppcb_margin() -> None:
