@@ -44,6 +44,13 @@ class KafkaSettings(_Section):
         description="a poll returns what has arrived after this, even short of batch_size: "
         "bounds the wait a board adds to its latency on a quiet line",
     )
+    fetch_wait_ms: int = Field(
+        default=25,
+        ge=1,
+        le=10_000,
+        description="longest time the broker may hold a worker's fetch (librdkafka "
+        "fetch.wait.max.ms): lower is less latency on a quiet line, more idle fetches",
+    )
     # Short session/poll limits: a crashed worker's partitions move quickly, and Tansu
     # completes a group join within the rebalance timeout.
     session_timeout_ms: int = Field(default=10_000, ge=1_000)

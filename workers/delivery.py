@@ -26,9 +26,16 @@ class Backoff:
         self.failures = 0
 
 
-def broker_config(delivery_timeout_ms: int | None = None) -> ConfluentConfig:
+def broker_config(
+    delivery_timeout_ms: int | None = None, fetch_wait_ms: int | None = None
+) -> ConfluentConfig:
     """librdkafka settings of a worker's broker: offsets stored by :func:`store_processed`,
-    not when polled; and the producer's delivery timeout when given.
+    not when polled; the producer's delivery timeout and the consumer's longest fetch wait
+    when given.
+
+    The embedded broker (Tansu) holds a fetch that finds no data for the whole
+    ``fetch.wait.max.ms`` even when data arrives meanwhile: with librdkafka's 500 ms, a board
+    arriving on a quiet line waited 250 ms on average before a worker saw it.
 
     FastStream's ack commits every stored offset of the consumer. librdkafka by default stores
     a record's offset as soon as it is polled, so a batch that failed (and was rewound) on one
@@ -37,6 +44,8 @@ def broker_config(delivery_timeout_ms: int | None = None) -> ConfluentConfig:
     config: ConfluentConfig = {"enable.auto.offset.store": False}
     if delivery_timeout_ms is not None:
         config["delivery.timeout.ms"] = delivery_timeout_ms
+    if fetch_wait_ms is not None:
+        config["fetch.wait.max.ms"] = fetch_wait_ms
     return config
 
 

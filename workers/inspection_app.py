@@ -185,7 +185,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
         enable_idempotence=True,
         acks="all",
         request_timeout_ms=settings.kafka.delivery_timeout_ms,
-        config=broker_config(settings.kafka.delivery_timeout_ms),
+        config=broker_config(settings.kafka.delivery_timeout_ms, settings.kafka.fetch_wait_ms),
         description="linecheck inspection workers: flagged boards in, verdicts out",
     )
     verdicts = broker.publisher(

@@ -3,7 +3,8 @@ consume pre-serialized boards, write audit rows and publish verdicts; throughput
 saturation and publish-to-verdict latency under open-loop arrivals.
 
 Times come from the messages themselves: a board's publish time is taken when it is handed
-to the producer, its verdict's is the verdict message's timestamp (set by the worker's
+to a producer already connected (:func:`warm_producer`), its verdict's is the verdict
+message's timestamp (set by the worker's
 producer as it sends, after the audit row is written). Same machine, same clock.
 """
 
@@ -94,7 +95,7 @@ def publish(
     """Hand ``events`` to a producer, as fast as possible or at Poisson arrivals of mean
     ``rate`` boards/s (open loop: the schedule does not wait for the workers); returns each
     event's publish time."""
-    producer = Producer(producer_config(settings.kafka.bootstrap_servers))
+    producer = warm_producer(settings)
     gaps = (
         np.random.default_rng(seed).exponential(1.0 / rate, len(events))
         if rate
@@ -118,6 +119,16 @@ def publish(
     if producer.flush(60):
         raise RuntimeError("the broker did not acknowledge every bench board")
     return sent
+
+
+def warm_producer(settings: Settings) -> Producer:
+    """A producer already connected, with its idempotent producer id: a fresh one takes
+    about a second to deliver its first message, which would be charged to the workers."""
+    producer = Producer(producer_config(settings.kafka.bootstrap_servers))
+    producer.produce(f"{settings.kafka.topic_prefix}bench.warmup", value=b"warm-up")
+    if producer.flush(30):
+        raise RuntimeError("the broker did not acknowledge the bench producer's warm-up")
+    return producer
 
 
 @contextmanager
