@@ -122,6 +122,14 @@ class ModelSettings(_Section):
     threads: int | None = Field(
         default=None, ge=1, description="threads per worker for inference and OpenCV"
     )
+    boards_per_call: int = Field(
+        default=1,
+        ge=1,
+        le=500,
+        description="boards of a polled batch whose crops go to the classifier in one call: "
+        "1 suits a CPU (no gain from larger calls); a GPU wants the whole batch (e.g. 64 with "
+        "kafka.batch_size 64)",
+    )
     refresh_s: float = Field(
         default=5.0,
         ge=0,

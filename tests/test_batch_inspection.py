@@ -61,6 +61,11 @@ def test_a_batch_gives_the_verdicts_of_board_by_board_with_one_classifier_call(
         assert (a.event_id, a.verdict, len(a.regions)) == (b.event_id, b.verdict, len(b.regions))
         assert b.board_score == pytest.approx(a.board_score, abs=1e-5)
         assert (a.explanation_uri is None) == (b.explanation_uri is None)
+    # a CPU worker's default: a call per board (or per boards_per_call boards)
+    before = len(inspector.classifier.calls)  # type: ignore[attr-defined]
+    paired = inspect_batch(inspector, bodies, [SOURCE] * len(bodies), boards_per_call=2)
+    assert len(inspector.classifier.calls) - before == 3  # type: ignore[attr-defined]
+    assert [v.verdict for v in paired] == [v.verdict for v in batched]  # type: ignore[union-attr]
 
 
 def test_bad_input_in_a_batch_is_its_own_dead_letter(inspector: Inspector) -> None:

@@ -1,6 +1,8 @@
-"""A polled batch of events through the inspector with one classifier call per model: the
-crops of every board in the batch go to the device together (on a GPU, batches that fill
-it; on a CPU, fewer calls), then each board is finished on its own.
+"""A polled batch of events through the inspector with one classifier call per model (or
+per ``boards_per_call`` boards): the crops of many boards go to the device together (on a
+GPU, batches that fill it), then each board is finished on its own. On a CPU larger calls
+gain nothing (`linecheck bench`: `classify_batched_over_per_board`), so workers default to
+one board per call.
 
 Bad input is isolated as in :meth:`workers.inspector.Inspector.process`: an event that
 fails to decode, align or crop is a dead letter and the rest of the batch goes on; if the
@@ -28,9 +30,11 @@ def inspect_batch(
     bodies: Sequence[bytes],
     sources: Sequence[SourceInfo],
     before_each: Callable[[], None] | None = None,
+    boards_per_call: int | None = None,
 ) -> list[Result]:
     """One result per body, in order. ``before_each`` runs before each board (fault
-    injection in chaos runs)."""
+    injection in chaos runs). ``boards_per_call``: at most this many boards' crops in one
+    classifier call (default: the whole batch)."""
     results: list[Result | None] = [None] * len(bodies)
     prepared: dict[int, Prepared] = {}
     for i, (raw, source) in enumerate(zip(bodies, sources, strict=True)):
@@ -51,10 +55,12 @@ def inspect_batch(
             results[i] = ready
         else:
             prepared[i] = ready
-    groups: dict[int, list[int]] = {}
+    by_model: dict[int, list[int]] = {}
     for i, p in prepared.items():  # one call per model: products may have their own
-        groups.setdefault(id(p.model.classifier), []).append(i)
-    for members in groups.values():
+        by_model.setdefault(id(p.model.classifier), []).append(i)
+    step = boards_per_call or len(bodies) or 1
+    groups = [m[at : at + step] for m in by_model.values() for at in range(0, len(m), step)]
+    for members in groups:
         for i, result in _classify_group(inspector, [prepared[i] for i in members]):
             results[members[i]] = (
                 result

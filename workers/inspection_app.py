@@ -260,9 +260,13 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
         def inspect_all() -> list[Verdict | DeadLetter]:
             if ctx.swapper is not None:  # between batches: a whole batch has one model set
                 ctx.swapper.refresh(ctx.inspector)
-            # the crops of the whole batch go to the classifier in one call per model
+            # the crops of up to boards_per_call boards go to the classifier in one call
             return inspect_batch(
-                ctx.inspector, bodies, sources, (lambda: time.sleep(delay)) if delay else None
+                ctx.inspector,
+                bodies,
+                sources,
+                (lambda: time.sleep(delay)) if delay else None,
+                boards_per_call=settings.model.boards_per_call,
             )
 
         results = await anyio.to_thread.run_sync(inspect_all)

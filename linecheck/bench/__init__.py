@@ -5,7 +5,8 @@ boards and the same machine (see BENCHMARKS.md for what each figure means).
 2. end to end: N `linecheck worker` processes on the embedded (or configured) servers,
    saturation throughput with the default batch and with batches of one, then
    publish-to-verdict latency at a fraction of saturation with open-loop Poisson arrivals;
-3. the classify stage alone: OpenVINO vs torch eager, INT8 vs FP32, batched vs per crop;
+3. the classify stage alone: OpenVINO vs torch eager, INT8 vs FP32, in the worker's batches
+   and per board or per crop;
 4. optionally (`--scale 1,2,4`): end-to-end saturation with each number of workers.
 """
 
@@ -100,6 +101,6 @@ def run_bench(
     with console.status("classify stage: OpenVINO, torch, INT8"):
         size = load_card(model_dir).input_size
         crops = board_crops(seed, min(classify_boards, boards), size)
-        out.update(compare(model_dir, settings.work_dir, crops))
+        out.update(compare(model_dir, settings.work_dir, crops, settings.model.boards_per_call))
     out["bench_seconds"] = time.monotonic() - started
     return out

@@ -1,6 +1,7 @@
 """The classify stage alone, on the regions the ROI stage finds on the bench boards: OpenVINO
-vs torch eager, INT8 vs FP32 (speed and detection F-score), and a board's crops in one
-call vs one call per crop. One thread, as a worker runs it."""
+vs torch eager, INT8 vs FP32 (speed and detection F-score), in the worker's batches (the
+crops of a polled batch in one call) and per board or per crop. One thread, as a worker
+runs it."""
 
 from __future__ import annotations
 
@@ -40,18 +41,26 @@ def board_crops(seed: int, boards: int, size: int) -> list[BoardCrops]:
     return out
 
 
-def ms_per_board(classifier: Classifier, boards: list[BoardCrops], per_crop: bool = False) -> float:
-    """Mean ms per board to classify its crops (best of three passes: the least disturbed)."""
-    classifier.predict_proba(boards[0].crops)  # warm-up
+def ms_per_board(
+    classifier: Classifier, boards: list[BoardCrops], per_call: int = 1, per_crop: bool = False
+) -> float:
+    """Mean ms per board to classify the crops, ``per_call`` boards' crops in one call (the
+    worker classifies a polled batch at once) or one crop per call; best of three passes
+    (the least disturbed)."""
+    calls = (
+        [c[None] for b in boards for c in b.crops]
+        if per_crop
+        else [
+            np.concatenate([b.crops for b in boards[i : i + per_call]])
+            for i in range(0, len(boards), per_call)
+        ]
+    )
+    classifier.predict_proba(calls[0])  # warm-up
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
-        for b in boards:
-            if per_crop:
-                for crop in b.crops:
-                    classifier.predict_proba(crop[None])
-            else:
-                classifier.predict_proba(b.crops)
+        for crops in calls:
+            classifier.predict_proba(crops)
         best = min(best, time.perf_counter() - start)
     return best / len(boards) * 1e3
 
@@ -84,8 +93,11 @@ def ensure_int8(model_dir: Path, work_dir: Path, size: int) -> Path:
     return copy
 
 
-def compare(model_dir: Path, work_dir: Path, boards: list[BoardCrops]) -> dict[str, float]:
-    """Classify-stage ms per board for each runtime, their ratios, and INT8's F-score."""
+def compare(
+    model_dir: Path, work_dir: Path, boards: list[BoardCrops], batch: int
+) -> dict[str, float]:
+    """Classify-stage ms per board for each runtime with ``batch`` boards' crops per call (as
+    the workers are configured), their ratios, INT8's F-score, and other call sizes."""
     fp32 = load_classifier(model_dir, backend="openvino", threads=1)
     torch_eager = load_classifier(model_dir, backend="torch", threads=1)
     int8 = load_classifier(
@@ -95,9 +107,11 @@ def compare(model_dir: Path, work_dir: Path, boards: list[BoardCrops]) -> dict[s
         variant="int8",
     )
     ms = {
-        "openvino_fp32": ms_per_board(fp32, boards),
-        "openvino_int8": ms_per_board(int8, boards),
-        "torch_eager": ms_per_board(torch_eager, boards),
+        "openvino_fp32": ms_per_board(fp32, boards, batch),
+        "openvino_int8": ms_per_board(int8, boards, batch),
+        "torch_eager": ms_per_board(torch_eager, boards, batch),
+        "openvino_fp32_per_board": ms_per_board(fp32, boards),
+        "openvino_fp32_16_boards": ms_per_board(fp32, boards, 16),
         "openvino_fp32_per_crop": ms_per_board(fp32, boards, per_crop=True),
     }
     f32, f8 = f_score(fp32, boards), f_score(int8, boards)
@@ -106,10 +120,14 @@ def compare(model_dir: Path, work_dir: Path, boards: list[BoardCrops]) -> dict[s
         "classify_ms_torch": ms["torch_eager"],
         "classify_ms_int8": ms["openvino_int8"],
         "classify_ms_per_crop_calls": ms["openvino_fp32_per_crop"],
+        "classify_ms_per_board_calls": ms["openvino_fp32_per_board"],
         "openvino_over_torch": ms["torch_eager"] / ms["openvino_fp32"],
+        "classify_ms_16_board_calls": ms["openvino_fp32_16_boards"],
         "int8_over_fp32": ms["openvino_fp32"] / ms["openvino_int8"],
         "fp32_f_score": f32,
         "int8_f_score": f8,
         "int8_f_score_delta": f8 - f32,
         "classify_batched_over_per_crop": ms["openvino_fp32_per_crop"] / ms["openvino_fp32"],
+        "classify_batched_over_per_board": ms["openvino_fp32_per_board"]
+        / ms["openvino_fp32_16_boards"],
     }

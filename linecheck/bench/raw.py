@@ -76,7 +76,9 @@ def _child(
     size = settings.kafka.batch_size  # in the worker's batches, as a worker runs them
     for at in range(0, len(events), size):
         chunk = events[at : at + size]
-        results += inspect_batch(inspector, chunk, [source] * len(chunk))
+        results += inspect_batch(
+            inspector, chunk, [source] * len(chunk), boards_per_call=settings.model.boards_per_call
+        )
     elapsed = time.perf_counter() - start
     rows = []
     for r in results:
