@@ -158,7 +158,7 @@ class WorkerSettings(_Section):
     max_board_s: float = Field(
         default=1.0,
         gt=0,
-        description="budget for inspecting one board (a 640x640 board takes ~0.04 s on one "
+        description="budget for inspecting one board (a 640x640 board takes ~0.02 s on one "
         "core); batch_size × this plus the sinks' timeouts must fit in max_poll_interval_ms",
     )
     fault_slow_file: Path | None = Field(
