@@ -1,12 +1,13 @@
 """Recall and cost of the reference ROI stage (`inspection.roi.find_regions_aligned`).
 
     python benchmarks/roi.py [--data ../shared/datasets/deeppcb] [--pairs N] [--synthetic N]
-                             [--runs 3] [--profile] [--impl path/to/roi.py]
+                             [--runs 3] [--profile] [--impl path/to/roi.py] [--by-group]
 
 Prints one JSON object: per data set, recall of the ground-truth boxes at IoU > 0.33
 (type-blind, as `training.detection_metrics.roi_recall`), candidates per board, and ms per
 board on one core (`cv2.setNumThreads(1)`): mean, p50 and p95, each the median over `--runs`
-timing runs; with `--profile`, mean ms per step of the stage. `--impl` measures another copy
+timing runs; with `--profile`, mean ms per step of the stage; with `--by-group`, DeepPCB
+recall and candidates per board group (the cross-validation folds). `--impl` measures another copy
 of roi.py (e.g. an earlier version saved to /tmp) for before/after figures. DeepPCB is
 skipped with `--pairs 0`, the synthetic boards (seed 7, half of them defective) with
 `--synthetic 0`.
@@ -162,6 +163,29 @@ def deeppcb_pairs(root: Path, limit: int | None) -> list[Pair]:
     return pairs
 
 
+def by_group(roi: ModuleType, root: Path, limit: int | None) -> dict[str, dict[str, Any]]:
+    """Recall and candidates per DeepPCB board group (each group is one board design: the
+    folds of `linecheck train --cv groups`)."""
+    params = roi.RoiParams()
+    found: dict[str, list[list[Box]]] = {}
+    truths: dict[str, list[list[GroundTruth]]] = {}
+    for n, sample in enumerate(iter_samples(root)):
+        if limit is not None and n >= limit:
+            break
+        board, template = sample.load()
+        boxes, _ = roi.find_regions_aligned(board, template, params)
+        found.setdefault(sample.group, []).append(boxes)
+        truths.setdefault(sample.group, []).append(list(sample.truths))
+    return {
+        group: {
+            "boards": len(found[group]),
+            "recall": round(roi_recall(found[group], truths[group]), 5),
+            "candidates_per_board": round(float(np.mean([len(f) for f in found[group]])), 3),
+        }
+        for group in sorted(found)
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="DeepPCB's folder")
@@ -170,6 +194,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="timing runs; medians are kept")
     parser.add_argument("--profile", action="store_true", help="also ms per step")
     parser.add_argument("--impl", type=Path, default=None, help="another roi.py to measure")
+    parser.add_argument(
+        "--by-group", action="store_true", help="also DeepPCB recall per board group"
+    )
     args = parser.parse_args()
     if args.pairs != 0 and not args.data.is_dir():
         parser.error(
@@ -188,6 +215,8 @@ def main() -> None:
         result["deeppcb"] = measure(
             roi, deeppcb_pairs(args.data, args.pairs), args.runs, args.profile
         )
+    if args.by_group and args.pairs != 0:
+        result["deeppcb_by_group"] = by_group(roi, args.data, args.pairs)
     if args.synthetic > 0:
         gen = BoardGenerator(seed=7)
         boards = [gen.board(i) for i in range(args.synthetic)]
