@@ -142,11 +142,30 @@ def pair_rows(
     return np.concatenate(crops), labels, kinds, boxes
 
 
+def _roi_source_digest() -> str:
+    """The ROI stage's code itself: crops cut by another version of it are not reused, even
+    when its parameters did not change."""
+    import inspection.roi
+    import inspection.roi_align
+
+    h = hashlib.sha256()
+    for module in (inspection.roi, inspection.roi_align):
+        h.update(Path(str(module.__file__)).read_bytes())
+    return h.hexdigest()
+
+
 def _cache_key(root: Path, samples: Sequence[DeepPcbSample], size: int, seed: int) -> str:
     h = hashlib.sha256()
     h.update(
         json.dumps(
-            [CACHE_VERSION, str(Path(root).resolve()), size, seed, repr(RoiParams())]
+            [
+                CACHE_VERSION,
+                str(Path(root).resolve()),
+                size,
+                seed,
+                repr(RoiParams()),
+                _roi_source_digest(),
+            ]
         ).encode()
     )
     for s in samples:
