@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ def run_bench(
         raise ValueError(f"--boards must be at least 8, got {boards}")
     model_dir = ensure_model(settings, console=console)
     started = time.monotonic()
+    tag = uuid.uuid4().hex[:6]  # this run's topics and groups (`bench-<tag>-…`)
     out: dict[str, Any] = {
         "model": model_dir.name,
         "boards": boards,
@@ -79,11 +81,12 @@ def run_bench(
             explain_cost_ms=on.wall_ms_per_board - off.wall_ms_per_board,
         )
         with console.status(f"end to end: {workers} workers, batch {live.kafka.batch_size}"):
-            batched, paced = e2e_runs(live, events, workers, live.kafka.batch_size, "batched",
-                                      latency_at=LATENCY_AT)  # fmt: skip
+            batched, paced = e2e_runs(
+                live, events, workers, live.kafka.batch_size, f"{tag}-batched", LATENCY_AT
+            )
         assert paced is not None
         with console.status(f"end to end: {workers} workers, batch 1"):
-            single, _ = e2e_runs(live, events, workers, 1, "unbatched")
+            single, _ = e2e_runs(live, events, workers, 1, f"{tag}-unbatched")
         out.update(
             e2e_boards_per_s=batched.boards_per_s,
             e2e_over_raw=batched.boards_per_s / on.boards_per_s,
@@ -96,7 +99,7 @@ def run_bench(
         )
         for n in scale:
             with console.status(f"scaling: {n} worker(s)"):
-                run, _ = e2e_runs(live, events, n, live.kafka.batch_size, f"scale{n}")
+                run, _ = e2e_runs(live, events, n, live.kafka.batch_size, f"{tag}-scale{n}")
             out[f"e2e_boards_per_s_{n}_workers"] = run.boards_per_s
     with console.status("classify stage: OpenVINO, torch, INT8"):
         size = load_card(model_dir).input_size
