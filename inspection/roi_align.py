@@ -284,6 +284,20 @@ def _remap(template: np.ndarray, warp: np.ndarray, residual: np.ndarray | None) 
     )
 
 
+def _displacement(warp: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """How far the 2×3 ``warp`` moves each of ``points`` (N, 2)."""
+    moved: np.ndarray = points @ warp[:, :2].T + warp[:, 2] - points
+    return moved
+
+
+def _plausible(residual: np.ndarray, use: np.ndarray, limit: float) -> np.ndarray:
+    """``residual`` with the tiles beyond ``limit`` (or already unused) zeroed; ``use`` is
+    narrowed to the tiles kept, in place."""
+    use &= np.hypot(residual[:, 0], residual[:, 1]) <= limit
+    residual[~use] = 0.0
+    return residual
+
+
 def align_template(image: np.ndarray, template: np.ndarray, params: RoiParams) -> np.ndarray:
     """The template warped into the board's frame (same shape, uint8). Inputs are checked
     by the caller."""
@@ -333,10 +347,8 @@ def align_template(image: np.ndarray, template: np.ndarray, params: RoiParams) -
     else:
         warp = fitted
     # what the tiles saw beyond the global motion, in small-image pixels
-    fit_at = points @ warp[:, :2].T + warp[:, 2] - points
-    residual = (measured - fit_at) * s
-    use &= np.hypot(residual[:, 0], residual[:, 1]) <= params.max_local_shift_px * s
-    residual[~use] = 0.0
+    fit_at = _displacement(warp, points)
+    residual = _plausible((measured - fit_at) * s, use, params.max_local_shift_px * s)
     t0 = lap("local_tiles", t0)
     if params.refine_iterations > 0 and use.any():
         residual = _lucas_kanade(
@@ -352,14 +364,12 @@ def align_template(image: np.ndarray, template: np.ndarray, params: RoiParams) -
         refined = _fit_motion(points[use], total[use], centre, params)
         if refined is not None:
             warp = refined
-            fit_at = points @ warp[:, :2].T + warp[:, 2] - points
-        residual = (total - fit_at) * s
-        use &= np.hypot(residual[:, 0], residual[:, 1]) <= params.max_local_shift_px * s
-        residual[~use] = 0.0
+            fit_at = _displacement(warp, points)
+        residual = _plausible((total - fit_at) * s, use, params.max_local_shift_px * s)
     t0 = lap("refine", t0)
     offsets = residual / s
     corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], np.float64)
-    corner_shift = corners @ warp[:, :2].T + warp[:, 2] - corners
+    corner_shift = _displacement(warp, corners)
     # Already registered: skip the full-size resampling. The tiles' own estimates scatter by
     # up to ~0.5 px on a registered board (a defect inside a tile pulls on it), and moving a
     # binary template by less than half a pixel does not change it after thresholding.

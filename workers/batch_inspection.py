@@ -61,29 +61,25 @@ def inspect_batch(
     step = boards_per_call or len(bodies) or 1
     groups = [m[at : at + step] for m in by_model.values() for at in range(0, len(m), step)]
     for members in groups:
-        for i, result in _classify_group(inspector, [prepared[i] for i in members]):
-            results[members[i]] = (
-                result
-                if isinstance(result, Verdict)
-                else _letter(
-                    inspector, bodies[members[i]], sources[members[i]], prepared[members[i]], result
+        finished = _classify_group(inspector, [prepared[i] for i in members])
+        for i, result in zip(members, finished, strict=True):
+            results[i] = (
+                inspector.dead_letter(
+                    bodies[i], sources[i], result.stage, result.reason,
+                    prepared[i].event.event_id,
                 )
-            )
+                if isinstance(result, InspectionError)
+                else result
+            )  # fmt: skip
     assert all(r is not None for r in results)
     return [r for r in results if r is not None]
 
 
-def _letter(
-    inspector: Inspector, raw: bytes, source: SourceInfo, p: Prepared, exc: InspectionError
-) -> DeadLetter:
-    return inspector.dead_letter(raw, source, exc.stage, exc.reason, p.event.event_id)
-
-
 def _classify_group(
     inspector: Inspector, boards: list[Prepared]
-) -> list[tuple[int, Verdict | InspectionError]]:
-    """Finish ``boards`` (same model) from one classifier call over all their crops; one call
-    per board if that fails."""
+) -> list[Verdict | InspectionError]:
+    """Finish ``boards`` (same model, in order) from one classifier call over all their
+    crops; one call per board if that fails."""
     counts = [len(p.crops) for p in boards]
     t = time.perf_counter()
     try:
@@ -91,22 +87,23 @@ def _classify_group(
             boards[0].model, np.concatenate([p.crops for p in boards])
         )
     except InspectionError:
-        return [(i, _one(inspector, p)) for i, p in enumerate(boards)]
+        return [_one(inspector, p) for p in boards]
     elapsed_ms = (time.perf_counter() - t) * 1e3
     total = max(1, sum(counts))
-    out: list[tuple[int, Verdict | InspectionError]] = []
+    out: list[Verdict | InspectionError] = []
     start = 0
-    for i, (p, n) in enumerate(zip(boards, counts, strict=True)):
+    for p, n in zip(boards, counts, strict=True):
         part = slice(start, start + n)
         start += n
         try:
-            verdict = inspector.finish(
-                p, probs[part], None if features is None else features[part], elapsed_ms * n / total
-            )
+            out.append(
+                inspector.finish(
+                    p, probs[part], None if features is None else features[part],
+                    elapsed_ms * n / total,
+                )
+            )  # fmt: skip
         except InspectionError as exc:
-            out.append((i, exc))
-            continue
-        out.append((i, verdict))
+            out.append(exc)
     return out
 
 

@@ -211,7 +211,7 @@ def create_review_sink_app(settings: Settings, sink: ReviewSink | None = None) -
         settings.kafka.bootstrap_servers,
         enable_idempotence=True,
         acks="all",
-        config=broker_config(),
+        config=broker_config(fetch_wait_ms=settings.kafka.fetch_wait_ms),
         description="linecheck review sink: review outcomes and verdicts in, alerts out",
     )
     alerts_out = broker.publisher(topics.alerts, title="alerts", schema=Alert)

@@ -22,7 +22,7 @@ import numpy as np
 from rich.console import Console
 
 from infra.settings import Settings
-from linecheck.bench.classify import board_crops, compare
+from linecheck.bench.classify import candidate_crops, compare
 from linecheck.bench.e2e import e2e_runs
 from linecheck.bench.raw import bench_events, raw_run
 from linecheck.embedded import services
@@ -103,7 +103,7 @@ def run_bench(
             out[f"e2e_boards_per_s_{n}_workers"] = run.boards_per_s
     with console.status("classify stage: OpenVINO, torch, INT8"):
         size = load_card(model_dir).input_size
-        crops = board_crops(seed, min(classify_boards, boards), size)
+        crops = candidate_crops(seed, min(classify_boards, boards), size)
         out.update(compare(model_dir, settings.work_dir, crops, settings.model.boards_per_call))
     out["bench_seconds"] = time.monotonic() - started
     return out

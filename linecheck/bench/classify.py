@@ -26,7 +26,7 @@ class BoardCrops:
     truths: list[GroundTruth]
 
 
-def board_crops(seed: int, boards: int, size: int) -> list[BoardCrops]:
+def candidate_crops(seed: int, boards: int, size: int) -> list[BoardCrops]:
     """The ROI candidates and their classifier crops on ``boards`` synthetic boards of
     generator ``seed`` (boards the synthetic model was not trained on for seed ≠ 0)."""
     from board_data.synthetic import BoardGenerator
@@ -88,7 +88,9 @@ def ensure_int8(model_dir: Path, work_dir: Path, size: int) -> Path:
 
         if not copy.is_dir():
             copy = clone_model(model_dir, model_dir.name, work_dir / "bench-models")
-        calibration = np.concatenate([b.crops for b in board_crops(0, 60, size) if len(b.crops)])
+        calibration = np.concatenate(
+            [b.crops for b in candidate_crops(0, 60, size) if len(b.crops)]
+        )
         quantize_int8(copy, calibration)
     return copy
 
