@@ -48,7 +48,7 @@ class KafkaSettings(_Section):
         default=25,
         ge=1,
         le=10_000,
-        description="longest time the broker may hold a worker's fetch (librdkafka "
+        description="longest time the broker may hold a consumer's fetch (librdkafka "
         "fetch.wait.max.ms): lower is less latency on a quiet line, more idle fetches",
     )
     # Short session/poll limits: a crashed worker's partitions move quickly, and Tansu
