@@ -87,6 +87,13 @@ class ModelCard(BaseModel):
     thresholds: Thresholds | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     training_data_hash: str = ""
+    mode: Literal["reference", "locator", "anomaly"] = Field(
+        default="reference",
+        description="the inspection path the model serves: reference (ROI against the "
+        "product's template, or the recipe without one, then this classifier), locator (a "
+        "learned region network, locator.xml, then this classifier: no template), anomaly "
+        "(a PatchCore model of good images: feature IR + memory bank, no classifier)",
+    )
     head: Literal["cnn", "gbdt"] = Field(
         default="cnn",
         description="what decides a region: the CNN's own classifier, or a LightGBM model "
