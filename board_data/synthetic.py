@@ -180,6 +180,11 @@ class BoardGenerator:
         return tuple(f"syn{self.seed}-d{d}" for d in range(self.n_designs))
 
     @cached_property
+    def products(self) -> tuple[str, ...]:
+        """One product per design, in the order of ``template_ids``."""
+        return tuple(f"SYN-{self.seed}-{d}" for d in range(self.n_designs))
+
+    @cached_property
     def _templates(self) -> dict[str, np.ndarray]:
         out = {}
         for d, tid in enumerate(self.template_ids):
@@ -210,7 +215,7 @@ class BoardGenerator:
         if defective:
             copper, truths = self._add_defects(copper, int(rng.integers(3, 13)), rng)
         image = scan_image(np.where(copper, COPPER, BACKGROUND), rng, self.scan)
-        return SyntheticBoard(image, template, tuple(truths), tid, f"SYN-{self.seed}-{d}")
+        return SyntheticBoard(image, template, tuple(truths), tid, self.products[d])
 
     def _add_defects(
         self, copper: np.ndarray, n: int, rng: np.random.Generator

@@ -174,6 +174,20 @@ shadow_verdicts = sa.Table(
     sa.Column("decided_at", _TS, nullable=False),
 )
 
+# The product registry (0008): how each product is inspected. A product without a row (and
+# without a '*' row) is not inspected: its boards are dead letters that say so.
+INSPECTION_MODES = ("reference", "locator", "anomaly")
+products = sa.Table(
+    "products",
+    metadata,
+    sa.Column("product", sa.Text, primary_key=True),
+    sa.Column("mode", sa.Text, nullable=False),
+    sa.Column("template_id", sa.Text),
+    sa.Column("changed_by", sa.Text, nullable=False),
+    sa.Column("changed_at", _TS, nullable=False),
+    sa.Column("note", sa.Text, nullable=False, server_default=""),
+)
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Serialises concurrent upgrades (several workers starting at once) on one database.
 _MIGRATION_LOCK_ID = 0x11EC4EC

@@ -228,6 +228,8 @@ def run_chaos(
     console: Console | None = None,
 ) -> ChaosReport:
     """Run the chaos scenario (see the module docstring) and check its invariants."""
+    from board_data.synthetic import BoardGenerator
+    from inspection.products import register_products
     from linecheck.processes import wait_ready
     from training.synthetic_model import ensure_model
 
@@ -239,6 +241,9 @@ def run_chaos(
     with _servers(chaos_settings(settings), external) as (live, stack):
         url = live.postgres.url.get_secret_value()
         upgrade(url)
+        # every product the run publishes (hostile events name "P"), inspected on templates
+        names = [p for k in range(3) for p in BoardGenerator(seed=seed + k).products]
+        register_products(url, [*names, "P"], "reference", "chaos", "linecheck chaos")
         ensure_topics(live.kafka.bootstrap_servers, live.topics, live.kafka.partitions)
         store = ObjectStore(live.images.object_store)
         reference = next(synthetic_samples(seed=seed + 1))

@@ -242,6 +242,7 @@ def run_demo(
     swap_at: int | None = None,
     console: Console | None = None,
 ) -> DemoResult:
+    from inspection.products import register_products
     from training.synthetic_model import ensure_model
 
     console = console or Console(stderr=True)
@@ -280,6 +281,15 @@ def run_demo(
                 ):
                     samples.append(sample)
                     step()
+            # the line's products, inspected against their templates (an operator's entry for
+            # one of them is left as it is)
+            register_products(
+                live.postgres.url.get_secret_value(),
+                sorted({s.product for s in samples}),
+                "reference",
+                "demo",
+                "linecheck demo",
+            )
             with console.status("waiting for the workers to load the model and join the group"):
                 wait_ready([*procs, sink])
             store = ObjectStore(live.images.object_store)

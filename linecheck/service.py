@@ -97,6 +97,7 @@ def run_service(settings: Settings, options: ServiceOptions, console: Console) -
         upgrade(live.postgres.url.get_secret_value())
         ensure_topics(live.kafka.bootstrap_servers, live.topics, live.kafka.partitions)
         _rebuild_counters(live, console)
+        registered = _registered_products(live)
         url = f"http://{options.host}:{options.port}"
         write_running(live, url)
 
@@ -125,6 +126,7 @@ def run_service(settings: Settings, options: ServiceOptions, console: Console) -
                 f"  health          {url}/healthz  {url}/readyz  metrics {url}/metrics\n"
                 f"  Kafka           {live.kafka.bootstrap_servers}  (publish to "
                 f"{live.topics.flagged})\n"
+                f"  products        {registered}\n"
                 f"  settings        {folder / 'running.toml'} (used by commands run here)\n"
                 f"  logs            {folder / 'logs'}\n"
                 "Ctrl-C or SIGTERM stops it."
@@ -146,3 +148,23 @@ def run_service(settings: Settings, options: ServiceOptions, console: Console) -
             clear_running(settings.work_dir)
     console.log("stopped")
     return 0
+
+
+def _registered_products(settings: Settings) -> str:
+    """The banner's line on the product registry: boards of unregistered products are dead
+    letters, so an empty registry is said at start."""
+    from infra.db import make_engine
+    from inspection.products import ProductStore
+
+    engine = make_engine(settings.postgres.url.get_secret_value())
+    try:
+        entries = ProductStore(engine).entries()
+    finally:
+        engine.dispose()
+    if not entries:
+        return (
+            "none registered: boards are dead letters until `linecheck products set PRODUCT "
+            "--mode reference` (linecheck simulate registers its own)"
+        )
+    names = ", ".join(f"{p} ({e.mode})" for p, e in list(entries.items())[:6])
+    return names + (f" … {len(entries)} in all" if len(entries) > 6 else "")

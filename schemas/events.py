@@ -143,7 +143,10 @@ class FlaggedBoard(_Message):
 
 class RegionVerdict(_Message):
     box: Box
-    defect_type: DefectType | None = Field(description="None when the region looks defect-free")
+    defect_type: DefectType | None = Field(
+        description="None when the region looks defect-free, or an anomaly model's region (it "
+        "has no defect types)"
+    )
     score: Annotated[float, Field(ge=0.0, le=1.0)] = Field(description="P(defective)")
     type_score: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         description="probability of `defect_type` (of 'no defect' when defect_type is None)"
@@ -172,10 +175,11 @@ class Verdict(_Message):
         description="P(board defective): the highest region score, 0 without candidates"
     )
     regions: list[RegionVerdict]
-    roi_method: Literal["reference", "recipe", "none"] = Field(
+    roi_method: Literal["reference", "recipe", "locator", "anomaly", "none"] = Field(
         description="reference: against the product's template; recipe: design rules, no template "
-        "named; none: not inspected (a missing template on a product set to send such boards "
-        "to review)"
+        "named; locator: a learned region network, no template; anomaly: the whole image against "
+        "a model of good images (regions without a defect type); none: not inspected (a missing "
+        "template on a product set to send such boards to review)"
     )
     model_version: str
     threshold_version: str
@@ -228,7 +232,17 @@ class DeadLetter(_Message):
     offset: int | None = None
     key: str | None = None
     stage: Literal[
-        "decode", "validate", "image", "template", "roi", "classify", "explain", "conflict", "sink"
+        "decode",
+        "validate",
+        "product",
+        "image",
+        "template",
+        "roi",
+        "classify",
+        "anomaly",
+        "explain",
+        "conflict",
+        "sink",
     ] = Field(description="where it failed; see the README's dead-letter stages")
     reason: str
     event_id: str | None = None

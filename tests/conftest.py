@@ -23,7 +23,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
     with embedded_stack(tmp_path_factory.mktemp("stack")) as running:
         upgrade(running.postgres_url)
+        register_every_product(running.postgres_url)
         yield running
+
+
+def register_every_product(url: str) -> None:
+    """The flow tests publish boards of many products, all inspected against templates:
+    their audit store registers '*' (every product) for reference inspection. The registry's
+    own tests use a database of their own (tests/test_products.py)."""
+    from infra.db import make_engine
+    from inspection.products import ALL_PRODUCTS, ProductStore
+
+    engine = make_engine(url)
+    try:
+        ProductStore(engine).set(ALL_PRODUCTS, "reference", "tests", note="flow tests")
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="session")

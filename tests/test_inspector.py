@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -138,7 +139,7 @@ def test_a_board_the_classifier_chokes_on_is_dead_lettered_not_retried_forever(
         def predict_proba(self, crops: object) -> object:
             raise RuntimeError("device lost")
 
-    inspector.classifier = Broken()
+    inspector.default = replace(inspector.default, classifier=Broken())  # type: ignore[arg-type]
     event = _event(inspector, index=1)
     result = inspector.process(event.model_dump_json().encode(), SOURCE)
     assert isinstance(result, DeadLetter)
@@ -154,7 +155,7 @@ def test_failed_or_doubtful_regions_get_a_heatmap_png_referenced_from_the_verdic
 
     from inspection.explain import Explainer
 
-    inspector.explainer = Explainer(model_dir)
+    inspector.default = replace(inspector.default, explainer=Explainer(model_dir))
     explained = 0
     for index in range(4):
         event = _event(inspector, index=index, event_id=f"evt/{index}")  # not a safe file name
@@ -183,7 +184,7 @@ def test_an_explanation_that_fails_is_a_dead_letter_not_a_silent_gap(
         def save(self, *args: object, **kwargs: object) -> object:
             raise OSError("disk full")
 
-    inspector.explainer = Broken()  # type: ignore[assignment]
+    inspector.default = replace(inspector.default, explainer=Broken())  # type: ignore[arg-type]
     event = _event(inspector, index=2)
     result = inspector.process(event.model_dump_json().encode(), SOURCE)
     # the untrained test model finds doubtful regions on every board: one needs explaining

@@ -71,7 +71,7 @@ def build_inspector(settings: Settings) -> Inspector:
         # with OpenCV's default threads, 43 with one each; benchmarks/pipeline.py).
         cv2.setNumThreads(settings.model.threads)
     served = load_served(settings, resolve_model(settings.model.models_dir, settings.model.version))
-    return Inspector(
+    inspector = Inspector(
         served.classifier,
         served.thresholds,
         ObjectStore(settings.images.object_store),
@@ -81,7 +81,10 @@ def build_inspector(settings: Settings) -> Inspector:
         review_products=frozenset(settings.worker.review_products),
         dead_letter_inline_max=settings.images.inline_max_bytes,
         audit_rate=settings.quality.audit_rate,
+        anomaly=served.anomaly,
     )
+    inspector.default = served  # with its locator, if any
+    return inspector
 
 
 def build_context(settings: Settings) -> WorkerContext:
@@ -90,17 +93,20 @@ def build_context(settings: Settings) -> WorkerContext:
 
     prepare(settings.postgres.url.get_secret_value(), settings.worker.migrate)
     inspector = build_inspector(settings)
+    from infra.db import make_engine
+    from inspection.products import ProductStore, ProductView
+
+    engine = make_engine(
+        settings.postgres.url.get_secret_value(),
+        settings.postgres.connect_timeout_s,
+        settings.postgres.statement_timeout_ms,
+    )
+    # the product registry: how each product is inspected (unregistered: dead letters)
+    inspector.products = ProductView(ProductStore(engine))
     swapper = None
     if settings.model.refresh_s > 0:
-        from infra.db import make_engine
-
-        engine = make_engine(
-            settings.postgres.url.get_secret_value(),
-            settings.postgres.connect_timeout_s,
-            settings.postgres.statement_timeout_ms,
-        )
         swapper = ModelSwapper.for_settings(settings, engine)
-        swapper.adopt(inspector.classifier.version, inspector.model_for(""))
+        swapper.adopt(inspector.default.version, inspector.default)
     return WorkerContext(
         inspector=inspector,
         swapper=swapper,

@@ -10,8 +10,8 @@ import hashlib
 import logging
 import re
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from infra.stats import audit_sampled
 from inspection.backends.base import Classifier
 from inspection.crops import make_crops
 from inspection.model.registry import Thresholds
+from inspection.products import ProductEntry, ProductError, ProductView
 from inspection.roi import find_regions_aligned, find_regions_recipe
 from inspection.verdict import board_score, decide, region_verdicts
 from schemas.events import (
@@ -35,6 +36,8 @@ from schemas.events import (
     VerdictLabel,
 )
 from workers.messages import dead_letter, decode_failure, default_worker_name
+from workers.served import ImageScorer, ServedModel
+from workers.templates import TemplateCache, TemplateError
 
 if TYPE_CHECKING:
     from inspection.explain import Explainer
@@ -61,15 +64,6 @@ class InspectionError(Exception):
 
 
 @dataclass(frozen=True)
-class ServedModel:
-    """A model as a worker serves it: the classifier, its card's thresholds, its heatmaps."""
-
-    classifier: Classifier
-    thresholds: Thresholds
-    explainer: Explainer | None = None
-
-
-@dataclass(frozen=True)
 class Prepared:
     """A board after decode, ROI and crops: what the classify stage takes."""
 
@@ -78,6 +72,8 @@ class Prepared:
     data: bytes
     image: np.ndarray
     template: np.ndarray | None  # aligned to the board
+    roi_method: str  # reference | recipe | locator
+    template_id: str | None  # the event's, or the product's default
     boxes: list[Box]
     crops: np.ndarray
     decode_ms: float
@@ -96,7 +92,7 @@ class SourceInfo:
 class Inspector:
     def __init__(
         self,
-        classifier: Classifier,
+        classifier: Classifier | None,
         thresholds: Thresholds,
         store: ObjectStore,
         worker: str | None = None,
@@ -106,14 +102,12 @@ class Inspector:
         review_products: frozenset[str] = frozenset(),
         dead_letter_inline_max: int = 256 * 1024,
         audit_rate: float = 0.0,
+        anomaly: ImageScorer | None = None,
     ) -> None:
-        self.classifier = classifier
-        self.thresholds = thresholds
+        self.default = ServedModel(classifier, thresholds, explainer, anomaly=anomaly)
         self.store = store
         self.worker = worker or default_worker_name()
-        self._templates: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._template_cache_size = template_cache_size
-        self.explainer = explainer
+        self.templates = TemplateCache(store, template_cache_size)
         self.policy = policy
         self.dead_letter_inline_max = dead_letter_inline_max  # larger: claim-checked
         # products whose boards go to review, uninspected, when their template is missing
@@ -125,6 +119,9 @@ class Inspector:
         # handler to store them after the batch (workers.shadow)
         self.shadows: dict[str, list[ServedModel]] = {}
         self.shadow_decisions: list[ShadowDecision] = []
+        # the product registry (inspection.products); None: every product in reference mode
+        # (a library or `linecheck inspect` use without the audit store)
+        self.products: ProductView | None = None
 
     def serve(
         self,
@@ -133,8 +130,7 @@ class Inspector:
         shadows: dict[str, list[ServedModel]] | None = None,
     ) -> None:
         """Switch models (between batches: the handler calls it before inspecting one)."""
-        self.classifier, self.thresholds = default.classifier, default.thresholds
-        self.explainer = default.explainer
+        self.default = default
         self.overrides = dict(overrides)
         self.shadows = dict(shadows or {})
 
@@ -143,10 +139,18 @@ class Inspector:
         return taken
 
     def model_for(self, product: str) -> ServedModel:
-        found = self.overrides.get(product)
-        if found is not None:
-            return found
-        return ServedModel(self.classifier, self.thresholds, self.explainer)
+        return self.overrides.get(product) or self.default
+
+    def entry_for(self, event: FlaggedBoard) -> ProductEntry | None:
+        """The event's product entry (None without a registry); an unregistered product, or
+        one whose model does not serve its mode, is bad input."""
+        if self.products is None:
+            return None
+        model = self.model_for(event.product)
+        try:
+            return self.products.entry(event.product, model.mode, model.version)
+        except ProductError as exc:
+            raise InspectionError("product", str(exc)) from exc
 
     def keep_image(self, event: FlaggedBoard, verdict: VerdictLabel, data: bytes) -> str | None:
         """Where the review station finds this board's image, for boards a person will see:
@@ -164,33 +168,18 @@ class Inspector:
             return None
 
     def template(self, template_id: str) -> np.ndarray:
-        """The reference template by id, decoded under the image policy. Cached by content
-        (the store is read each time, a few kB): a replaced template takes effect at once."""
+        """The reference template by id, decoded under the image policy (cached by content:
+        a replaced template takes effect at once)."""
         try:
-            png = self.store.get_template(template_id, self.policy.max_bytes)
-        except StorageError as exc:
+            return self.templates.get(template_id, self.policy)
+        except TemplateError as exc:
             raise InspectionError("template", str(exc)) from exc
-        if png is None:
-            raise InspectionError(
-                "template",
-                f"template {template_id!r} is not in the object store: add it with "
-                f"`linecheck templates add {template_id} FILE`, then replay the dead letter",
-            )
-        digest = hashlib.sha256(png).hexdigest()
-        cached = self._templates.get(digest)
-        if cached is not None:
-            self._templates.move_to_end(digest)
-            return cached
-        try:
-            image = decode_gray(png, what=f"template {template_id!r}", policy=self.policy)
-        except ImageDecodeError as exc:
-            raise InspectionError("template", str(exc)) from exc
-        except Exception as exc:  # a broken golden board fails its boards, not the worker
-            raise InspectionError("template", f"{type(exc).__name__}: {exc}") from exc
-        self._templates[digest] = image
-        if len(self._templates) > self._template_cache_size:
-            self._templates.popitem(last=False)
-        return image
+
+    def explanation_path(self, event_id: str) -> Path:
+        """Where a board's explanation JPEG goes (hashed: an id unsafe as a file name)."""
+        safe = _SAFE_NAME.match(event_id)
+        name = event_id if safe else hashlib.sha256(event_id.encode()).hexdigest()
+        return self.store.root / "explanations" / f"{name}.jpg"
 
     def explain(
         self,
@@ -207,12 +196,7 @@ class Inspector:
         model = model or self.model_for("")
         if model.explainer is None:
             return None
-        name = (
-            event_id
-            if _SAFE_NAME.match(event_id)
-            else hashlib.sha256(event_id.encode()).hexdigest()
-        )
-        path = self.store.root / "explanations" / f"{name}.jpg"
+        path = self.explanation_path(event_id)
         try:
             probs, features = served if served is not None else (None, None)
             saved = model.explainer.save(
@@ -225,7 +209,7 @@ class Inspector:
     def _not_inspected(self, event: FlaggedBoard, reason: str, data: bytes) -> Verdict:
         """A review verdict for a board that could not be inspected (see review_products)."""
         log.warning("board %s sent to review uninspected: %s", event.event_id, reason)
-        return self._verdict(
+        return self.make_verdict(
             event,
             verdict=VerdictLabel.REVIEW,
             image_uri=self.keep_image(event, VerdictLabel.REVIEW, data),
@@ -235,7 +219,7 @@ class Inspector:
             timings=StageTimings(),
         )
 
-    def _verdict(
+    def make_verdict(
         self, event: FlaggedBoard, model: ServedModel | None = None, **decided: Any
     ) -> Verdict:
         """A verdict on ``event``: its identity, the model and thresholds that decided, and
@@ -247,20 +231,20 @@ class Inspector:
             machine=event.machine,
             product=event.product,
             board_serial=event.board_serial,
-            model_version=model.classifier.version,
+            model_version=model.version,
             threshold_version=model.thresholds.threshold_version,
             pass_below=model.thresholds.pass_below,
             fail_at_or_above=model.thresholds.fail_at_or_above,
             worker=self.worker,
             inspected_at=event.inspected_at,
             event_sha256=event_digest(event),
-            template_id=event.template_id,
-            **decided,
+            **{"template_id": event.template_id, **decided},
         )
 
     def prepare(self, event: FlaggedBoard) -> Prepared | Verdict:
-        """Decode, ROI and crops: the board ready for the classify stage (or, for a review
-        product whose template is missing, its review verdict already)."""
+        """Decode, ROI and crops: the board ready for the classify stage; or its verdict
+        already (an anomaly product's, or a review product's whose template is missing)."""
+        entry = self.entry_for(event)
         model = self.model_for(event.product)
         t0 = time.perf_counter()
         try:
@@ -270,10 +254,16 @@ class Inspector:
             raise InspectionError("image", str(exc)) from exc
         except Exception as exc:  # anything else about these bytes: dead-letter, do not loop
             raise InspectionError("image", f"{type(exc).__name__}: {exc}") from exc
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        if model.anomaly is not None:
+            from workers.anomaly_inspection import anomaly_verdict
+
+            return anomaly_verdict(self, event, model, data, image, decode_ms)
+        template_id = event.template_id or (entry.template_id if entry else None)
         template = None
-        if event.template_id:
+        if template_id and model.locator is None:
             try:
-                template = self.template(event.template_id)
+                template = self.template(template_id)
             except InspectionError as exc:
                 if exc.stage == "template" and event.product in self.review_products:
                     return self._not_inspected(event, exc.reason, data)
@@ -282,27 +272,30 @@ class Inspector:
             raise InspectionError(
                 "image",
                 f"board image is {image.shape[1]}x{image.shape[0]} but template "
-                f"{event.template_id!r} is {template.shape[1]}x{template.shape[0]}",
+                f"{template_id!r} is {template.shape[1]}x{template.shape[0]}",
             )
         t1 = time.perf_counter()
         try:
-            if template is not None:
-                boxes, template = find_regions_aligned(image, template)
+            if model.locator is not None:
+                boxes, roi_method = model.locator.find_regions(image), "locator"
+            elif template is not None:
+                (boxes, template), roi_method = find_regions_aligned(image, template), "reference"
             else:
-                boxes = find_regions_recipe(image)
+                boxes, roi_method = find_regions_recipe(image), "recipe"
         except ValueError as exc:  # the ROI stage rejects images it cannot work on
             raise InspectionError("roi", str(exc)) from exc
         except Exception as exc:  # anything else about this board: dead-letter, do not loop
             raise InspectionError("roi", f"{type(exc).__name__}: {exc}") from exc
         t2 = time.perf_counter()
         try:
-            crops = make_crops(image, template, boxes, model.classifier.input_size, aligned=True)
+            size = model.require_classifier().input_size
+            crops = make_crops(image, template, boxes, size, aligned=True)
         except Exception as exc:  # a poison board must not block its partition
             raise InspectionError("classify", f"{type(exc).__name__}: {exc}") from exc
         t3 = time.perf_counter()
         return Prepared(
-            event, model, data, image, template, boxes, crops,
-            decode_ms=(t1 - t0) * 1e3, roi_ms=(t2 - t1) * 1e3, crop_ms=(t3 - t2) * 1e3,
+            event, model, data, image, template, roi_method, template_id, boxes, crops,
+            decode_ms=decode_ms, roi_ms=(t2 - t1) * 1e3, crop_ms=(t3 - t2) * 1e3,
         )  # fmt: skip
 
     @staticmethod
@@ -311,8 +304,8 @@ class Inspector:
         maps of the same inference when the explainer uses them."""
         try:
             if model.explainer is not None and model.explainer.uses_served_features:
-                return model.classifier.predict_with_features(crops)  # type: ignore[attr-defined]
-            return model.classifier.predict_proba(crops), None
+                return model.classifier.predict_with_features(crops)  # type: ignore[union-attr]
+            return model.require_classifier().predict_proba(crops), None
         except Exception as exc:  # a poison board must not block its partition
             raise InspectionError("classify", f"{type(exc).__name__}: {exc}") from exc
 
@@ -341,14 +334,15 @@ class Inspector:
                 p.event.event_id, self.worker, shadows, p.image, p.template, p.boxes, p.crops
             )
         classify_ms += p.crop_ms
-        return self._verdict(
+        return self.make_verdict(
             p.event,
             p.model,
             verdict=label,
             image_uri=image_uri,
             board_score=score,
             regions=regions,
-            roi_method="reference" if p.template is not None else "recipe",
+            roi_method=p.roi_method,
+            template_id=p.template_id if p.template is not None else None,
             timings=StageTimings(
                 decode_ms=p.decode_ms,
                 roi_ms=p.roi_ms,

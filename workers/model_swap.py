@@ -1,5 +1,6 @@
 """Hot swap: a worker follows the model stages in the audit store (``linecheck models
-promote`` / ``rollback``) and switches models between batches, without a restart.
+promote`` / ``rollback``) and switches models between batches, without a restart; the product
+registry (``linecheck products``) is read at the same pace.
 
 Every ``model.refresh_s`` the handler asks the stages which version is active for ``*``
 (every product) and for each product with its own, and which are shadows; a version not
@@ -13,46 +14,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import sqlalchemy as sa
 
 from infra.settings import Settings
 from inspection.model.stages import ALL_PRODUCTS, StageStore
 from workers import metrics
-from workers.inspector import Inspector, ServedModel
+from workers.inspector import Inspector
+from workers.served import ServedModel, load_served
 
 log = logging.getLogger("linecheck.worker.models")
-
-
-def load_served(settings: Settings, model_dir: Path) -> ServedModel:
-    """A registered model as this worker serves it (backend, device and threads of the
-    settings; heatmaps from the serving runtime when explanations are on)."""
-    from inspection.backends import FeatureClassifier, load_classifier
-    from inspection.model.registry import load_card
-
-    explain = settings.worker.explain
-    classifier = load_classifier(
-        model_dir,
-        backend=settings.model.backend,
-        device=settings.model.device,
-        threads=settings.model.threads,
-        variant=settings.model.variant,
-        features=explain,
-    )
-    explainer = None
-    if explain:
-        from inspection.explain import Explainer
-
-        if isinstance(classifier, FeatureClassifier) and classifier.cam_weight is not None:
-            # heatmaps from the deciding inference's own feature maps: no second model, and
-            # the heatmap explains the model served (INT8 included)
-            explainer = Explainer(model_dir, served=classifier)
-        else:  # a boosted-tree head: the CNN's FP32 IR beside it
-            explainer = Explainer(
-                model_dir, device=settings.model.device or "CPU", threads=settings.model.threads
-            )
-    return ServedModel(classifier, load_card(model_dir).require_thresholds(), explainer)
 
 
 class ModelSwapper:
@@ -93,9 +64,11 @@ class ModelSwapper:
             return False
         self._next = now + self.refresh_s
         try:
+            if inspector.products is not None:  # the product registry, at the same pace
+                inspector.products.refresh()
             active, shadows = self.stages.serving()
         except sa.exc.SQLAlchemyError as exc:
-            log.warning("model stages unavailable, serving what we have: %s", exc)
+            log.warning("model stages or products unavailable, serving what we have: %s", exc)
             return False
         wanted = {ALL_PRODUCTS: self._serving.get(ALL_PRODUCTS, ""), **active}
         if wanted == self._serving and shadows == self._shadowing:

@@ -51,21 +51,22 @@ def score_shadows(
     for model in shadows:
         t0 = time.perf_counter()
         try:
-            size = model.classifier.input_size
+            classifier = model.require_classifier()  # an anomaly shadow cannot type regions
+            size = classifier.input_size
             own = (
                 crops
                 if crops.shape[-1] == size
                 else make_crops(image, template, boxes, size, aligned=True)
             )
-            regions = region_verdicts(boxes, model.classifier.predict_proba(own))
+            regions = region_verdicts(boxes, classifier.predict_proba(own))
         except Exception as exc:  # never the line's problem
-            log.warning("shadow %s failed on %s: %s", model.classifier.version, event_id, exc)
+            log.warning("shadow %s failed on %s: %s", model.version, event_id, exc)
             continue
         score = board_score(regions)
         out.append(
             ShadowDecision(
                 event_id=event_id,
-                model_version=model.classifier.version,
+                model_version=model.version,
                 threshold_version=model.thresholds.threshold_version,
                 verdict=decide(model.thresholds, score),
                 board_score=score,

@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from infra.db import upgrade
 from infra.kafka_admin import ensure_topics
 from infra.settings import Settings
+from inspection.products import register_products
 from linecheck.processes import WorkerProcess, start_workers, stop_workers, wait_ready
 from producers.publisher import producer_config
 from schemas.events import FlaggedBoard
@@ -173,7 +174,10 @@ def e2e_runs(
 ) -> tuple[E2eRun, E2eRun | None]:
     """Saturation run (every board published at once) and, with ``latency_at`` (a fraction
     of the saturation rate), an open-loop run at that rate on the same workers."""
-    upgrade(live.postgres.url.get_secret_value())
+    url = live.postgres.url.get_secret_value()
+    upgrade(url)
+    products = sorted({json.loads(e)["product"] for e in events})
+    register_products(url, products, "reference", "bench", "linecheck bench")
     with worker_group(live, workers, batch_size, run) as (settings, _):
         watch = VerdictWatch(settings)
         try:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from linecheck.cli.common import ConfigOption, err, settings_or_exit
+from linecheck.cli.common import ConfigOption, audit_store, err, settings_or_exit
+
+if TYPE_CHECKING:
+    from producers.simulator import BoardSample
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -111,6 +116,13 @@ def simulate(
     line: str = "L1",
     machine: str = "aoi-1",
     seed: int = 0,
+    register: Annotated[
+        bool,
+        typer.Option(
+            help="register the simulated products that are not in the product "
+            "registry, for reference inspection (a product already there is left as it is)"
+        ),
+    ] = True,
     config: ConfigOption = None,
 ) -> None:
     """Publish N flagged boards at a given rate, like a line would."""
@@ -131,7 +143,9 @@ def simulate(
     ensure_topics(settings.kafka.bootstrap_servers, settings.topics, settings.kafka.partitions)
     store = ObjectStore(settings.images.object_store)
     publisher = BoardPublisher.for_settings(settings, store)
-    with progress_bar(err, "publishing", boards) as step:
+    with contextlib.ExitStack() as stack, progress_bar(err, "publishing", boards) as step:
+        if register:
+            samples = _registering(stack.enter_context(audit_store(settings)), samples)
         done = publish_boards(
             publisher,
             store,
@@ -143,6 +157,30 @@ def simulate(
             on_published=lambda n: step(completed=n),
         )
     err.print(f"published {len(done)} boards to {settings.topics.flagged}")
+
+
+def _registering(url: str, samples: Iterator[BoardSample]) -> Iterator[BoardSample]:
+    """``samples``, registering each product (reference mode) before its first board; an
+    audit store out of reach is said once, and the boards still go out."""
+    import sqlalchemy as sa
+
+    from inspection.products import register_products
+
+    seen: set[str] = set()
+    reachable = True
+    for sample in samples:
+        if reachable and sample.product not in seen:
+            seen.add(sample.product)
+            try:
+                added = register_products(
+                    url, [sample.product], "reference", "simulate", "registered by the simulator"
+                )
+            except sa.exc.SQLAlchemyError as exc:
+                err.print(f"[yellow]products not registered (audit store: {exc})[/yellow]")
+                reachable, added = False, []
+            if added:
+                err.print(f"registered product {sample.product!r} for reference inspection")
+        yield sample
 
 
 @app.command()
@@ -242,9 +280,6 @@ from linecheck.cli.models import register as _register_models  # noqa: E402
 
 _register_models(app)
 
-if __name__ == "__main__":  # pragma: no cover
-    app(prog_name="linecheck")
-
 from linecheck.cli.operations import register as _register_operations  # noqa: E402
 
 _register_operations(app)
@@ -312,3 +347,10 @@ def chaos(
 from linecheck.cli.bench import register as _register_bench  # noqa: E402
 
 _register_bench(app)
+
+from linecheck.cli.products import register as _register_products  # noqa: E402
+
+_register_products(app)
+
+if __name__ == "__main__":  # pragma: no cover
+    app(prog_name="linecheck")

@@ -31,7 +31,7 @@ ByOption = Annotated[
 ]
 
 
-def _who(by: str | None) -> str:
+def who_is(by: str | None) -> str:
     if by:
         return by
     try:
@@ -50,7 +50,7 @@ def _require_model(settings: Settings, version: str) -> Path:
 
 
 @contextlib.contextmanager
-def _stages(config: Path | None) -> Iterator[StageStore]:
+def stage_store(config: Path | None) -> Iterator[StageStore]:
     from infra.db import make_engine, prepare
 
     settings = settings_or_exit(config)
@@ -65,7 +65,7 @@ def _stages(config: Path | None) -> Iterator[StageStore]:
 
 def _change(config: Path | None, action: str, who: str, product: str, version: str = "") -> None:
     """Promote, roll back, or set another stage; the outcome or the refusal on stderr."""
-    with _stages(config) as stages:
+    with stage_store(config) as stages:
         try:
             if action == "promote":
                 old = stages.promote(version, who, product)
@@ -92,7 +92,7 @@ def models_list(
     from inspection.model.registry import list_versions, load_card
 
     settings = settings_or_exit(config)
-    with _stages(config) as stages:
+    with stage_store(config) as stages:
         rows = stages.rows()
     staged: dict[str, list[str]] = {}
     for row in rows:
@@ -103,6 +103,7 @@ def models_list(
         models.append(
             {
                 "version": version,
+                "mode": card.mode,
                 "arch": card.arch,
                 "head": card.head,
                 "created_at": card.created_at.isoformat(),
@@ -113,11 +114,13 @@ def models_list(
         print(json.dumps({"models": models, "not_here": staged}))
         return
     table = Table(title=f"models in {settings.model.models_dir}")
-    for column in ("version", "arch", "head", "created", "stages"):
+    for column in ("version", "mode", "arch", "head", "created", "stages"):
         table.add_column(column)
     for m in models:
         table.add_row(
-            m["version"], m["arch"], m["head"], m["created_at"][:19], ", ".join(m["stages"]) or "—"
+            *(m[k] for k in ("version", "mode", "arch", "head")),
+            m["created_at"][:19],
+            ", ".join(m["stages"]) or "—",
         )
     err.print(table)
     for version, stage in staged.items():
@@ -133,7 +136,7 @@ def models_show(version: str, config: ConfigOption = None) -> None:
 
     settings = settings_or_exit(config)
     card = load_card(settings.model.models_dir / version)
-    with _stages(config) as stages:
+    with stage_store(config) as stages:
         history = stages.history(version)
     print(
         json.dumps(
@@ -151,7 +154,7 @@ def models_promote(
 ) -> None:
     """Make VERSION the active model (the one it replaces is retired)."""
     _require_model(settings_or_exit(config), version)
-    _change(config, "promote", _who(by), product, version)
+    _change(config, "promote", who_is(by), product, version)
 
 
 @models_app.command("rollback")
@@ -161,7 +164,7 @@ def models_rollback(
     config: ConfigOption = None,
 ) -> None:
     """Reactivate the model that was active before the current one."""
-    _change(config, "rollback", _who(by), product)
+    _change(config, "rollback", who_is(by), product)
 
 
 @models_app.command("shadow")
@@ -173,7 +176,7 @@ def models_shadow(
 ) -> None:
     """Score every board with VERSION beside the active model; stored, never published."""
     _require_model(settings_or_exit(config), version)
-    _change(config, "shadow", _who(by), product, version)
+    _change(config, "shadow", who_is(by), product, version)
 
 
 @models_app.command("compare")
@@ -241,7 +244,7 @@ def models_retire(
     config: ConfigOption = None,
 ) -> None:
     """Retire VERSION (an active model is replaced by promoting another, not retired)."""
-    _change(config, "retired", _who(by), product, version)
+    _change(config, "retired", who_is(by), product, version)
 
 
 @models_app.command("export")
@@ -274,10 +277,10 @@ def models_import(
     except ArchiveError as exc:
         err.print(f"[red]not imported:[/red] {exc}")
         raise typer.Exit(1) from exc
-    with _stages(config) as stages:
+    with stage_store(config) as stages:
         if not any(r.model_version == folder.name for r in stages.rows()):
             stages.set_stage(
-                folder.name, "candidate", _who(by), ALL_PRODUCTS, f"imported from {archive.name}"
+                folder.name, "candidate", who_is(by), ALL_PRODUCTS, f"imported from {archive.name}"
             )
     err.print(f"imported {folder.name} into {folder.parent} as a candidate")
     print(folder.name)
