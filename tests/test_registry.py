@@ -93,14 +93,19 @@ def test_resolve_latest_by_created_at(small: torch.nn.Module, tmp_path: Path) ->
     assert resolve_model(tmp_path) == tmp_path / "a-new"
     assert resolve_model(tmp_path, "latest") == tmp_path / "a-new"
     assert resolve_model(tmp_path, "b-old") == tmp_path / "b-old"
+    # a newer anomaly-mode model serves only its products: 'latest' stays the reference one
+    newest = _card("c-anomaly", t0 + timedelta(hours=2)).model_copy(update={"mode": "anomaly"})
+    save_model(small, newest, tmp_path)
+    assert resolve_model(tmp_path, "latest") == tmp_path / "a-new"
+    assert resolve_model(tmp_path, "c-anomaly") == tmp_path / "c-anomaly"
     with pytest.raises(FileNotFoundError) as err:
         resolve_model(tmp_path, "v9")
     msg = str(err.value)
-    assert "'v9'" in msg and str(tmp_path) in msg and "a-new, b-old" in msg
+    assert "'v9'" in msg and str(tmp_path) in msg and "a-new, b-old, c-anomaly" in msg
 
 
 def test_resolve_in_empty_or_missing_folder(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no models in"):
+    with pytest.raises(FileNotFoundError, match="no reference-mode models in"):
         resolve_model(tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="available: none"):
         resolve_model(tmp_path, "v1")
