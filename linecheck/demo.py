@@ -11,6 +11,7 @@ import itertools
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from rich.console import Console
@@ -66,6 +67,8 @@ class DemoResult:
     first_alert_board: int | None = None
     swap_at: int | None = None
     model_versions: dict[str, int] = field(default_factory=dict)  # audit rows per model
+    # --mixed: each product's mode, boards and rates (linecheck.mixed_line)
+    products: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -240,9 +243,17 @@ def run_demo(
     external: bool = False,
     drift: bool = False,
     swap_at: int | None = None,
+    mixed: bool = False,
     console: Console | None = None,
 ) -> DemoResult:
     from inspection.products import register_products
+    from linecheck.mixed_line import (
+        ensure_mixed_models,
+        mixed_samples,
+        product_modes,
+        rates_per_product,
+        register_mixed_line,
+    )
     from training.synthetic_model import ensure_model
 
     console = console or Console(stderr=True)
@@ -250,7 +261,10 @@ def run_demo(
         raise DemoError(f"--boards must be at least 1, got {boards}")
     if swap_at is not None and not 0 < swap_at < boards:
         raise DemoError(f"--swap-at must be between 1 and boards - 1, got {swap_at}")
+    if mixed and swap_at is not None:
+        raise DemoError("--mixed and --swap-at do not go together (the swap is of one model)")
     model_dir = ensure_model(settings, console=console)
+    mixed_models = ensure_mixed_models(settings, console) if mixed else None
     with services(settings, external, console) as live:
         if swap_at is not None:  # the rehearsal's models apart from the line's own
             from inspection.model.registry import clone_model
@@ -275,21 +289,20 @@ def run_demo(
             seen_before = _verdicts_seen(live)
             # Boards are made before the clock starts: boards/s measures the pipeline.
             samples = []
+            source = synthetic_samples(seed=seed, drift_from=drift_from)
+            if mixed_models is not None:
+                source = mixed_samples(source)
             with progress_bar(console, "generating boards", boards) as step:
-                for sample in itertools.islice(
-                    synthetic_samples(seed=seed, drift_from=drift_from), boards
-                ):
+                for sample in itertools.islice(source, boards):
                     samples.append(sample)
                     step()
-            # the line's products, inspected against their templates (an operator's entry for
-            # one of them is left as it is)
-            register_products(
-                live.postgres.url.get_secret_value(),
-                sorted({s.product for s in samples}),
-                "reference",
-                "demo",
-                "linecheck demo",
-            )
+            url = live.postgres.url.get_secret_value()
+            modes = product_modes(samples) if mixed_models else {}
+            if mixed_models is not None:
+                register_mixed_line(url, modes, mixed_models)
+            else:  # inspected against their templates (an operator's entry is left alone)
+                products = sorted({s.product for s in samples})
+                register_products(url, products, "reference", "demo", "linecheck demo")
             with console.status("waiting for the workers to load the model and join the group"):
                 wait_ready([*procs, sink])
             store = ObjectStore(live.images.object_store)
@@ -333,6 +346,7 @@ def run_demo(
                 )
             raised = demo_alerts(engine, published, wall_start)
             versions = verdicts_per_model(engine, published)
+            per_product = rates_per_product(engine, published, modes) if mixed_models else {}
             alert_messages = read_topic(
                 live.kafka.bootstrap_servers,
                 live.topics.alerts,
@@ -366,6 +380,7 @@ def run_demo(
         first_alert_board=raised[0][1] if raised else None,
         swap_at=swap_at,
         model_versions=versions,
+        products=per_product,
     )
 
 

@@ -133,3 +133,40 @@ def test_demo_drift_raises_an_alert_after_the_change_and_none_before_and_report_
     ):
         assert text in page
     assert _processes_mentioning(str(tmp_path)) == []
+
+
+def test_mixed_line_demo_inspects_each_product_its_own_way(model_dir: Path, tmp_path: Path) -> None:
+    """Boards with templates, boards without and part surfaces on one line: each product is
+    registered for its mode, decided by its own model, and reported with its own rates."""
+    from inspection.model.registry import clone_model
+
+    models = tmp_path / "models"  # the locator and anomaly models are trained into it
+    clone_model(model_dir, model_dir.name, models)
+    env = {**_demo_env(model_dir, tmp_path), "LINECHECK_MODEL__MODELS_DIR": str(models)}
+    done = subprocess.run(
+        [sys.executable, "-m", "linecheck", "demo", "--mixed", "--boards", "16", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["published"] == summary["verdicts"] == summary["audit_rows"] == 16
+    assert summary["deadletter"] == 0
+    products = summary["products"]
+    by_mode: dict[str, int] = {}
+    for name, p in products.items():
+        by_mode[p["mode"]] = by_mode.get(p["mode"], 0) + p["boards"]
+        expected = {"reference": "reference", "locator": "locator", "anomaly": "anomaly"}
+        # every board of the product went down its mode's path, none fell back to the recipe
+        assert p["roi_methods"] == {expected[p["mode"]]: p["boards"]}, name
+        assert sum(p["counts"].values()) == p["boards"]
+    assert by_mode == {"reference": 8, "locator": 4, "anomaly": 4}
+    tiles = [p for p in products.values() if p["mode"] == "anomaly"]
+    # the tiles' anomaly model separates its calibration tiles perfectly: no defective tile
+    # of the line passes
+    assert len(tiles) == 1 and tiles[0]["defective"] >= 1 and tiles[0]["fnr"] == 0.0
+    assert (models / "mixed-locator-v1" / "locator.xml").is_file()
+    assert _processes_mentioning(str(tmp_path)) == []

@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -37,6 +37,23 @@ def config(config: ConfigOption = None) -> None:
     print(json.dumps(redacted(settings), indent=2))
 
 
+def products_table(products: dict[str, dict[str, Any]]) -> Table:
+    """The mixed line's summary: each product's mode and rates."""
+    table = Table(title="per product")
+    for column in ("product", "mode", "boards", "defective", "FNR", "FPR", "review"):
+        table.add_column(column, justify="left" if column in ("product", "mode") else "right")
+
+    def rate(v: float | None) -> str:
+        return "—" if v is None else f"{v:.3f}"
+
+    for name, r in products.items():
+        table.add_row(
+            name, r["mode"], str(r["boards"]), str(r["defective"]),
+            rate(r["fnr"]), rate(r["fpr"]), rate(r["review_rate"]),
+        )  # fmt: skip
+    return table
+
+
 @app.command()
 def demo(
     boards: Annotated[int, typer.Option(min=1, help="boards to publish")] = 200,
@@ -60,6 +77,13 @@ def demo(
             "(published at 12 boards/s unless --rate)"
         ),
     ] = False,
+    mixed: Annotated[
+        bool,
+        typer.Option(
+            help="a mixed line: boards with templates (reference), boards without (locator) "
+            "and part surfaces (anomaly), each product's rates in the summary"
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Run the whole flow end to end on the embedded servers and print a summary."""
@@ -76,6 +100,7 @@ def demo(
             external=external,
             drift=drift,
             swap_at=swap_at,
+            mixed=mixed,
             console=err,
         )
     except DemoError as exc:
@@ -85,9 +110,13 @@ def demo(
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in result.as_dict().items():
+        if key == "products":
+            continue
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         table.add_row(key, shown)
     err.print(table)
+    if result.products:
+        err.print(products_table(result.products))
     if as_json:
         print(json.dumps(result.as_dict()))
     ok = result.published == result.audit_rows + result.deadletter
