@@ -21,6 +21,12 @@ from infra.kafka_admin import ensure_topics, read_topic
 from infra.object_store import ObjectStore
 from infra.progress import progress_bar
 from infra.settings import Settings
+from linecheck.demo_rates import (
+    board_error_rates,
+    count_rows,
+    rates_per_product,
+    verdicts_per_model,
+)
 from linecheck.embedded import services
 from linecheck.processes import (
     ProcessError,
@@ -72,45 +78,6 @@ class DemoResult:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-def count_rows(engine: sa.Engine, event_ids: list[str]) -> int:
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.select(sa.func.count())
-                .select_from(verdicts)
-                .where(verdicts.c.event_id.in_(event_ids))
-            ).scalar_one()
-        )
-
-
-def board_error_rates(
-    engine: sa.Engine, boards: list[PublishedBoard]
-) -> tuple[float | None, float | None, float, dict[str, int]]:
-    """FNR = defective boards passed / defective boards; FPR = good boards failed / good boards;
-    a board sent to review is decided by a person, so it is neither an escape nor a false call."""
-    truth = {b.event_id: b.defective for b in boards}
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(verdicts.c.event_id, verdicts.c.verdict).where(
-                verdicts.c.event_id.in_(list(truth))
-            )
-        ).all()
-    counts = {"pass": 0, "fail": 0, "review": 0}
-    fn = fp = positives = negatives = 0
-    for event_id, verdict in rows:
-        counts[verdict] += 1
-        if truth[event_id]:
-            positives += 1
-            fn += verdict == "pass"
-        else:
-            negatives += 1
-            fp += verdict == "fail"
-    fnr = fn / positives if positives else None
-    fpr = fp / negatives if negatives else None
-    review_rate = counts["review"] / len(rows) if rows else 0.0
-    return fnr, fpr, review_rate, counts
 
 
 def simulated_outcomes(
@@ -249,9 +216,8 @@ def run_demo(
     from inspection.products import register_products
     from linecheck.mixed_line import (
         ensure_mixed_models,
+        line_modes,
         mixed_samples,
-        product_modes,
-        rates_per_product,
         register_mixed_line,
     )
     from training.synthetic_model import ensure_model
@@ -297,7 +263,7 @@ def run_demo(
                     samples.append(sample)
                     step()
             url = live.postgres.url.get_secret_value()
-            modes = product_modes(samples) if mixed_models else {}
+            modes = line_modes(seed) if mixed_models else {}
             if mixed_models is not None:
                 register_mixed_line(url, modes, mixed_models)
             else:  # inspected against their templates (an operator's entry is left alone)
@@ -400,16 +366,6 @@ def promote_candidate(engine: sa.Engine, active: Path, console: Console) -> str:
     console.log(f"promoted {candidate} (was {active.name}); workers switch between batches")
     time.sleep(2 * SWAP_REFRESH_S)
     return candidate
-
-
-def verdicts_per_model(engine: sa.Engine, boards: list[PublishedBoard]) -> dict[str, int]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(verdicts.c.model_version, sa.func.count())
-            .where(verdicts.c.event_id.in_([b.event_id for b in boards]))
-            .group_by(verdicts.c.model_version)
-        ).all()
-    return {str(v): int(n) for v, n in rows}
 
 
 def _verdicts_seen(settings: Settings) -> int:

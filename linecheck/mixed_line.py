@@ -19,17 +19,15 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 from rich.console import Console
 
 from board_data.synthetic import BoardGenerator
 from board_data.synthetic_tiles import TileGenerator
 from infra.images import encode_png
 from infra.settings import Settings
-from producers.simulator import BoardSample, PublishedBoard
+from producers.simulator import BoardSample
 
 LOCATOR_SEED, LOCATOR_SIZE, LOCATOR_DESIGNS = 41, 256, 2
 ANOMALY_SEED = 5
@@ -127,23 +125,21 @@ def mixed_samples(reference: Iterator[BoardSample]) -> Iterator[BoardSample]:
             )  # fmt: skip
         else:
             t = tiles.tile(ANOMALY_TRAIN_TILES + i)
+            # no defect types: a tile's defect is no PCB defect type, a reviewer confirms
+            # "defective" only
             yield BoardSample(
                 serial=f"TL-{i:07d}", product=tiles.product, image=encode_png(t.image),
                 media_type="image/png", template_id=None, template=None,
                 defective=t.defective, n_defects=int(t.defective),
-                defect_types=(t.defect,) if t.defect else (),
             )  # fmt: skip
 
 
-def product_modes(samples: list[BoardSample]) -> dict[str, str]:
-    """Each product of the mixed line's samples with its inspection mode."""
-    locator = set(_locator_generator().products)
-    tile = TileGenerator(seed=ANOMALY_SEED).product
-    return {
-        s.product: "locator" if s.product in locator else "anomaly" if s.product == tile
-        else "reference"
-        for s in samples
-    }  # fmt: skip
+def line_modes(seed: int) -> dict[str, str]:
+    """Each product of the mixed line (reference boards of generator ``seed``) with its mode."""
+    modes = dict.fromkeys(BoardGenerator(seed=seed).products, "reference")
+    modes.update(dict.fromkeys(_locator_generator().products, "locator"))
+    modes[TileGenerator(seed=ANOMALY_SEED).product] = "anomaly"
+    return modes
 
 
 def register_mixed_line(url: str, modes: dict[str, str], models: MixedModels) -> None:
@@ -164,34 +160,3 @@ def register_mixed_line(url: str, modes: dict[str, str], models: MixedModels) ->
                     stages.promote(model.name, "demo", product, note="linecheck demo --mixed")
     finally:
         engine.dispose()
-
-
-def rates_per_product(
-    engine: sa.Engine, boards: list[PublishedBoard], modes: dict[str, str]
-) -> dict[str, dict[str, Any]]:
-    """Each product's mode, boards, FNR, FPR and review rate (as the demo's overall ones), and
-    how its boards were inspected (the verdicts' ``roi_method``)."""
-    from infra.db import verdicts
-    from linecheck.demo import board_error_rates
-
-    with engine.connect() as conn:
-        methods = conn.execute(
-            sa.select(verdicts.c.product, verdicts.c.roi_method, sa.func.count())
-            .where(verdicts.c.event_id.in_([b.event_id for b in boards]))
-            .group_by(verdicts.c.product, verdicts.c.roi_method)
-        ).all()
-    out: dict[str, dict[str, Any]] = {}
-    for product in sorted({b.product for b in boards}):
-        mine = [b for b in boards if b.product == product]
-        fnr, fpr, review_rate, counts = board_error_rates(engine, mine)
-        out[product] = {
-            "mode": modes.get(product, "reference"),
-            "boards": len(mine),
-            "defective": sum(b.defective for b in mine),
-            "fnr": fnr,
-            "fpr": fpr,
-            "review_rate": review_rate,
-            "counts": counts,
-            "roi_methods": {str(m): int(n) for p, m, n in methods if p == product},
-        }
-    return out

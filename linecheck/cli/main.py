@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -15,6 +15,7 @@ from rich.table import Table
 from linecheck.cli.common import ConfigOption, audit_store, err, settings_or_exit
 
 if TYPE_CHECKING:
+    from infra.settings import Settings
     from producers.simulator import BoardSample
 
 app = typer.Typer(
@@ -37,92 +38,6 @@ def config(config: ConfigOption = None) -> None:
     print(json.dumps(redacted(settings), indent=2))
 
 
-def products_table(products: dict[str, dict[str, Any]]) -> Table:
-    """The mixed line's summary: each product's mode and rates."""
-    table = Table(title="per product")
-    for column in ("product", "mode", "boards", "defective", "FNR", "FPR", "review"):
-        table.add_column(column, justify="left" if column in ("product", "mode") else "right")
-
-    def rate(v: float | None) -> str:
-        return "—" if v is None else f"{v:.3f}"
-
-    for name, r in products.items():
-        table.add_row(
-            name, r["mode"], str(r["boards"]), str(r["defective"]),
-            rate(r["fnr"]), rate(r["fpr"]), rate(r["review_rate"]),
-        )  # fmt: skip
-    return table
-
-
-@app.command()
-def demo(
-    boards: Annotated[int, typer.Option(min=1, help="boards to publish")] = 200,
-    workers: Annotated[int, typer.Option(min=1, help="worker processes in the group")] = 2,
-    rate: Annotated[
-        float | None, typer.Option(help="boards/s (default: as fast as possible)")
-    ] = None,
-    seed: int = 0,
-    external: Annotated[
-        bool, typer.Option(help="use the Kafka/PostgreSQL/Redis of the settings")
-    ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="last line: the summary as JSON")] = False,
-    swap_at: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option(help="after board N, promote a candidate model; workers switch live"),
-    ] = None,
-    drift: Annotated[
-        bool,
-        typer.Option(
-            help="from board N/2 on, noisier scans and more misregistration "
-            "(published at 12 boards/s unless --rate)"
-        ),
-    ] = False,
-    mixed: Annotated[
-        bool,
-        typer.Option(
-            help="a mixed line: boards with templates (reference), boards without (locator) "
-            "and part surfaces (anomaly), each product's rates in the summary"
-        ),
-    ] = False,
-    config: ConfigOption = None,
-) -> None:
-    """Run the whole flow end to end on the embedded servers and print a summary."""
-    from linecheck.demo import DemoError, run_demo
-
-    settings = settings_or_exit(config)
-    try:
-        result = run_demo(
-            settings,
-            boards,
-            workers=workers,
-            rate=rate,
-            seed=seed,
-            external=external,
-            drift=drift,
-            swap_at=swap_at,
-            mixed=mixed,
-            console=err,
-        )
-    except DemoError as exc:
-        err.print(f"[red]demo failed:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    table = Table(title="linecheck demo")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in result.as_dict().items():
-        if key == "products":
-            continue
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-        table.add_row(key, shown)
-    err.print(table)
-    if result.products:
-        err.print(products_table(result.products))
-    if as_json:
-        print(json.dumps(result.as_dict()))
-    ok = result.published == result.audit_rows + result.deadletter
-    raise typer.Exit(0 if ok else 1)
-
-
 @app.command()
 def worker(config: ConfigOption = None) -> None:
     """Run one inspection worker (joins the consumer group of the settings)."""
@@ -140,7 +55,12 @@ def simulate(
     boards: Annotated[int, typer.Option(min=1)] = 100,
     rate: Annotated[Optional[float], typer.Option(help="boards/s")] = None,  # noqa: UP045
     source: Annotated[
-        str, typer.Option(help="'synthetic' or a folder in DeepPCB's layout")
+        str,
+        typer.Option(
+            help="'synthetic', 'mixed' (boards with and without templates and part surfaces, "
+            "each product registered for its mode; see `demo --mixed`) or a folder in "
+            "DeepPCB's layout"
+        ),
     ] = "synthetic",
     line: str = "L1",
     machine: str = "aoi-1",
@@ -164,10 +84,16 @@ def simulate(
     settings = settings_or_exit(config)
     if source == "synthetic":
         samples = synthetic_samples(seed=seed)
+    elif source == "mixed":
+        samples = _mixed_line(settings, seed)
+        register = False  # the mixed line registers its own products with their modes
     elif Path(source).is_dir():
         samples = deeppcb_samples(Path(source))
     else:
-        err.print(f"[red]--source must be 'synthetic' or an existing folder, got {source!r}[/red]")
+        err.print(
+            "[red]--source must be 'synthetic', 'mixed' or an existing folder, "
+            f"got {source!r}[/red]"
+        )
         raise typer.Exit(2)
     ensure_topics(settings.kafka.bootstrap_servers, settings.topics, settings.kafka.partitions)
     store = ObjectStore(settings.images.object_store)
@@ -186,6 +112,22 @@ def simulate(
             on_published=lambda n: step(completed=n),
         )
     err.print(f"published {len(done)} boards to {settings.topics.flagged}")
+
+
+def _mixed_line(settings: Settings, seed: int) -> Iterator[BoardSample]:
+    """The mixed line's boards, its models trained if absent and its products registered."""
+    from linecheck.mixed_line import (
+        ensure_mixed_models,
+        line_modes,
+        mixed_samples,
+        register_mixed_line,
+    )
+    from producers.simulator import synthetic_samples
+
+    models = ensure_mixed_models(settings, err)
+    with audit_store(settings) as url:
+        register_mixed_line(url, line_modes(seed), models)
+    return mixed_samples(synthetic_samples(seed=seed))
 
 
 def _registering(url: str, samples: Iterator[BoardSample]) -> Iterator[BoardSample]:
@@ -380,6 +322,10 @@ _register_bench(app)
 from linecheck.cli.products import register as _register_products  # noqa: E402
 
 _register_products(app)
+
+from linecheck.cli.demo import register as _register_demo  # noqa: E402
+
+_register_demo(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app(prog_name="linecheck")

@@ -94,6 +94,10 @@ def train(
         Optional[str],  # noqa: UP045
         typer.Option(help="--head gbdt: the trained CNN to put it on (default: train one)"),
     ] = None,
+    roi: Annotated[
+        str, typer.Option(help="reference | locator (learned, no template)")
+    ] = "reference",
+    locator_epochs: Annotated[int, typer.Option(min=1, help="--roi locator")] = 40,
     config: ConfigOption = None,
 ) -> None:
     """Train a classifier, calibrate it and register it (OpenVINO IR, FP32 and INT8).
@@ -158,6 +162,16 @@ def train(
         print(train_gbdt_head(base, data, split, seed=seed, threads=threads,
                               cache_dir=settings.work_dir / "cache", console=err))  # fmt: skip
         return
+    if roi == "locator" and task == "detect":
+        from training.locator_model import train_locator_model
+
+        print(train_locator_model(settings.model.models_dir, data, split, arch=arch,  # type: ignore[arg-type]
+                                  epochs=epochs or 10, locator_epochs=locator_epochs, seed=seed,
+                                  threads=threads, version=version, console=err))  # fmt: skip
+        return
+    if roi != "reference":
+        err.print(f"[red]--roi locator needs DeepPCB-layout data; got --roi {roi!r}[/red]")
+        raise typer.Exit(2)
     if task == "detect":
         model_dir = train_deeppcb(
             settings.model.models_dir,
@@ -296,6 +310,10 @@ def evaluate(
     held_out: Annotated[
         bool, typer.Option(help="image folder: only the images training held out (same seed)")
     ] = False,
+    roi: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="reference | locator (default: the card's mode)"),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Evaluate a model on labelled pairs (DeepPCB protocol: IoU > 0.33, same type):
@@ -315,8 +333,9 @@ def evaluate(
     model_dir = _model_dir(settings, model)
     try:
         metrics = evaluate_model(
-            model_dir, data, split, out, variant=variant, draw=draw, seed=seed, console=err
-        )
+            model_dir, data, split, out, variant=variant, draw=draw, seed=seed, console=err,
+            roi=roi,
+        )  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
