@@ -98,10 +98,14 @@ def evaluate_model(
     seed: int = 0,
     threads: int | None = None,
     console: Console | None = None,
+    roi: str | None = None,
 ) -> dict[str, Any]:
     """Write ``out/detections/<image id>.txt`` and ``out/metrics.json``; with ``draw`` N,
     pictures of N boards (boxes, types, CAM heatmaps of failed/doubtful regions) in
-    ``out/boards/``. Returns the metrics."""
+    ``out/boards/``. ``roi``: "reference" (against each pair's template) or "locator" (the
+    model folder's learned locator, no template; templates only make the good twins, and
+    without them there are no board-level rates); default: the card's mode. Returns the
+    metrics."""
     console = console or Console(stderr=True)
     card = load_card(model_dir)
     samples = eval_samples(data, split_file, model_val_groups(card))
@@ -115,18 +119,32 @@ def evaluate_model(
     drawn = (
         set(np.linspace(0, len(samples) - 1, draw).round().astype(int).tolist()) if draw else set()
     )
-    results = score_pairs(samples, classifier, console, seed=seed, keep=lambda i: i in drawn)
+    roi = roi or ("locator" if card.mode == "locator" else "reference")
+    twins = True
+    if roi == "locator":
+        from inspection.locator import Locator
+        from training.locator_model import score_pairs_locator
+
+        locator = Locator(model_dir, threads=threads)
+        results, twins = score_pairs_locator(
+            samples, locator, classifier, console, seed=seed, keep=lambda i: i in drawn
+        )
+    else:
+        results = score_pairs(samples, classifier, console, seed=seed, keep=lambda i: i in drawn)
     det_dir = Path(out) / "detections"
     det_dir.mkdir(parents=True, exist_ok=True)
     for r in results:
         write_detections(det_dir / f"{r.sample.image_id}.txt", r.detections())
-    metrics = evaluation_metrics(results, card.thresholds)
-    metrics["board_rates_cross_group"] = cross_group_board_rates(
-        results, card.thresholds.target_fnr if card.thresholds else 0.001
+    metrics = evaluation_metrics(results, card.thresholds if twins else None)
+    metrics["board_rates_cross_group"] = (
+        cross_group_board_rates(results, card.thresholds.target_fnr if card.thresholds else 0.001)
+        if twins
+        else {}
     )
     metrics.update(
         {
             "model": card.version,
+            "roi": roi,
             "variant": variant,
             "data": str(data),
             "split": str(split_file) if split_file else None,

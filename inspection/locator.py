@@ -1,0 +1,169 @@
+"""Template-free ROI: the learned locator (a locator-mode model folder's ``locator.xml``)
+served on OpenVINO.
+
+The network maps a grayscale board to a defect-region map at 1/4 resolution
+(:mod:`inspection.model.locator_net`); regions are the connected components of the map above
+a threshold, boxed, grown back by what training shrank the targets by, then given 5 %
+margins and clipped to the board. ``locator.json`` beside the IR holds those parameters.
+No torch here: serving needs OpenVINO only.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from schemas.events import Box
+
+LOCATOR_XML = "locator.xml"
+LOCATOR_PARAMS = "locator.json"
+OUTPUT_STRIDE = 4  # the network's map is 1/4 of its input
+PAD_MULTIPLE = 16  # the network's deepest stride: inputs are padded up to a multiple
+
+
+@dataclass(frozen=True)
+class LocatorParams:
+    """How a locator's map becomes boxes (``locator.json``)."""
+
+    input_scale: float = 1.0
+    """the board is resized by this before the network (1.0: native resolution)"""
+    threshold: float = 0.5
+    """map probability above which a cell belongs to a region"""
+    target_shrink: float = 0.2
+    """training targets were the boxes shrunk by this share of their size on each side (so
+    that neighbouring defects stay apart in the map) ..."""
+    margin: float = 0.05
+    """... regions are grown back by that, then get this share of their size on each side"""
+    min_side_px: int = 8
+    """a region's box is at least this wide and high (before the margin)"""
+    max_candidates: int = 32
+    """most confident regions kept (by peak probability)"""
+
+    def save(self, model_dir: Path) -> None:
+        (Path(model_dir) / LOCATOR_PARAMS).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, model_dir: Path) -> LocatorParams:
+        path = Path(model_dir) / LOCATOR_PARAMS
+        if not path.is_file():
+            raise FileNotFoundError(f"no {LOCATOR_PARAMS} in {model_dir}: not a locator model")
+        raw: dict[str, Any] = json.loads(path.read_text())
+        return cls(**raw)
+
+
+def input_planes(image: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """(H', W', 3) uint8: the board resized by ``scale``, and its absolute differences from
+    its 5×5 and 9×9 median filters. A median erases specks, thin spurs, pin-holes and bites
+    up to about half its size, so the differences point the network at small defects
+    directly (the template-free reference of :func:`inspection.crops.make_crops`); it
+    still has to learn which of them are a design's own corners and line ends."""
+    if image.ndim != 2 or image.size == 0 or image.dtype != np.uint8:
+        raise ValueError(
+            f"image must be a non-empty 2-D uint8 array, got {image.shape} {image.dtype}"
+        )
+    if scale != 1.0:
+        h, w = image.shape
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    diffs = [cv2.absdiff(image, cv2.medianBlur(image, k)) for k in (5, 9)]
+    return np.stack([image, *diffs], axis=-1)
+
+
+def planes_to_input(planes: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 planes → (N, 3, H, W) float32 network input: the board scaled to
+    [-1, 1], the differences to [0, 2]."""
+    x = planes.astype(np.float32).transpose(0, 3, 1, 2) / 127.5
+    x[:, 0] -= 1.0
+    return x
+
+
+def normalise(image: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, tuple[int, int]]:
+    """(1, 3, H', W') float32 network input of a board (:func:`input_planes`), edge-padded
+    to multiples of ``PAD_MULTIPLE``; and the resized (h, w) before padding."""
+    planes = input_planes(image, scale)
+    h, w = planes.shape[:2]
+    ph, pw = -h % PAD_MULTIPLE, -w % PAD_MULTIPLE
+    # replicate: a board's edge continues its copper; a constant frame would look like a defect
+    if ph or pw:
+        planes = cv2.copyMakeBorder(planes, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
+    return planes_to_input(planes[None]), (h, w)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.clip(x, -30.0, 30.0)))).astype(np.float32)
+
+
+def regions_from_map(
+    prob: np.ndarray, image_shape: tuple[int, int], params: LocatorParams
+) -> list[Box]:
+    """Boxes in board pixels from a (h, w) probability map at 1/(4·scale) of the board:
+    connected components above the threshold, grown back by the target shrink, with
+    ``margin`` of their size on each side, clipped to the board; most confident first."""
+    height, width = image_shape
+    mask = (prob >= params.threshold).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    cell = OUTPUT_STRIDE / params.input_scale
+    # a box shrunk by s per side keeps 1 − 2s of its size: grow each side by s / (1 − 2s)
+    grow = params.target_shrink / max(1e-6, 1.0 - 2.0 * params.target_shrink)
+    found: list[tuple[float, Box]] = []
+    for k in range(1, n):
+        cx, cy, cw, ch = (int(v) for v in stats[k, :4])
+        x1, y1, x2, y2 = cx * cell, cy * cell, (cx + cw) * cell, (cy + ch) * cell
+        bw = max((x2 - x1) * (1 + 2 * grow), params.min_side_px)
+        bh = max((y2 - y1) * (1 + 2 * grow), params.min_side_px)
+        mx, my = (x1 + x2) / 2, (y1 + y2) / 2
+        half_w, half_h = bw * (0.5 + params.margin), bh * (0.5 + params.margin)
+        bx1 = int(np.clip(np.floor(mx - half_w), 0, width - 1))
+        by1 = int(np.clip(np.floor(my - half_h), 0, height - 1))
+        bx2 = int(np.clip(np.ceil(mx + half_w), bx1 + 1, width))
+        by2 = int(np.clip(np.ceil(my + half_h), by1 + 1, height))
+        peak = float(
+            prob[cy : cy + ch, cx : cx + cw][labels[cy : cy + ch, cx : cx + cw] == k].max()
+        )
+        found.append((peak, Box(x1=bx1, y1=by1, x2=bx2, y2=by2)))
+    found.sort(key=lambda f: -f[0])
+    return [b for _, b in found[: params.max_candidates]]
+
+
+class Locator:
+    """A locator-mode model folder's region network on OpenVINO: ``find_regions(board)``."""
+
+    def __init__(self, model_dir: Path, device: str = "CPU", threads: int | None = None) -> None:
+        import openvino as ov
+
+        model_dir = Path(model_dir)
+        xml = model_dir / LOCATOR_XML
+        if not xml.is_file():
+            raise FileNotFoundError(f"no {LOCATOR_XML} in {model_dir}: not a locator model")
+        self.params = LocatorParams.load(model_dir)
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if device.upper().startswith("CPU"):
+            config["INFERENCE_PRECISION_HINT"] = "f32"  # match the torch model, no bf16
+            if threads is not None:
+                if threads < 1:
+                    raise ValueError(f"threads must be >= 1, got {threads}")
+                config["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        self._compiled = core.compile_model(core.read_model(xml), device, config)
+        self._request = self._compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def region_map(self, image: np.ndarray) -> np.ndarray:
+        """(h, w) float32 region probabilities at 1/(4·scale) of the board."""
+        x, (h, w) = normalise(image, self.params.input_scale)
+        with self._lock:
+            self._request.infer({0: x})
+            logits = self._request.output_tensors[0].data.copy()
+        cells_h, cells_w = -(-h // OUTPUT_STRIDE), -(-w // OUTPUT_STRIDE)
+        return sigmoid(logits[0, 0, :cells_h, :cells_w])
+
+    def find_regions(self, image: np.ndarray) -> list[Box]:
+        """Candidate defect boxes on a 2-D uint8 grayscale board of any size (no template)."""
+        prob = self.region_map(image)
+        return regions_from_map(prob, image.shape[:2], self.params)

@@ -1,0 +1,156 @@
+"""The learned locator (template-free ROI): trained through the CLI on a tiny DeepPCB-layout
+folder of synthetic boards, served on OpenVINO, evaluated without templates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from inspection.locator import Locator, LocatorParams, regions_from_map
+from inspection.model.locator_net import LocatorNet
+from inspection.model.registry import load_card
+from schemas.events import Box
+from training.locator_model import LOCATOR_WEIGHTS
+from training.locator_train import area_loss, target_mask, torch_region_map
+from training.splits import samples_of
+
+from .test_training_pipelines import _deeppcb_folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(data folder, models folder, model folder): a locator-mode model trained through
+    `linecheck train --roi locator` on 12 boards, validated on 4 of another group."""
+    from linecheck.cli import app
+
+    root = tmp_path_factory.mktemp("locator")
+    data = _deeppcb_folder(root / "data", {"11000": 12, "22000": 4})
+    split = root / "val.txt"
+    split.write_text(
+        "".join(
+            f"group22000/22000/22000{k:03d}.jpg group22000/22000_not/22000{k:03d}.txt\n"
+            for k in range(4)
+        )
+    )
+    models = root / "models"
+    result = CliRunner().invoke(
+        app,
+        ["train", "--data", str(data), "--split", str(split), "--roi", "locator", "--epochs",
+         "2", "--locator-epochs", "40", "--threads", "2", "--version", "tiny-locator"],
+        env={"LINECHECK_MODEL__MODELS_DIR": str(models)},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return data, models, models / "tiny-locator"
+
+
+def test_the_model_folder_holds_locator_and_classifier(trained: tuple[Path, Path, Path]) -> None:
+    _, models, model_dir = trained
+    card = load_card(model_dir)
+    assert card.mode == "locator" and card.thresholds is not None
+    for name in ("locator.xml", "locator.bin", "locator.json", "model.xml", LOCATOR_WEIGHTS):
+        assert (model_dir / name).is_file(), name
+    assert card.metrics["val_groups"] == ["group22000"]
+    assert [p.name for p in models.iterdir()] == ["tiny-locator"]  # no staging left behind
+
+
+def test_served_locator_finds_the_drawn_defects(trained: tuple[Path, Path, Path]) -> None:
+    data, _, model_dir = trained
+    locator = Locator(model_dir, threads=2)
+    hits = boxes = 0
+    chance = []
+    for sample in samples_of(data):
+        if sample.group != "group22000":  # boards of a group it never saw
+            continue
+        image = sample.load()[0]
+        found = locator.find_regions(image)
+        truth = target_mask(image.shape, [t.box for t in sample.truths], 0.0)
+        for b in found:
+            assert 0 <= b.x1 < b.x2 <= image.shape[1] and 0 <= b.y1 < b.y2 <= image.shape[0]
+            boxes += 1
+            hits += bool(truth[b.y1 : b.y2, b.x1 : b.x2].any())
+            # a box of that size dropped at random meets a defect about this often
+            dilated = _dilate(truth, b.x2 - b.x1, b.y2 - b.y1)
+            chance.append(float(dilated.mean()))
+    assert boxes > 0
+    precision, by_chance = hits / boxes, float(np.mean(chance))
+    assert precision > by_chance + 0.1, (precision, by_chance)
+
+
+def _dilate(mask: np.ndarray, w: int, h: int) -> np.ndarray:
+    import cv2
+
+    return cv2.dilate(mask, np.ones((h, w), np.uint8), anchor=(0, 0))
+
+
+def test_openvino_map_matches_torch(trained: tuple[Path, Path, Path]) -> None:
+    data, _, model_dir = trained
+    net = LocatorNet()
+    net.load_state_dict(torch.load(model_dir / LOCATOR_WEIGHTS, weights_only=True))
+    image = samples_of(data)[0].load()[0][:200, :232]  # any size: padded inside
+    served = Locator(model_dir).region_map(image)
+    expected = torch_region_map(net, image)
+    assert served.shape == expected.shape == (50, 58)
+    assert np.abs(served - expected).max() < 1e-4
+
+
+def test_evaluate_roi_locator_reads_no_template(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    from linecheck.cli import app
+
+    data, models, _ = trained
+    bare = tmp_path / "bare"
+    shutil.copytree(data, bare)
+    for template in bare.glob("group*/*/*_temp.jpg"):
+        template.unlink()
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--data",
+            str(bare),
+            "--out",
+            str(out),
+            "--roi",
+            "locator",
+            "--model",
+            "tiny-locator",
+        ],
+        env={"LINECHECK_MODEL__MODELS_DIR": str(models)},
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["roi"] == "locator" and metrics["boards"] == 4
+    assert metrics["groups"] == ["group22000"]
+    for key in ("f_score", "map", "roi_recall", "candidates_per_board"):
+        assert metrics[key] is not None, key
+    assert "board_fpr" not in metrics  # no good boards without templates: not measured
+    assert len(list((out / "detections").iterdir())) == 4
+
+
+def test_regions_get_5_percent_margins_and_are_clipped() -> None:
+    params = LocatorParams(threshold=0.5, target_shrink=0.0, margin=0.05, min_side_px=1)
+    prob = np.zeros((40, 40), np.float32)
+    prob[10:15, 20:30] = 0.9  # cells: 20 × 40 px at stride 4 → box (80, 40)-(120, 60)
+    prob[0:2, 0:3] = 0.7  # at the corner: clipped
+    first, second = regions_from_map(prob, (160, 160), params)
+    assert first == Box(x1=78, y1=39, x2=122, y2=61)  # 40 × 20 px plus 5 % on each side
+    assert second.x1 == 0 and second.y1 == 0 and second.x2 == 13 and second.y2 == 9
+    shrunk = regions_from_map(prob, (160, 160), LocatorParams(target_shrink=0.2, margin=0.0))
+    assert shrunk[0] == Box(x1=66, y1=33, x2=134, y2=67)  # grown back by 0.2 / 0.6 a side
+
+
+def test_area_loss_weighs_missed_area_twice_excess() -> None:
+    target = torch.zeros(1, 1, 4, 4)
+    target[..., :2, :2] = 1.0  # 4 target cells
+    missed = torch.full((1, 1, 4, 4), -30.0)  # predicts nothing: 4 missed cells
+    flooded = torch.full((1, 1, 4, 4), 30.0)  # predicts everything: 12 excess cells
+    assert area_loss(missed, target).item() == pytest.approx(2.0)
+    assert area_loss(flooded, target).item() == pytest.approx(3.0)

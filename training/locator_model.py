@@ -1,0 +1,279 @@
+"""``linecheck train --data DIR --roi locator``: a locator-mode model (template-free
+inspection) on DeepPCB's layout.
+
+One model folder holds both stages: the learned locator (``locator.xml``/``.bin`` +
+``locator.json``, trained on the training groups' boards under test and their boxes, never a
+template) and a region classifier trained, like every classifier, by
+:func:`training.trainer.train_with_progress`, on template-free crops
+(``make_crops(board, None, …)``) of the locator's own candidates on the training boards
+(labelled by IoU with the truths), the truth boxes (and jittered copies), random clean
+squares, and the locator's candidates on good boards (each pair's template, misregistered
+and scanned: a defect-free board, never a reference), so it learns the locator's false
+calls. The held-out groups choose the classifier's epoch and calibrate the board thresholds
+as in reference mode; the locator never sees them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+from rich.console import Console
+
+from board_data.deeppcb import DeepPcbSample
+from board_data.scan import simulate_good_board
+from infra.progress import progress_bar
+from inspection.crops import CROP_SIZE, label_candidates, make_crops
+from inspection.locator import Locator, LocatorParams, regions_from_map
+from schemas.events import Box
+from training.crop_table import jitter_box, random_boxes
+from training.scoring import PairResult, good_board_rng
+
+if TYPE_CHECKING:
+    from inspection.backends.base import Classifier
+    from inspection.model.nets import Arch
+
+# candidates for the classifier's training rows come from a lower map threshold than
+# serving uses: the locator fits its training boards closely, and these extra, weaker
+# regions stand in for the false calls it makes on designs it never saw
+TRAIN_THRESHOLD_FACTOR = 0.6
+LOCATOR_WEIGHTS = "locator.pt"
+
+
+def read_gray(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise ValueError(f"cannot read image {path}")
+    return image
+
+
+def locator_rows(
+    sample: DeepPcbSample,
+    locator: Locator,
+    rng: np.random.Generator,
+    size: int = CROP_SIZE,
+    hard: bool = True,
+) -> tuple[np.ndarray, list[int]]:
+    """Template-free crops and labels of one pair: the locator's candidates (labelled by
+    IoU > 0.33 with a truth of that type), the truths (with ``hard``: two jittered copies
+    each, two random clean squares, candidates at a lower threshold), and the candidates on
+    a good board made from the template (all "none")."""
+    image = read_gray(sample.test_path)
+    params = locator.params
+    if hard:
+        params = replace(params, threshold=params.threshold * TRAIN_THRESHOLD_FACTOR)
+    found = regions_from_map(locator.region_map(image), image.shape[:2], params)
+    labels = label_candidates(found, sample.truths)
+    boxes: list[Box] = list(found)
+    for t in sample.truths:
+        copies = [t.box] + [jitter_box(t.box, rng, image.shape, 0.15) for _ in range(2 * hard)]
+        boxes += copies
+        labels += [t.defect_type.deeppcb_id] * len(copies)
+    if hard:
+        clean = random_boxes(rng, image.shape, [t.box for t in sample.truths], 2)
+        boxes += clean
+        labels += [0] * len(clean)
+    crops = [make_crops(image, None, boxes, size)]
+    if sample.template_path.exists():
+        good = simulate_good_board(read_gray(sample.template_path), rng)
+        good_boxes = locator.find_regions(good)
+        crops.append(make_crops(good, None, good_boxes, size))
+        labels += [0] * len(good_boxes)
+    return np.concatenate(crops), labels
+
+
+def crop_set(
+    samples: Sequence[DeepPcbSample],
+    locator: Locator,
+    seed: int,
+    hard: bool,
+    console: Console,
+    what: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    crops, labels = [], []
+    with progress_bar(console, f"locating and cropping {what}", len(samples)) as step:
+        for s in samples:
+            c, lab = locator_rows(s, locator, rng, hard=hard)
+            crops.append(c)
+            labels += lab
+            step()
+    return np.concatenate(crops), np.asarray(labels, np.int64)
+
+
+def score_pairs_locator(
+    samples: Sequence[DeepPcbSample],
+    locator: Locator,
+    classifier: Classifier,
+    console: Console,
+    seed: int = 0,
+    keep: Callable[[int], bool] = lambda i: False,
+) -> tuple[list[PairResult], bool]:
+    """Each board through locator → template-free crops → classifier, as a worker runs it
+    in locator mode; the template only makes the simulated good twin (board-level rates),
+    and where any template is missing there are no twins. Returns (results, twins made)."""
+    twins = all(s.template_path.exists() for s in samples)
+    size = classifier.input_size
+    out = []
+    with progress_bar(console, "inspecting boards (locator)", len(samples)) as advance:
+        for i, sample in enumerate(samples):
+            image = read_gray(sample.test_path)
+            t0 = time.perf_counter()
+            boxes = locator.find_regions(image)
+            crops = make_crops(image, None, boxes, size)
+            probs = classifier.predict_proba(crops)
+            seconds = time.perf_counter() - t0
+            g_boxes: list[Box] = []
+            g_probs = np.zeros((0, probs.shape[1]), np.float32)
+            if twins:
+                template = read_gray(sample.template_path)
+                good = simulate_good_board(template, good_board_rng(sample.image_id, seed))
+                g_boxes = locator.find_regions(good)
+                g_probs = classifier.predict_proba(make_crops(good, None, g_boxes, size))
+            kept = keep(i)
+            out.append(
+                PairResult(
+                    sample,
+                    boxes,
+                    probs,
+                    g_boxes,
+                    g_probs,
+                    seconds,
+                    crops if kept else None,
+                    image if kept else None,
+                )
+            )
+            advance()
+    return out, twins
+
+
+def train_locator_model(
+    models_dir: Path,
+    data: Path,
+    split_file: Path | None = None,
+    *,
+    arch: Arch = "small",
+    epochs: int = 10,
+    locator_epochs: int = 40,
+    crops_per_board: int = 2,
+    params: LocatorParams = LocatorParams(),
+    seed: int = 0,
+    threads: int | None = None,
+    version: str | None = None,
+    target_fnr: float = 0.001,
+    int8: bool = False,
+    console: Console | None = None,
+) -> Path:
+    """Train the locator, then the region classifier on its template-free candidates;
+    register both as one locator-mode model folder, thresholds calibrated on the held-out
+    groups. Returns the model folder."""
+    import torch
+
+    from inspection.backends import load_classifier
+    from inspection.model.locator_net import export_locator
+    from inspection.model.registry import ModelCard, data_hash, save_model, update_card
+    from training.calibration import calibrate_thresholds
+    from training.evaluation import card_metrics_row, evaluation_metrics
+    from training.locator_train import train_locator_net
+    from training.scoring import board_arrays
+    from training.splits import samples_of, split_deeppcb
+    from training.trainer import train_with_progress
+
+    console = console or Console(stderr=True)
+    started = time.monotonic()
+    train_s, val_s = split_deeppcb(samples_of(data), data, split_file)
+    val_groups = sorted({s.group for s in val_s})
+    version = version or time.strftime(f"locator-{arch}-%Y%m%d-%H%M%S", time.gmtime())
+    if (Path(models_dir) / version).exists():
+        raise FileExistsError(f"model version {version!r} already exists in {models_dir}")
+    staging = Path(models_dir) / f".staging-{version}"  # hidden: no reader lists it
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        images = [read_gray(s.test_path) for s in train_s]  # boards under test only
+        with progress_bar(console, "training the locator", locator_epochs) as step:
+            net, history = train_locator_net(
+                images,
+                [[t.box for t in s.truths] for s in train_s],
+                epochs=locator_epochs,
+                crops_per_board=crops_per_board,
+                target_shrink=params.target_shrink,
+                seed=seed,
+                threads=threads,
+                progress=lambda e, n, row: step(
+                    completed=e,
+                    description=f"training the locator · epoch {e} area loss "
+                    f"{row['area_loss']:.3f} ({row['seconds']:.0f}s)",
+                ),
+            )
+        locator_seconds = time.monotonic() - started
+        ir_dir = staging / "locator"
+        export_locator(net, ir_dir)
+        torch.save(net.state_dict(), ir_dir / LOCATOR_WEIGHTS)  # for parity checks, retraining
+        params.save(ir_dir)
+        locator = Locator(ir_dir, threads=threads)
+        train_x, train_y = crop_set(train_s, locator, seed, True, console, "training pairs")
+        val_x, val_y = crop_set(val_s, locator, seed + 1, False, console, "validation pairs")
+        console.log(
+            f"locator trained in {locator_seconds:.0f}s on {len(train_s)} boards; classifier: "
+            f"{len(train_y)} training crops, {len(val_y)} validation crops "
+            f"({', '.join(val_groups)})"
+        )
+        result = train_with_progress(
+            console, train_x, train_y, val_x, val_y, arch=arch, epochs=epochs, seed=seed,
+            threads=threads,
+        )  # fmt: skip
+        card = ModelCard(
+            version=version,
+            arch=arch,
+            input_size=CROP_SIZE,
+            mode="locator",
+            metrics={
+                "region_val": result.metrics,
+                "locator": {
+                    "epochs": locator_epochs,
+                    "last_epoch": history[-1],
+                    "train_seconds": round(locator_seconds, 1),
+                },
+                "data": str(data),
+                "train_groups": sorted({s.group for s in train_s}),
+                "val_groups": val_groups,
+                "train_pairs": len(train_s),
+                "val_pairs": len(val_s),
+            },
+            training_data_hash=data_hash(f"deeppcb:{s.group}/{s.image_id}" for s in train_s),
+            torch_version=torch.__version__,
+        )
+        model_dir = save_model(result.module, card, staging)
+        for f in ir_dir.iterdir():
+            shutil.move(str(f), model_dir / f.name)
+        classifier = load_classifier(model_dir, backend="openvino", threads=threads)
+        locator = Locator(model_dir, threads=threads)
+        results, _ = score_pairs_locator(val_s, locator, classifier, console, seed=seed)
+        thresholds = calibrate_thresholds(*board_arrays(results), target_fnr=target_fnr)
+        metrics = evaluation_metrics(results, thresholds)
+        card_metrics: dict[str, Any] = {**card.metrics, "val": card_metrics_row(metrics)}
+        if int8:
+            from training.quantize import quantize_int8
+
+            quantize_int8(model_dir, train_x, seed=seed)
+        card_metrics["train_seconds"] = round(time.monotonic() - started, 1)
+        update_card(
+            model_dir, card.model_copy(update={"thresholds": thresholds, "metrics": card_metrics})
+        )
+        final = Path(models_dir) / version
+        model_dir.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    console.log(
+        f"locator model {version} in {final} · val F {metrics['f_score']:.4f} mAP "
+        f"{metrics['map']:.4f} ROI recall {metrics['roi_recall']:.4f} "
+        f"({metrics['candidates_per_board']:.1f} candidates/board) · "
+        f"{time.monotonic() - started:.0f}s"
+    )
+    return final
