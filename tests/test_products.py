@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -158,3 +159,19 @@ def test_an_unregistered_product_is_a_dead_letter_until_set_then_its_template_is
     finally:
         publisher.close()
         stop_workers(workers)
+
+
+def test_a_locator_or_anomaly_model_is_never_every_products_model(
+    settings: Settings, model_dir: Path, tmp_path: Path
+) -> None:
+    from inspection.model.registry import clone_model, load_card, update_card
+
+    models = tmp_path / "models"
+    folder = clone_model(model_dir, "tiles-v1", models)
+    update_card(folder, load_card(folder).model_copy(update={"mode": "anomaly"}))
+    env = {**settings_env(settings), "LINECHECK_MODEL__MODELS_DIR": str(models)}
+    refused = CliRunner().invoke(app, ["models", "promote", "tiles-v1"], env=env)
+    assert refused.exit_code == 2
+    assert "products set PRODUCT --mode anomaly --model tiles-v1" in " ".join(
+        refused.output.split()
+    )

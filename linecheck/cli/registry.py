@@ -153,7 +153,16 @@ def models_promote(
     config: ConfigOption = None,
 ) -> None:
     """Make VERSION the active model (the one it replaces is retired)."""
-    _require_model(settings_or_exit(config), version)
+    from inspection.model.registry import load_card
+
+    mode = load_card(_require_model(settings_or_exit(config), version)).mode
+    if product == ALL_PRODUCTS and mode != "reference":
+        err.print(
+            f"[red]{version} is a {mode} model: it serves the products registered for it, not "
+            f"every product; use `linecheck products set PRODUCT --mode {mode} --model "
+            f"{version}`[/red]"
+        )
+        raise typer.Exit(2)
     _change(config, "promote", who_is(by), product, version)
 
 
