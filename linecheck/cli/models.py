@@ -61,8 +61,12 @@ def train(
     ] = None,
     split: SplitOption = None,
     task: Annotated[
-        str, typer.Option(help="auto | detect (DeepPCB pairs) | classify (labelled images)")
+        str, typer.Option(help="auto | detect (DeepPCB) | classify | anomaly (class subfolders)")
     ] = "auto",
+    good_class: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="--task anomaly: the subfolder of good images"),
+    ] = None,
     boards: Annotated[int, typer.Option(min=10, help="synthetic boards (without --data)")] = 240,
     arch: Annotated[
         Optional[str],  # noqa: UP045
@@ -108,6 +112,12 @@ def train(
     with a stratified 20 % hold-out, registered under <models_dir>/classify/.
     """
     settings = settings_or_exit(config)
+    if task == "anomaly" or (task == "auto" and good_class):
+        from linecheck.cli.anomaly import train_anomaly_command
+
+        train_anomaly_command(settings, data, good_class, seed=seed, threads=threads,
+                              version=version)  # fmt: skip
+        return
     if task == "auto" and data is not None:
         from training.splits import is_deeppcb
 
@@ -324,6 +334,13 @@ def evaluate(
     from training.splits import is_deeppcb
 
     settings = settings_or_exit(config)
+    from board_data.class_folders import is_class_folder_set
+
+    if not is_deeppcb(data) and is_class_folder_set(data):  # anomaly model (--held-out: test)
+        from linecheck.cli.anomaly import evaluate_anomaly_command
+
+        evaluate_anomaly_command(settings, data, out, model, held_out, draw)
+        return
     if not is_deeppcb(data):
         _evaluate_classify(settings, data, out, model, held_out, seed)
         return

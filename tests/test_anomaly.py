@@ -1,0 +1,201 @@
+"""Anomaly mode end to end on a tiny synthetic class-folder set: train through the CLI,
+score held-out images with the served model (OpenVINO), evaluate through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from board_data.class_folders import class_images, is_class_folder_set, split_anomaly_set
+from training.anomaly_evaluation import auroc
+
+GOOD, N_GOOD, N_BAD = "ok", 28, 8
+
+
+def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Vertical streaks and fine noise, like a ground surface; brightness varies a little."""
+    cols = cv2.GaussianBlur(rng.normal(0, 14, (1, w)).astype(np.float32), (0, 0), 1.5)
+    img = 110 + rng.normal(0, 8) + np.repeat(cols, h, axis=0) + rng.normal(0, 4, (h, w))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _write_set(root: Path) -> None:
+    rng = np.random.default_rng(7)
+    for cls, count in ((GOOD, N_GOOD), ("spot", N_BAD // 2), ("scratch", N_BAD // 2)):
+        (root / cls).mkdir(parents=True)
+        for k in range(count):
+            h, w = int(rng.integers(64, 97)), int(rng.integers(64, 129))
+            img = _texture(rng, h, w)
+            mask = np.zeros((h, w), np.uint8)
+            cx, cy = int(rng.integers(20, w - 20)), int(rng.integers(20, h - 20))
+            if cls == "spot":
+                cv2.circle(mask, (cx, cy), 7, 255, -1)
+                img[mask > 0] = 230
+            elif cls == "scratch":
+                cv2.line(mask, (cx - 12, cy - 8), (cx + 12, cy + 8), 255, 4)
+                img[mask > 0] = 20
+            cv2.imwrite(str(root / cls / f"img_{k:03d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 98])
+            cv2.imwrite(str(root / cls / f"img_{k:03d}.png"), mask)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
+    """(data folder, model folder, CLI environment): one model trained through the CLI."""
+    from linecheck.cli import app
+
+    root = tmp_path_factory.mktemp("anomaly")
+    data = root / "data"
+    _write_set(data)
+    env = {
+        "LINECHECK_MODEL__MODELS_DIR": str(root / "models"),
+        "LINECHECK_WORK_DIR": str(root / "work"),
+    }
+    done = CliRunner().invoke(
+        app,
+        ["train", "--data", str(data), "--task", "anomaly", "--good-class", GOOD,
+         "--version", "anom-test", "--threads", "2"],
+        env=env,
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    model_dir = Path(done.stdout.strip().splitlines()[-1])
+    assert model_dir == root / "models" / "anomaly" / "anom-test"
+    return data, model_dir, env
+
+
+def test_class_folder_split_is_seeded_and_keeps_defects_out_of_training(
+    tmp_path: Path,
+) -> None:
+    _write_set(tmp_path)
+    items = class_images(tmp_path)
+    assert is_class_folder_set(tmp_path) and len(items) == N_GOOD + N_BAD
+    assert all(i.mask is not None and i.path.suffix == ".jpg" for i in items)
+    a = split_anomaly_set(items, GOOD, seed=3)
+    b = split_anomaly_set(list(reversed(items)), GOOD, seed=3)
+    assert a == b
+    assert {i.cls for i in a["train"]} == {GOOD}
+    assert {i.cls for i in a["test"]} == {GOOD, "spot", "scratch"}
+    names = [i.path for part in a.values() for i in part]
+    assert len(names) == len(set(names)) == len(items)
+    with pytest.raises(ValueError, match="good class 'nope'"):
+        split_anomaly_set(items, "nope")
+
+
+def test_model_folder_and_card(trained: tuple[Path, Path, dict[str, str]]) -> None:
+    from inspection.anomaly import BANK_FILE, FEATURES_XML, PARAMS_FILE, load_params
+    from inspection.model.registry import load_card
+
+    _, model_dir, _ = trained
+    card = load_card(model_dir)
+    assert card.mode == "anomaly" and card.arch == "efficientnet_lite0"
+    assert card.classes == ("good", "anomalous")
+    th = card.require_thresholds()
+    assert 0.0 <= th.pass_below <= th.fail_at_or_above <= 1.0
+    for name in (FEATURES_XML, BANK_FILE, PARAMS_FILE, "split.json"):
+        assert (model_dir / name).is_file()
+    params = load_params(model_dir)
+    assert 0.0 < params.pixel_threshold <= th.pass_below
+    assert np.load(model_dir / BANK_FILE).shape[1] == params.feature_dim
+
+
+def test_held_out_images_scores_maps_and_regions(
+    trained: tuple[Path, Path, dict[str, str]],
+) -> None:
+    from inspection.anomaly import AnomalyDetector, overlay
+
+    data, model_dir, _ = trained
+    detector = AnomalyDetector(model_dir, threads=2)
+    test = split_anomaly_set(class_images(data), GOOD, seed=0)["test"]
+    scores, defective = [], []
+    for item in test:
+        image = item.load()
+        result = detector.score(image)
+        assert result.amap.shape == image.shape and result.amap.dtype == np.float32
+        assert result.amap.min() >= 0.0 and result.amap.max() <= 1.0
+        assert result.score == pytest.approx(float(result.amap.max()))
+        assert len(result.regions) == len(result.region_scores)
+        scores.append(result.score)
+        defective.append(item.cls != GOOD)
+        if item.cls != GOOD:
+            mask = item.load_mask(image.shape)
+            assert mask is not None
+            near = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+            peak = np.unravel_index(int(np.argmax(result.amap)), image.shape)
+            assert near[peak], f"{item.path}: map peaks at {peak}, outside the defect"
+            assert result.regions, f"{item.path}: no region"
+            top = result.regions[0]
+            assert mask[top.y1 : top.y2, top.x1 : top.x2].any()
+            picture = overlay(image, result.amap)
+            assert picture.shape == (*image.shape, 3) and picture.dtype == np.uint8
+    value = auroc(np.asarray(scores), np.asarray(defective))
+    assert value is not None and value >= 0.95
+
+
+def test_too_small_or_wrong_images_are_refused(
+    trained: tuple[Path, Path, dict[str, str]],
+) -> None:
+    from inspection.anomaly import AnomalyDetector
+
+    detector = AnomalyDetector(trained[1], threads=1)
+    with pytest.raises(ValueError, match="too small"):
+        detector.score(np.zeros((20, 200), np.uint8))
+    with pytest.raises(ValueError, match="2-D grayscale"):
+        detector.score(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        detector.score(np.zeros((64, 64), np.float32))
+
+
+def test_evaluate_writes_metrics_and_scores(
+    trained: tuple[Path, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    from linecheck.cli import app
+
+    data, model_dir, env = trained
+    out = tmp_path / "eval"
+    done = CliRunner().invoke(
+        app,
+        ["evaluate", "--data", str(data), "--out", str(out), "--model", model_dir.name,
+         "--held-out", "--draw", "2"],
+        env=env,
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "per_class", "board_fnr", "board_fpr",
+                "images_per_s"):  # fmt: skip
+        assert key in metrics
+    assert metrics["image_auroc"] >= 0.95 and metrics["pixel_auroc"] >= 0.9
+    assert set(metrics["per_class"]) == {GOOD, "spot", "scratch"}
+    assert all(r["detection_rate"] is not None for r in metrics["per_class"].values())
+    with (out / "scores.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == metrics["images"]
+    assert all((data / r["path"]).is_file() for r in rows)
+    recomputed = auroc(np.array([float(r["score"]) for r in rows]),
+                       np.array([r["label"] == "1" for r in rows]))  # fmt: skip
+    assert recomputed == pytest.approx(metrics["image_auroc"], abs=1e-6)
+    assert len(list((out / "maps").glob("*.jpg"))) == 2
+    assert json.loads(done.stdout.strip().splitlines()[-1])["image_auroc"] == pytest.approx(
+        metrics["image_auroc"]
+    )
+
+
+def test_train_anomaly_needs_a_good_class(tmp_path: Path) -> None:
+    from linecheck.cli import app
+
+    _write_set(tmp_path / "d")
+    env = {"LINECHECK_MODEL__MODELS_DIR": str(tmp_path / "m")}
+    done = CliRunner().invoke(
+        app, ["train", "--data", str(tmp_path / "d"), "--task", "anomaly"], env=env
+    )
+    assert done.exit_code == 2 and "--good-class" in done.output
+    bad = CliRunner().invoke(
+        app,
+        ["train", "--data", str(tmp_path / "d"), "--task", "anomaly", "--good-class", "x"],
+        env=env,
+    )
+    assert bad.exit_code == 2 and "good class 'x'" in bad.output
