@@ -154,24 +154,38 @@ class ProductStore:
 
 class ProductView:
     """The registry as a worker holds it: read at start and at every model refresh, and read
-    again (at most every ``reread_s``) when a board names a product it does not know, so that
-    a product registered a moment ago is inspected rather than dead-lettered."""
+    again when a board names a product it does not know, so that a product registered a
+    moment ago is inspected rather than dead-lettered: at once when the board was published
+    after the last read (at most every ``MIN_GAP_S``), else at most every ``reread_s`` (a
+    flood of an unregistered product's boards costs a read per gap, not per board)."""
+
+    MIN_GAP_S = 0.005
 
     def __init__(self, store: ProductStore, reread_s: float = 1.0) -> None:
         self.store = store
         self.reread_s = reread_s
         self.entries: dict[str, ProductEntry] = {}
         self._read_at = -float("inf")
+        self._read_wall = datetime.min.replace(tzinfo=UTC)
         self.refresh()
 
     def refresh(self) -> None:
+        wall, at = datetime.now(UTC), time.monotonic()
         self.entries = self.store.entries()
-        self._read_at = time.monotonic()
+        self._read_at, self._read_wall = at, wall
 
-    def entry(self, product: str, model_mode: str, model_version: str) -> ProductEntry:
+    def entry(
+        self,
+        product: str,
+        model_mode: str,
+        model_version: str,
+        published_at: datetime | None = None,
+    ) -> ProductEntry:
         """:func:`registered`, after reading the registry again if the product is unknown."""
-        known = product in self.entries or ALL_PRODUCTS in self.entries
-        if not known and time.monotonic() - self._read_at >= self.reread_s:
-            with contextlib.suppress(sa.exc.SQLAlchemyError):  # unreachable: as we knew it
-                self.refresh()
+        if product not in self.entries and ALL_PRODUCTS not in self.entries:
+            since = time.monotonic() - self._read_at
+            newer = published_at is not None and published_at > self._read_wall
+            if since >= self.reread_s or (newer and since >= self.MIN_GAP_S):
+                with contextlib.suppress(sa.exc.SQLAlchemyError):  # unreachable: as we knew it
+                    self.refresh()
         return registered(self.entries, product, model_mode, model_version)

@@ -8,7 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -97,9 +97,16 @@ def test_registry_entries_migration_seed_and_the_view_a_worker_holds(own_db: str
     store.set("NEW", "reference", "ops")
     assert view.entry("NEW", "reference", "v1").product == "NEW"
     slow = ProductView(store, reread_s=3600.0)
+    before_read = datetime.now(UTC) - timedelta(seconds=1)
     store.set("NEWER", "reference", "ops")
-    with pytest.raises(ProductError):  # read a moment ago: not again yet
-        slow.entry("NEWER", "reference", "v1")
+    with pytest.raises(ProductError):  # read a moment ago, the board is older: not again yet
+        slow.entry("NEWER", "reference", "v1", published_at=before_read)
+    time.sleep(2 * ProductView.MIN_GAP_S)
+    # a board published after the last read: registered since, perhaps; read again at once
+    assert slow.entry("NEWER", "reference", "v1", published_at=datetime.now(UTC)).mode
+    store.set("NEWEST", "reference", "ops")
+    with pytest.raises(ProductError):  # old boards of an unknown product do not hammer it
+        slow.entry("NEWEST", "reference", "v1", published_at=before_read)
     engine.dispose()
 
 

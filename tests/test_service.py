@@ -248,6 +248,56 @@ def test_operator_signs_in_and_decides_two_boards_with_the_keyboard(service: Ser
         engine.dispose()
 
 
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+def test_an_anomaly_boards_page_shows_its_map_and_untyped_regions(service: Service) -> None:
+    """An anomaly product's verdict as a worker stores it (anomaly map as the explanation,
+    regions without a defect type): the operator sees the map and "anomaly" regions."""
+    import cv2
+    import numpy as np
+    from playwright.sync_api import sync_playwright
+
+    from infra.object_store import ObjectStore
+    from schemas.events import Box, RegionVerdict
+    from tests.helpers import make_verdict
+    from workers.audit_sink import AuditStore
+
+    running = load_settings(service.folder / ".linecheck" / "service" / "running.toml")
+    store = ObjectStore(service.folder / ".linecheck" / "objects")  # its paths are relative
+    tile = np.full((120, 160), 128, np.uint8)
+    image_uri = store.put(cv2.imencode(".png", tile)[1].tobytes(), "image/png")
+    heat = store.root / "explanations" / "tile-1.jpg"
+    heat.parent.mkdir(parents=True, exist_ok=True)
+    heat.write_bytes(cv2.imencode(".jpg", cv2.applyColorMap(tile, cv2.COLORMAP_JET))[1].tobytes())
+    region = RegionVerdict(box=Box(x1=40, y1=30, x2=70, y2=60), defect_type=None, score=0.8,
+                           type_score=0.8)  # fmt: skip
+    verdict = make_verdict(
+        "tile-1", "review", product="TILE-5", roi_method="anomaly", regions=[region],
+        board_score=0.8, image_uri=image_uri, explanation_uri=heat.as_uri(),
+    )  # fmt: skip
+    audit = AuditStore(running.postgres.url.get_secret_value())
+    try:
+        assert audit.record(verdict)
+    finally:
+        audit.close()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"{service.url}/login?next=/boards/tile-1")
+            page.fill("input[name=name]", OPERATOR)
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_selector("#regions")
+            assert page.text_content("#regions tbody tr td:nth-child(3)") == "anomaly"
+            assert "Anomaly map" in page.content()
+            page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0")
+            assert page.eval_on_selector("#heatmap", "img => img.naturalWidth") == 160
+        finally:
+            browser.close()
+
+
 def test_a_killed_worker_is_restarted_and_counted(service: Service) -> None:
     children = service.folder / ".linecheck" / "service" / "children.json"
     pid = json.loads(children.read_text())["worker-1"]["pid"]

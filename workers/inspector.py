@@ -148,7 +148,7 @@ class Inspector:
             return None
         model = self.model_for(event.product)
         try:
-            return self.products.entry(event.product, model.mode, model.version)
+            return self.products.entry(event.product, model.mode, model.version, event.published_at)
         except ProductError as exc:
             raise InspectionError("product", str(exc)) from exc
 

@@ -109,6 +109,7 @@ def board(engine: sa.Engine, event_id: str) -> dict[str, Any] | None:
         "pass_below": published.get("pass_below"),
         "fail_at_or_above": published.get("fail_at_or_above"),
         "template_id": published.get("template_id"),
+        "roi_method": published.get("roi_method"),
         "image_uri": published.get("image_uri"),
         "explanation_uri": row.explanation_uri,
         "outcome": dict(outcome._mapping) if outcome is not None else None,

@@ -33,7 +33,7 @@
       ctx.strokeRect(b.x1, b.y1, b.x2 - b.x1, b.y2 - b.y1);
       ctx.fillStyle = colour(r);
       ctx.font = `${Math.round(w * 7)}px sans-serif`;
-      ctx.fillText(`${i + 1} ${r.defect_type || "ok"} ${r.score.toFixed(2)}`, b.x1, Math.max(10, b.y1 - w));
+      ctx.fillText(`${i + 1} ${r.defect_type || (data.untyped === "anomaly" ? "anomaly" : "ok")} ${r.score.toFixed(2)}`, b.x1, Math.max(10, b.y1 - w));
     });
     drawZoom();
   }
@@ -56,7 +56,7 @@
     ctx.strokeStyle = colour(r);
     ctx.lineWidth = 2;
     ctx.strokeRect((b.x1 - sx) * k, (b.y1 - sy) * k, (b.x2 - b.x1) * k, (b.y2 - b.y1) * k);
-    label.textContent = `${selected + 1}: ${r.defect_type || "no defect"} ${r.score.toFixed(3)}`;
+    label.textContent = `${selected + 1}: ${r.defect_type || data.untyped} ${r.score.toFixed(3)}`;
   }
 
   function select(i) {
