@@ -13,8 +13,9 @@ A model folder ``<models_dir>/anomaly/<version>/`` holds
 
 A patch's raw score is its distance to the nearest memory-bank patch; the raw map is those
 scores upsampled to the image and blurred; the raw image score is the map's maximum. Both are
-normalised into [0, 1] by ``raw / (raw + ref)``, ``ref`` fixed at training time (a high
-quantile of good images' raw scores), so the card's thresholds live in [0, 1].
+normalised into [0, 1) by :func:`normalise` (an ordinary good patch → 0, the 99th percentile
+of good images' raw scores → 0.5; both fixed at training time), so the card's thresholds live
+in [0, 1].
 
 No torch here: numpy, OpenCV and OpenVINO only.
 """
@@ -49,7 +50,13 @@ class AnomalyParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     scale: float = Field(gt=0.0, description="image resize factor before the extractor")
+    input_size: int | None = Field(
+        default=None, gt=0, description="if set: every image resized to this square instead"
+    )
     blur_sigma: float = Field(ge=0.0, description="Gaussian blur of the map, original pixels")
+    floor: float = Field(
+        default=0.0, ge=0.0, description="raw level of an ordinary good patch: normalises to 0"
+    )
     image_ref: float = Field(gt=0.0, description="raw score that normalises to 0.5")
     pixel_threshold: float = Field(
         ge=0.0, le=1.0, description="normalised map level above which pixels form regions"
@@ -92,14 +99,15 @@ def check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def model_input(image: np.ndarray, scale: float) -> np.ndarray:
-    """(1, 1, H', W') float32: the image resized by ``scale`` to multiples of 16 px."""
+def model_input(image: np.ndarray, scale: float, size: int | None = None) -> np.ndarray:
+    """(1, 1, H', W') float32: the image resized to ``size``² (when given), else by ``scale``,
+    to multiples of 16 px."""
     import cv2
 
     h, w = image.shape
     m = SIZE_MULTIPLE
-    th = max(2 * m, round(h * scale / m) * m)
-    tw = max(2 * m, round(w * scale / m) * m)
+    th = max(2 * m, round((size or h * scale) / m) * m)
+    tw = max(2 * m, round((size or w * scale) / m) * m)
     interp = cv2.INTER_AREA if th * tw < h * w else cv2.INTER_LINEAR
     resized = cv2.resize(image, (tw, th), interpolation=interp)
     return resized.astype(np.float32)[None, None]
@@ -130,10 +138,13 @@ def raw_map(
     return np.asarray(amap, np.float32)
 
 
-def normalise(raw: np.ndarray | float, ref: float) -> np.ndarray:
-    """Monotone map of raw distances into [0, 1): ``raw / (raw + ref)``."""
-    r = np.maximum(np.asarray(raw, np.float64), 0.0)
-    return np.asarray(r / (r + ref), np.float32)
+def normalise(raw: np.ndarray | float, ref: float, floor: float = 0.0) -> np.ndarray:
+    """Monotone map of raw distances into [0, 1): ``z / (1 + z)`` with
+    ``z = max(raw - floor, 0) / (ref - floor)``: ``floor`` and below → 0, ``ref`` → 0.5."""
+    if not 0.0 <= floor < ref:
+        raise ValueError(f"normalisation needs 0 <= floor < ref, got {floor}, {ref}")
+    z = np.maximum(np.asarray(raw, np.float64) - floor, 0.0) / (ref - floor)
+    return np.asarray(z / (1.0 + z), np.float32)
 
 
 def find_regions(
@@ -212,7 +223,7 @@ class PatchScorer:
 
     def patches(self, image: np.ndarray) -> np.ndarray:
         """Patch features (C, h, w) of a 2-D uint8 image."""
-        x = model_input(check_image(image), self.params.scale)
+        x = model_input(check_image(image), self.params.scale, self.params.input_size)
         with self._lock:
             self._request.infer({0: x})
             return np.array(self._request.get_output_tensor(0).data[0], np.float32)
@@ -243,7 +254,7 @@ class AnomalyDetector:
         self.scorer = PatchScorer(model_dir / FEATURES_XML, bank, self.params, device, threads)
 
     def score(self, image: np.ndarray) -> AnomalyResult:
-        amap = normalise(self.scorer.raw(image), self.params.image_ref)
+        amap = normalise(self.scorer.raw(image), self.params.image_ref, self.params.floor)
         regions, region_scores = find_regions(
             amap, self.params.pixel_threshold, self.params.min_region_px
         )

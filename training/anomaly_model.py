@@ -38,6 +38,7 @@ from inspection.anomaly import (
     SIZE_MULTIPLE,
     AnomalyParams,
     PatchScorer,
+    normalise,
 )
 from inspection.model.registry import CARD_FILE
 from training.anomaly_evaluation import auroc
@@ -59,8 +60,8 @@ def patch_feature_net(layers: Sequence[int] = DEFAULT_LAYERS) -> nn.Module:
     from inspection.model.nets import EfficientNetLite0
 
     layers = tuple(sorted(set(layers)))
-    if not layers or min(layers) < 3 or max(layers) >= len(_BLOCK_STRIDE):
-        raise ValueError(f"layers must be Lite0 block indices in 3..10, got {layers}")
+    if not layers or min(layers) < 1 or max(layers) >= len(_BLOCK_STRIDE):
+        raise ValueError(f"layers must be Lite0 block indices in 1..10, got {layers}")
     backbone = EfficientNetLite0(num_classes=1, pretrained=True)
 
     class PatchFeatures(nn.Module):
@@ -167,15 +168,18 @@ def _features_of(
 
 def _calibrate(
     scorer: PatchScorer, items: Sequence[ClassImage], good_class: str, console: Console
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """(raw image scores, defective flags, best-F1 raw pixel level) of the calibration part."""
-    raws, labels, maps, masks = [], [], [], []
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(raw image scores, defective flags, best-F1 raw pixel level, median raw level of the
+    good images' maps) of the calibration part."""
+    raws, labels, maps, masks, medians = [], [], [], [], []
     with progress_bar(console, "scoring calibration images", len(items)) as step:
         for item in items:
             image = item.load()
             raw = scorer.raw(image)
             raws.append(float(raw.max()))
             labels.append(item.cls != good_class)
+            if item.cls == good_class:
+                medians.append(float(np.median(raw)))
             mask = item.load_mask(image.shape)
             if item.cls != good_class and mask is not None and mask.any():
                 maps.append(raw[::2, ::2])
@@ -183,7 +187,7 @@ def _calibrate(
             step()
     raw_scores = np.asarray(raws)
     level = best_f1_threshold(maps, masks) if maps else float(np.quantile(raw_scores, 0.5))
-    return raw_scores, np.asarray(labels, bool), level
+    return raw_scores, np.asarray(labels, bool), level, float(np.median(medians))
 
 
 def train_anomaly(
@@ -192,8 +196,9 @@ def train_anomaly(
     good_class: str,
     *,
     scale: float = 1.0,
+    input_size: int | None = 256,
     layers: Sequence[int] = DEFAULT_LAYERS,
-    coreset_ratio: float = 0.01,
+    coreset_ratio: float = 0.03,
     max_pool: int = 100_000,
     blur_sigma: float = 4.0,
     target_fnr: float = 0.001,
@@ -235,8 +240,8 @@ def train_anomaly(
     with _assembled(final) as tmp:
         dim = export_features(patch_feature_net(layers), tmp)
         params = AnomalyParams(
-            scale=scale, blur_sigma=blur_sigma, image_ref=1.0, pixel_threshold=0.5,
-            layers=tuple(layers), feature_dim=dim,
+            scale=scale, input_size=input_size, blur_sigma=blur_sigma, image_ref=1.0,
+            pixel_threshold=0.5, layers=tuple(layers), feature_dim=dim,
         )  # fmt: skip
         empty = np.zeros((1, dim), np.float32)
         probe = PatchScorer(tmp / FEATURES_XML, empty, params, threads=threads)
@@ -253,16 +258,21 @@ def train_anomaly(
                     f"{time.monotonic() - t0:.0f} s")  # fmt: skip
         np.save(tmp / BANK_FILE, bank.astype(np.float32))
         scorer = PatchScorer(tmp / FEATURES_XML, bank, params, threads=threads)
-        raw_scores, defective, pixel_raw = _calibrate(
+        raw_scores, defective, pixel_raw, floor = _calibrate(
             scorer, parts["calibration"], good_class, console
         )
-        # raw / (raw + ref): the good images' 99th percentile maps to 0.5
+        # the good images' 99th percentile normalises to 0.5, their median patch level to 0
         image_ref = float(np.quantile(raw_scores[~defective], 0.99))
-        scores = raw_scores / (raw_scores + image_ref)
+        floor = min(floor, 0.9 * image_ref)
+        scores = normalise(raw_scores, image_ref, floor)
         thresholds = calibrate_thresholds(scores, defective, target_fnr=target_fnr)
-        pixel_threshold = min(pixel_raw / (pixel_raw + image_ref), thresholds.pass_below)
+        pixel_level = float(normalise(pixel_raw, image_ref, floor))
         params = params.model_copy(
-            update={"image_ref": image_ref, "pixel_threshold": pixel_threshold}
+            update={
+                "image_ref": image_ref,
+                "floor": floor,
+                "pixel_threshold": min(pixel_level, thresholds.pass_below),
+            }
         )
         (tmp / PARAMS_FILE).write_text(params.model_dump_json(indent=2) + "\n")
         metrics = {
@@ -278,6 +288,8 @@ def train_anomaly(
             arch="efficientnet_lite0",
             input_size=SIZE_MULTIPLE,
             classes=("good", "anomalous"),
+            preprocessing=f"2-D uint8 grey image resized to {input_size or f'x{scale}'} (multiples "
+            "of 16), float32 grey levels into features.xml ((x - 127.5) / 127.5 inside)",
             mode="anomaly",
             thresholds=thresholds,
             metrics=metrics,
