@@ -103,8 +103,11 @@ def service(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterat
         yield svc
     finally:
         if svc.proc is not None and svc.proc.poll() is None:
-            svc.proc.kill()
-            svc.proc.wait(30)
+            try:  # a graceful stop takes its servers down too; a kill would orphan them
+                svc.stop()
+            except subprocess.TimeoutExpired:
+                svc.proc.kill()
+                svc.proc.wait(30)
 
 
 def _basic() -> httpx.BasicAuth:
