@@ -199,3 +199,18 @@ def test_train_anomaly_needs_a_good_class(tmp_path: Path) -> None:
         env=env,
     )
     assert bad.exit_code == 2 and "good class 'x'" in bad.output
+
+
+MAGNETIC_TILE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "magnetic-tile"
+
+
+@pytest.mark.skipif(not MAGNETIC_TILE.is_dir(), reason=f"no magnetic-tile data at {MAGNETIC_TILE}")
+def test_magnetic_tile_layout_and_split() -> None:
+    items = class_images(MAGNETIC_TILE)
+    assert is_class_folder_set(MAGNETIC_TILE)
+    assert {i.cls for i in items} >= {"MT_Free", "MT_Blowhole", "MT_Crack", "MT_Uneven"}
+    assert all(i.mask is not None for i in items)  # every image has its .png mask
+    parts = split_anomaly_set(items, "MT_Free", seed=0)
+    assert {i.cls for i in parts["train"]} == {"MT_Free"}
+    n_good = sum(i.cls == "MT_Free" for i in items)
+    assert len(parts["train"]) == n_good - round(0.25 * n_good) - round(0.15 * n_good)
