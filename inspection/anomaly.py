@@ -1,6 +1,6 @@
 """Anomaly mode at serving time: a PatchCore model of good images (Roth et al., 2022).
 
-A model folder ``<models_dir>/anomaly/<version>/`` holds
+A model folder ``<models_dir>/<version>/`` (card mode ``anomaly``) holds
 
 - ``features.xml`` / ``features.bin``: the patch-feature extractor as OpenVINO IR. Input
   ``image`` (1, 1, H, W) float32 grey levels 0..255, H and W multiples of

@@ -64,7 +64,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[
     )  # fmt: skip
     assert done.exit_code == 0, done.output
     model_dir = Path(done.stdout.strip().splitlines()[-1])
-    assert model_dir == root / "models" / "anomaly" / "anom-test"
+    assert model_dir == root / "models" / "anom-test"
     return data, model_dir, env
 
 

@@ -290,24 +290,29 @@ def list_versions(models_dir: Path) -> list[str]:
     )
 
 
-def resolve_model(models_dir: Path, version: str | None = None) -> Path:
+def resolve_model(
+    models_dir: Path,
+    version: str | None = None,
+    mode: Literal["reference", "locator", "anomaly"] = "reference",
+) -> Path:
     """Folder of model ``version`` in ``models_dir``.
 
-    ``None`` or ``"latest"`` picks the newest reference-mode model by the card's
-    ``created_at`` (ties broken by version name): the default model of every product, where
-    locator and anomaly models serve only the products registered for them. Raises
+    ``None`` or ``"latest"`` picks the newest model of ``mode`` (reference by default) by the
+    card's ``created_at`` (ties broken by version name): a reference model is the default of
+    every product, where locator and anomaly models serve only the products registered for
+    them. Raises
     ``FileNotFoundError`` naming the folder and the versions it holds.
     """
     models_dir = Path(models_dir)
     available = list_versions(models_dir)
     if version is None or version == LATEST:
         cards = {v: load_card(models_dir / v) for v in available}
-        reference = [v for v, c in cards.items() if c.mode == "reference"]
-        if not reference:
+        of_mode = [v for v, c in cards.items() if c.mode == mode]
+        if not of_mode:
             raise FileNotFoundError(
-                f"no reference-mode models in {models_dir} (no <version>/{CARD_FILE} found)"
+                f"no {mode}-mode models in {models_dir} (no <version>/{CARD_FILE} found)"
             )
-        newest = max(reference, key=lambda v: (cards[v].created_at, v))
+        newest = max(of_mode, key=lambda v: (cards[v].created_at, v))
         return models_dir / newest
     if version not in available:
         raise FileNotFoundError(

@@ -1,6 +1,7 @@
 """The anomaly-mode branches of ``linecheck train`` and ``linecheck evaluate`` (class-folder
 sets: good images in one subfolder, defective ones with optional masks in the others).
-Anomaly models live in ``<models_dir>/anomaly/``."""
+Anomaly models live in ``<models_dir>/`` beside the others (their card's mode says what they
+are), so that `linecheck products set P --mode anomaly --model V` finds them."""
 
 from __future__ import annotations
 
@@ -13,10 +14,6 @@ from rich.table import Table
 
 from infra.settings import Settings
 from linecheck.cli.common import err
-
-
-def anomaly_models_dir(settings: Settings) -> Path:
-    return Path(settings.model.models_dir) / "anomaly"
 
 
 def train_anomaly_command(
@@ -37,7 +34,7 @@ def train_anomaly_command(
     started = time.monotonic()
     try:
         model_dir = train_anomaly(
-            anomaly_models_dir(settings), data, good_class, seed=seed, threads=threads,
+            settings.model.models_dir, data, good_class, seed=seed, threads=threads,
             version=version, console=err,
         )  # fmt: skip
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
@@ -55,7 +52,7 @@ def evaluate_anomaly_command(
     from training.anomaly_evaluation import evaluate_anomaly
 
     try:
-        model_dir = resolve_model(anomaly_models_dir(settings), model)
+        model_dir = resolve_model(settings.model.models_dir, model, mode="anomaly")
         metrics = evaluate_anomaly(model_dir, data, out, held_out=held_out, draw=draw, console=err)
     except (FileNotFoundError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")
