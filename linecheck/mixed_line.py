@@ -8,7 +8,7 @@ way through the product registry:
 - synthetic part surfaces (``TILE-5``, varying sizes, no two alike): ``anomaly`` mode, a
   PatchCore model of good tiles.
 
-The two extra models are trained once into ``model.models_dir`` (a few minutes on 2 cores,
+The two extra models are trained once into ``model.models_dir`` (about a minute on 2 cores,
 with progress bars) and reused afterwards; the summary reports each product's rates.
 """
 
@@ -34,7 +34,7 @@ ANOMALY_SEED = 5
 LOCATOR_VERSION = "mixed-locator-v1"
 ANOMALY_VERSION = "mixed-anomaly-v1"
 # boards and tiles the models train on; the line's come after these indices
-LOCATOR_TRAIN_BOARDS, ANOMALY_TRAIN_TILES = 48, 160
+LOCATOR_TRAIN_BOARDS, ANOMALY_TRAIN_TILES = 32, 120
 # the line's product mix: two reference boards, then one of each other kind
 PATTERN = ("reference", "reference", "locator", "anomaly")
 
@@ -56,7 +56,7 @@ def ensure_mixed_models(settings: Settings, console: Console) -> MixedModels:
         console.log(f"training {LOCATOR_VERSION}: a locator for boards without templates")
         folder, split = _locator_boards(data / "boards")
         train_locator_model(
-            models, folder, split, epochs=3, locator_epochs=30, version=LOCATOR_VERSION,
+            models, folder, split, epochs=2, locator_epochs=15, version=LOCATOR_VERSION,
             console=console,
         )  # fmt: skip
     anomaly = models / ANOMALY_VERSION

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from infra.settings import Settings
 from linecheck.cli.common import err
+from linecheck.cli.tables import fmt
 
 
 def train_anomaly_command(
@@ -64,12 +65,8 @@ def evaluate_anomaly_command(
         table.add_row(
             name,
             str(row["images"]),
-            *(_fmt(row[k]) for k in ("detection_rate", "fail_rate", "image_auroc")),
+            *(fmt(row[k]) for k in ("detection_rate", "fail_rate", "image_auroc")),
         )
     err.print(table)
     keys = ("image_auroc", "pixel_auroc", "board_fnr", "board_fpr", "review_rate", "images_per_s")
     print(json.dumps({k: metrics[k] for k in keys}, allow_nan=False))
-
-
-def _fmt(value: object) -> str:
-    return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)

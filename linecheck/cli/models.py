@@ -6,15 +6,15 @@ Registered in :mod:`linecheck.cli` by :func:`register`.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from infra.settings import Settings
 from linecheck.cli.common import ConfigOption, err, settings_or_exit
+from linecheck.cli.tables import cv_table, fmt, metrics_table
 
 DataOption = Annotated[
     Path,
@@ -252,63 +252,6 @@ def calibrate(
     print(json.dumps({"thresholds": thresholds.model_dump(), **rates}))
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "—"  # undefined: e.g. FNR on a set without defective boards
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4f}"
-    return str(value)
-
-
-def cv_table(report: dict[str, Any]) -> Table:
-    """Per fold and mean ± sd (min) of the headline figures."""
-    keys = ("f_score", "map", "roi_recall", "board_fnr", "board_fpr", "review_rate")
-    table = Table(title=f"leave-one-group-out cross-validation ({len(report['folds'])} folds)")
-    table.add_column("fold (inner)")
-    for key in keys:
-        table.add_column(key, justify="right")
-    for group, row in report["folds"].items():
-        table.add_row(f"{group} ({row['inner_validation_group']})", *(_fmt(row[k]) for k in keys))
-    summary = report["summary"]
-    table.add_row(
-        "mean ± sd (min)",
-        *(
-            f"{summary[k]['mean']:.4f} ± {summary[k]['sd']:.4f} ({summary[k]['min']:.4f})"
-            if k in summary
-            else "—"
-            for k in keys
-        ),
-    )
-    return table
-
-
-def metrics_table(metrics: dict[str, Any], title: str) -> Table:
-    table = Table(title=title)
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    from training.evaluation import HEADLINE_METRICS
-
-    for key in (*HEADLINE_METRICS, "truths", "images_per_s"):
-        if key in metrics:
-            table.add_row(key, _fmt(metrics[key]))
-    for kind, row in metrics.get("per_class", {}).items():
-        table.add_row(
-            f"{kind}: ap / precision / recall",
-            " / ".join(_fmt(row[k]) for k in ("ap", "precision", "recall")),
-        )
-    for group, row in metrics.get("per_group", {}).items():
-        table.add_row(
-            f"{group}: F / mAP / roi_recall",
-            " / ".join(_fmt(row.get(k)) for k in ("f_score", "map", "roi_recall")),
-        )
-    for group, row in metrics.get("board_rates_cross_group", {}).items():
-        table.add_row(
-            f"{group} (thresholds from the other groups): FNR / FPR / review",
-            " / ".join(_fmt(row[k]) for k in ("board_fnr", "board_fpr", "review_rate")),
-        )
-    return table
-
-
 def evaluate(
     data: DataOption,
     out: Annotated[Path, typer.Option(help="output folder")],
@@ -389,7 +332,7 @@ def _evaluate_classify(
     for column in ("class", "precision", "recall", "F1", "support"):
         table.add_column(column)
     for name, row in metrics["per_class"].items():
-        table.add_row(name, *(_fmt(row[k]) for k in ("precision", "recall", "f1", "support")))
+        table.add_row(name, *(fmt(row[k]) for k in ("precision", "recall", "f1", "support")))
     err.print(table)
     keys = ("accuracy", "macro_f1", "images")
     print(json.dumps(json_ready({k: metrics[k] for k in keys}), allow_nan=False))
