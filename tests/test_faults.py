@@ -17,6 +17,7 @@ from linecheck.processes import start_workers, stop_workers, wait_ready
 from producers.publisher import BoardPublisher
 from producers.simulator import publish_boards, synthetic_samples
 from schemas.events import Verdict
+from tests.conftest import register_every_product
 from tests.helpers import wait_until
 
 
@@ -31,6 +32,8 @@ def _own_database(settings: Settings, revision: str = "head") -> str:
     url = make_url(settings.postgres.url.get_secret_value()).set(database=name)
     rendered = url.render_as_string(hide_password=False)
     upgrade(rendered, revision)
+    if revision == "head":  # its boards are of many products, inspected on templates
+        register_every_product(rendered)
     return rendered
 
 

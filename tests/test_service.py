@@ -331,6 +331,8 @@ def test_watch_feeds_the_running_service_from_a_folder(service: Service) -> None
     boards = BoardGenerator(seed=11)
     for i in range(5):
         (inbox / f"W{i:03d}.png").write_bytes(encode_png(boards.board(i).image))
+    # an operator registers the product the folder's machine inspects, then starts the watch
+    service.linecheck("products", "set", "P9", "--mode", "reference", "--by", "qa")
     args = ["watch", str(inbox), "--line", "L9", "--machine", "aoi-9", "--product", "P9"]
     service.linecheck(*args, "--once", "--sort", str(out), "--settle-s", "0.2", timeout=240)
     rows = (out / "verdicts.csv").read_text().splitlines()[1:]
@@ -359,7 +361,8 @@ def test_sigterm_exits_zero_and_the_data_is_there_after_up_again(service: Servic
             ).scalar_one()
     finally:
         engine.dispose()
-    assert before == BOARDS + 5 and outcomes >= 1  # the simulated boards and the folder's
+    # the simulated boards, the folder's and the anomaly board's stored verdict
+    assert before == BOARDS + 5 + 1 and outcomes >= 1
     assert service.stop() == 0, service.log_tail()
     assert not (service.folder / ".linecheck" / "service" / "running.json").exists()
     service.start()
