@@ -30,10 +30,10 @@ class DeepPcbSample:
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """(board, template) as grayscale uint8."""
-        return _read_gray(self.test_path), _read_gray(self.template_path)
+        return read_gray(self.test_path), read_gray(self.template_path)
 
 
-def _read_gray(path: Path) -> np.ndarray:
+def read_gray(path: Path) -> np.ndarray:
     import cv2  # lazily: listing and parsing a data set needs no OpenCV
 
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)

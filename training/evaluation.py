@@ -18,7 +18,7 @@ from inspection.model.registry import Thresholds, load_card
 from inspection.verdict import region_verdicts
 from training.calibration import calibrate_thresholds
 from training.detection_metrics import ImageResult, detection_metrics, roi_recall
-from training.scoring import PairResult, board_arrays, board_rates, score_pairs
+from training.scoring import PairResult, board_arrays, board_rates, score_pairs, twins_possible
 from training.splits import eval_samples, model_val_groups
 
 # The evaluation figures worth a line in a model card or a table, in reading order.
@@ -120,17 +120,15 @@ def evaluate_model(
         set(np.linspace(0, len(samples) - 1, draw).round().astype(int).tolist()) if draw else set()
     )
     roi = roi or ("locator" if card.mode == "locator" else "reference")
-    twins = True
+    locator = None
     if roi == "locator":
         from inspection.locator import Locator
-        from training.locator_model import score_pairs_locator
 
         locator = Locator(model_dir, threads=threads)
-        results, twins = score_pairs_locator(
-            samples, locator, classifier, console, seed=seed, keep=lambda i: i in drawn
-        )
-    else:
-        results = score_pairs(samples, classifier, console, seed=seed, keep=lambda i: i in drawn)
+    twins = locator is None or twins_possible(samples)
+    results = score_pairs(
+        samples, classifier, console, seed=seed, keep=lambda i: i in drawn, locator=locator
+    )
     det_dir = Path(out) / "detections"
     det_dir.mkdir(parents=True, exist_ok=True)
     for r in results:

@@ -17,26 +17,24 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 from rich.console import Console
 
-from board_data.deeppcb import DeepPcbSample
+from board_data.deeppcb import DeepPcbSample, read_gray
 from board_data.scan import simulate_good_board
 from infra.progress import progress_bar
 from inspection.crops import CROP_SIZE, label_candidates, make_crops
 from inspection.locator import Locator, LocatorParams, regions_from_map
 from schemas.events import Box
 from training.crop_table import jitter_box, random_boxes
-from training.scoring import PairResult, good_board_rng
+from training.scoring import score_pairs
 
 if TYPE_CHECKING:
-    from inspection.backends.base import Classifier
     from inspection.model.nets import Arch
 
 # candidates for the classifier's training rows come from a lower map threshold than
@@ -44,13 +42,6 @@ if TYPE_CHECKING:
 # regions stand in for the false calls it makes on designs it never saw
 TRAIN_THRESHOLD_FACTOR = 0.6
 LOCATOR_WEIGHTS = "locator.pt"
-
-
-def read_gray(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise ValueError(f"cannot read image {path}")
-    return image
 
 
 def locator_rows(
@@ -105,52 +96,6 @@ def crop_set(
             labels += lab
             step()
     return np.concatenate(crops), np.asarray(labels, np.int64)
-
-
-def score_pairs_locator(
-    samples: Sequence[DeepPcbSample],
-    locator: Locator,
-    classifier: Classifier,
-    console: Console,
-    seed: int = 0,
-    keep: Callable[[int], bool] = lambda i: False,
-) -> tuple[list[PairResult], bool]:
-    """Each board through locator → template-free crops → classifier, as a worker runs it
-    in locator mode; the template only makes the simulated good twin (board-level rates),
-    and where any template is missing there are no twins. Returns (results, twins made)."""
-    twins = all(s.template_path.exists() for s in samples)
-    size = classifier.input_size
-    out = []
-    with progress_bar(console, "inspecting boards (locator)", len(samples)) as advance:
-        for i, sample in enumerate(samples):
-            image = read_gray(sample.test_path)
-            t0 = time.perf_counter()
-            boxes = locator.find_regions(image)
-            crops = make_crops(image, None, boxes, size)
-            probs = classifier.predict_proba(crops)
-            seconds = time.perf_counter() - t0
-            g_boxes: list[Box] = []
-            g_probs = np.zeros((0, probs.shape[1]), np.float32)
-            if twins:
-                template = read_gray(sample.template_path)
-                good = simulate_good_board(template, good_board_rng(sample.image_id, seed))
-                g_boxes = locator.find_regions(good)
-                g_probs = classifier.predict_proba(make_crops(good, None, g_boxes, size))
-            kept = keep(i)
-            out.append(
-                PairResult(
-                    sample,
-                    boxes,
-                    probs,
-                    g_boxes,
-                    g_probs,
-                    seconds,
-                    crops if kept else None,
-                    image if kept else None,
-                )
-            )
-            advance()
-    return out, twins
 
 
 def train_locator_model(
@@ -254,7 +199,7 @@ def train_locator_model(
             shutil.move(str(f), model_dir / f.name)
         classifier = load_classifier(model_dir, backend="openvino", threads=threads)
         locator = Locator(model_dir, threads=threads)
-        results, _ = score_pairs_locator(val_s, locator, classifier, console, seed=seed)
+        results = score_pairs(val_s, classifier, console, seed=seed, locator=locator)
         thresholds = calibrate_thresholds(*board_arrays(results), target_fnr=target_fnr)
         metrics = evaluation_metrics(results, thresholds)
         card_metrics: dict[str, Any] = {**card.metrics, "val": card_metrics_row(metrics)}

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rich.console import Console
 
-from board_data.deeppcb import DeepPcbSample
+from board_data.deeppcb import DeepPcbSample, read_gray
 from board_data.scan import simulate_good_board
 from infra.progress import progress_bar
 from inspection.crops import make_crops
@@ -23,6 +23,7 @@ from schemas.events import Box, DefectType
 
 if TYPE_CHECKING:
     from inspection.backends.base import Classifier
+    from inspection.locator import Locator
     from inspection.model.registry import Thresholds
 
 
@@ -72,24 +73,35 @@ def score_pairs(
     console: Console,
     seed: int = 0,
     keep: Callable[[int], bool] = lambda i: False,
+    locator: Locator | None = None,
 ) -> list[PairResult]:
     """Each pair's board (and its simulated good twin) through ROI → crops → classifier,
-    as a worker runs them. ``keep(i)`` keeps the crops and image of pair ``i`` (to draw it)."""
+    as a worker runs them. ``keep(i)`` keeps the crops and image of pair ``i`` (to draw it).
+
+    With ``locator`` (locator mode) the regions come from the board alone and the crops are
+    template-free; the template then only makes the good twin, and where any pair's template
+    is missing no pair gets a twin (see :func:`twins_possible`)."""
+    twins = locator is None or twins_possible(samples)
     out = []
     size = classifier.input_size
-    with progress_bar(console, "inspecting boards", len(samples)) as advance:
+    what = "inspecting boards" + (" (locator)" if locator is not None else "")
+    with progress_bar(console, what, len(samples)) as advance:
         for i, sample in enumerate(samples):
-            image, template = sample.load()
+            image = read_gray(sample.test_path)
+            template = read_gray(sample.template_path) if twins else None
             t0 = time.perf_counter()
-            boxes, aligned = find_regions_aligned(image, template)
-            crops = make_crops(image, aligned, boxes, size, aligned=True)
+            boxes, reference = _regions(image, template, locator)
+            crops = make_crops(image, reference, boxes, size, aligned=True)
             probs = classifier.predict_proba(crops)
             seconds = time.perf_counter() - t0
-            good = simulate_good_board(template, good_board_rng(sample.image_id, seed))
-            g_boxes, g_aligned = find_regions_aligned(good, template)
-            g_probs = classifier.predict_proba(
-                make_crops(good, g_aligned, g_boxes, size, aligned=True)
-            )
+            g_boxes: list[Box] = []
+            g_probs = np.zeros((0, probs.shape[1]), np.float32)
+            if template is not None:
+                good = simulate_good_board(template, good_board_rng(sample.image_id, seed))
+                g_boxes, g_reference = _regions(good, template, locator)
+                g_probs = classifier.predict_proba(
+                    make_crops(good, g_reference, g_boxes, size, aligned=True)
+                )
             kept = keep(i)
             out.append(
                 PairResult(
@@ -105,6 +117,21 @@ def score_pairs(
             )
             advance()
     return out
+
+
+def twins_possible(samples: Sequence[DeepPcbSample]) -> bool:
+    """Whether every pair has its template, to make its simulated good twin from."""
+    return all(s.template_path.exists() for s in samples)
+
+
+def _regions(
+    image: np.ndarray, template: np.ndarray | None, locator: Locator | None
+) -> tuple[list[Box], np.ndarray | None]:
+    """Candidate regions and the reference the crops are cut with (None: template-free)."""
+    if locator is not None:
+        return locator.find_regions(image), None
+    assert template is not None  # reference mode reads every pair's template
+    return find_regions_aligned(image, template)
 
 
 def board_arrays(results: Sequence[PairResult]) -> tuple[np.ndarray, np.ndarray]:
