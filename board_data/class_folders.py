@@ -11,6 +11,8 @@ from typing import Literal
 
 import numpy as np
 
+from board_data.deeppcb import read_gray
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".png")
 
 Part = Literal["train", "calibration", "test"]
@@ -38,16 +40,6 @@ class ClassImage:
         if m.shape != shape:
             m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
         return m > 0
-
-
-def read_gray(path: Path) -> np.ndarray:
-    """2-D uint8 grayscale, or a ``ValueError`` naming the file."""
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise ValueError(f"cannot read image {path}")
-    return np.asarray(image, np.uint8)
 
 
 def is_class_folder_set(root: Path) -> bool:
