@@ -38,11 +38,12 @@ class KafkaSettings(_Section):
         default=16, ge=1, le=500, description="most events a worker takes from one poll"
     )
     poll_wait_ms: int = Field(
-        default=10,
+        default=100,
         ge=1,
         le=1_000,
-        description="a poll returns what has arrived after this, even short of batch_size: "
-        "bounds the wait a board adds to its latency on a quiet line",
+        description="longest a worker's poll waits for a batch's first record (it returns as "
+        "soon as one arrives, with what else has arrived, up to batch_size): how quickly an "
+        "idle worker notices a stop",
     )
     fetch_wait_ms: int = Field(
         default=25,

@@ -48,25 +48,37 @@ def class_activation_maps(
     return normalise_maps(maps) if normalise else maps
 
 
+# The jet colours as a lookup table, computed once: cv2.applyColorMap rebuilds its table on
+# every call (0.2 ms; ~3 ms per explained board of 7 regions).
+_JET = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_JET)
+
+
 def heat_colours(cam: np.ndarray) -> np.ndarray:
     """A [0, 1] map as a BGR uint8 image (jet colour map)."""
-    return cv2.applyColorMap(np.clip(cam * 255.0, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    grey = np.clip(cam * 255.0, 0, 255).astype(np.uint8)
+    return cv2.LUT(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), _JET)
+
+
+def _blend(base: np.ndarray, cam: np.ndarray, alpha: float) -> np.ndarray:
+    """``base`` (BGR uint8) with the jet colours of ``cam`` (a [0, 1] map of the same size)
+    laid over it, each pixel weighted ``alpha`` × its map value."""
+    a = np.ascontiguousarray(alpha * cam, dtype=np.float32)
+    return cv2.blendLinear(base, heat_colours(cam), 1.0 - a, a)
 
 
 def _paste_heat(canvas: np.ndarray, box: Box, cam: np.ndarray, alpha: float = 0.5) -> None:
     """Blend ``cam`` (a crop's map) into ``canvas`` over the square the crop was cut from."""
+    if not cam.any():  # an unexplained region: nothing to lay over the board
+        return
     h, w = canvas.shape[:2]
     cx, cy, half = _square(box, CONTEXT)
     x0, y0, x1, y1 = cx - half, cy - half, cx + half, cy + half
-    heat = cv2.resize(heat_colours(cam), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
-    weight = cv2.resize(cam, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)[..., None]
     cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
     if cx0 >= cx1 or cy0 >= cy1:
         return
-    part = heat[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0].astype(np.float32)
-    a = alpha * weight[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
-    region = canvas[cy0:cy1, cx0:cx1].astype(np.float32)
-    canvas[cy0:cy1, cx0:cx1] = (region * (1 - a) + part * a).astype(np.uint8)
+    big = cv2.resize(cam, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    part = big[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+    canvas[cy0:cy1, cx0:cx1] = _blend(canvas[cy0:cy1, cx0:cx1], part, alpha)
 
 
 def render_board(
@@ -122,10 +134,8 @@ def zoom_panel(
     panel = np.full((height, cols * tile, 3), 255, np.uint8)
     for i, (crop, cam, label) in enumerate(zip(crops, cams, labels, strict=True)):
         board = cv2.resize(crop[0], (tile, tile), interpolation=cv2.INTER_NEAREST)
-        base = cv2.cvtColor(board, cv2.COLOR_GRAY2BGR).astype(np.float32)
-        heat = heat_colours(cv2.resize(cam, (tile, tile), interpolation=cv2.INTER_LINEAR))
-        a = 0.6 * cv2.resize(cam, (tile, tile), interpolation=cv2.INTER_LINEAR)[..., None]
-        img = (base * (1 - a) + heat.astype(np.float32) * a).astype(np.uint8)
+        big = cv2.resize(cam, (tile, tile), interpolation=cv2.INTER_LINEAR)
+        img = _blend(cv2.cvtColor(board, cv2.COLOR_GRAY2BGR), big, 0.6)
         cv2.rectangle(img, (0, 0), (tile - 1, tile - 1), (80, 80, 80), 1)
         cv2.putText(img, label, (3, tile - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 200), 1)
         r, c = i % per_col, i // per_col

@@ -35,7 +35,13 @@ from workers import metrics
 from workers.audit_sink import AuditBatch, AuditStore, LiveStats
 from workers.batch_inspection import inspect_batch
 from workers.batch_sinks import BatchResult, SinkPipeline, rewind
-from workers.delivery import Backoff, broker_config, commit_stored, confluent_consumer
+from workers.delivery import (
+    Backoff,
+    broker_config,
+    commit_stored,
+    confluent_consumer,
+    poll_ready_batches,
+)
 from workers.inspector import Inspector, SourceInfo
 from workers.messages import default_worker_name
 from workers.model_swap import ModelSwapper, load_served
@@ -234,7 +240,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
     if context is not None:
         state["ctx"] = context
 
-    @broker.subscriber(
+    flagged = broker.subscriber(
         topics.flagged,
         group_id=settings.kafka.group_id,
         auto_offset_reset="earliest",
@@ -251,6 +257,10 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
         title="flagged",
         description="FlaggedBoard events (JSON, see schemas/) from line test machines",
     )
+    # a batch is what has arrived by the time its first record comes: no wait for a full one
+    poll_ready_batches(flagged, settings.kafka.batch_size, settings.kafka.poll_wait_ms / 1e3)
+
+    @flagged
     async def handle(bodies: list[bytes], msg: KafkaMessage) -> None:
         ctx = state["ctx"]
         began = time.monotonic()
