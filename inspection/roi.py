@@ -46,7 +46,7 @@ class RoiParams:
     boards stretch unevenly, so one rigid warp leaves 1–3 px offsets in places"""
     max_local_shift_px: float = 3.0
     """a tile whose residual shift is larger than this (or ill-defined) keeps the global fit"""
-    refine_iterations: int = 2
+    refine_iterations: int = 1
     """Lucas–Kanade steps refining each tile's phase-correlation shift (0 = off)"""
     registered_px: float = 0.25
     """if the fitted motion moves no image corner by more than this, and no tile centre by
