@@ -41,6 +41,10 @@ def test_bench_measures_every_ratio_in_one_run(settings: Settings, model_dir: Pa
     stages = sum(result[k] for k in ("decode_ms", "roi_ms", "classify_ms", "explain_ms"))
     assert 0 < stages <= result["total_ms"] + 1e-6
     assert 0 < result["p50_ms"] <= result["p99_ms"]
+    # a verdict is sent after it is made: the time to the decision is part of the latency
+    assert 0 < result["p50_to_decided_ms"] <= result["p50_ms"]
+    assert 0 < result["p99_to_decided_ms"] <= result["p99_ms"]
+    assert result["p99_sinks_ms"] > 0
     # open-loop arrivals at half the saturation rate: the line ran slower than saturated
     assert result["latency_rate"] < result["e2e_boards_per_s"] * (LATENCY_AT + 0.4)
     assert result["e2e_boards_per_s_1_workers"] > 0

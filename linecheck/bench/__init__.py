@@ -95,6 +95,13 @@ def run_bench(
             latency_rate=paced.boards_per_s,
             p50_ms=_percentile(paced.latency_ms, 50),
             p99_ms=_percentile(paced.latency_ms, 99),
+            # where the latency goes: until the verdict is made (waiting behind other boards,
+            # the poll, the inspection), then the batch's sinks (audit insert, send)
+            p50_to_decided_ms=_percentile(paced.to_decided_ms, 50),
+            p99_to_decided_ms=_percentile(paced.to_decided_ms, 99),
+            p99_sinks_ms=_percentile(
+                [a - b for a, b in zip(paced.latency_ms, paced.to_decided_ms, strict=True)], 99
+            ),
             saturated_p50_ms=_percentile(batched.latency_ms, 50),
         )
         for n in scale:

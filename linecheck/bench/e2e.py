@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ class E2eRun:
     boards: int
     boards_per_s: float  # first publish → last verdict
     latency_ms: list[float]  # publish → verdict, per board
+    to_decided_ms: list[float]  # publish → the verdict made (waiting, polling, inspection)
 
 
 def with_new_ids(events: list[bytes]) -> list[tuple[str, bytes]]:
@@ -53,7 +55,7 @@ def with_new_ids(events: list[bytes]) -> list[tuple[str, bytes]]:
 
 class VerdictWatch:
     """Reads ``boards.verdicts`` from the start (all partitions assigned) and keeps the
-    first verdict timestamp of each event id."""
+    first verdict timestamp and ``decided_at`` of each event id."""
 
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topics.verdicts
@@ -67,6 +69,7 @@ class VerdictWatch:
         meta = self._consumer.list_topics(self.topic, timeout=30).topics[self.topic]
         self._consumer.assign([TopicPartition(self.topic, p, 0) for p in meta.partitions])
         self.seen: dict[str, float] = {}  # event id → verdict timestamp (s)
+        self.decided: dict[str, float] = {}  # event id → the verdict's decided_at (s)
 
     def wait_for(self, ids: set[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -83,8 +86,13 @@ class VerdictWatch:
                 value = msg.value()
                 if value is None:
                     continue
-                event_id = json.loads(value)["event_id"]
-                self.seen.setdefault(event_id, msg.timestamp()[1] / 1e3)
+                verdict = json.loads(value)
+                event_id = verdict["event_id"]
+                if event_id not in self.seen:
+                    self.seen[event_id] = msg.timestamp()[1] / 1e3
+                    self.decided[event_id] = datetime.fromisoformat(
+                        verdict["decided_at"]
+                    ).timestamp()
 
     def close(self) -> None:
         self._consumer.close()
@@ -153,15 +161,17 @@ def worker_group(
 
 def measure(
     settings: Settings, watch: VerdictWatch, events: list[bytes], rate: float | None
-) -> tuple[float, list[float]]:
-    """Boards/s (first publish → last verdict) and each board's publish → verdict ms."""
+) -> tuple[float, list[float], list[float]]:
+    """Boards/s (first publish → last verdict), each board's publish → verdict ms, and its
+    publish → decided ms (the rest is the sinks: the batch's audit insert, then the send)."""
     batch = with_new_ids(events)
     sent = publish(settings, batch, rate)
     watch.wait_for(set(sent), timeout=120 + 2.0 * len(batch))
     done = [watch.seen[i] for i in sent]
     elapsed = max(done) - min(sent.values())
     latency = [(watch.seen[i] - t) * 1e3 for i, t in sent.items()]
-    return len(batch) / elapsed, latency
+    to_decided = [(watch.decided[i] - t) * 1e3 for i, t in sent.items()]
+    return len(batch) / elapsed, latency, to_decided
 
 
 def e2e_runs(
@@ -181,12 +191,12 @@ def e2e_runs(
     with worker_group(live, workers, batch_size, run) as (settings, _):
         watch = VerdictWatch(settings)
         try:
-            rate, latency = measure(settings, watch, events, None)
-            saturated = E2eRun(workers, batch_size, len(events), rate, latency)
+            rate, latency, decided = measure(settings, watch, events, None)
+            saturated = E2eRun(workers, batch_size, len(events), rate, latency, decided)
             paced = None
             if latency_at is not None:
-                r, lat = measure(settings, watch, events, rate * latency_at)
-                paced = E2eRun(workers, batch_size, len(events), r, lat)
+                r, lat, dec = measure(settings, watch, events, rate * latency_at)
+                paced = E2eRun(workers, batch_size, len(events), r, lat, dec)
         finally:
             watch.close()
     return saturated, paced
