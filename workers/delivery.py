@@ -1,6 +1,6 @@
-"""At-least-once delivery on FastStream's confluent consumer: offsets stored only for what
-was processed, and a backoff after sink failures (an outage is a slow retry, not a busy
-loop)."""
+"""At-least-once delivery on FastStream's confluent consumer: batches of what has arrived,
+offsets stored only for what was processed, a backoff after sink failures (an outage is a
+slow retry, not a busy loop), and the check that a batch fits the poll interval."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 
 import anyio
 from faststream.confluent import ConfluentConfig, KafkaMessage
+
+from infra.settings import Settings
 
 
 @dataclass
@@ -57,10 +59,9 @@ def poll_ready_batches(subscriber: Any, max_records: int, wait_s: float) -> None
     when ``n`` records have arrived: on a line slower than the workers every batch waited
     the whole poll timeout (10 ms of every board's latency, measured on the embedded
     broker). ``poll`` returns as soon as one record is there."""
-    consumer_of = lambda: subscriber.consumer  # noqa: E731  # set when the subscriber starts
 
     async def get_msg() -> tuple[Any, ...] | None:
-        consumer = consumer_of()
+        consumer = subscriber.consumer  # FastStream's async consumer, set when it starts
         first = await consumer.getone(timeout=wait_s)
         if first is None:
             return None
@@ -103,3 +104,29 @@ def commit_stored(consumer: Any) -> None:
     except KafkaException as exc:
         if exc.args[0].code() != KafkaError._NO_OFFSET:
             raise
+
+
+def poll_budget_s(settings: Settings) -> float:
+    """The worst time one batch may hold the handler: every board at its budget, then the
+    audit statement, the Redis round trip and the broker's acks at their timeouts."""
+    return (
+        settings.kafka.batch_size * settings.worker.max_board_s
+        + settings.postgres.connect_timeout_s
+        + settings.postgres.statement_timeout_ms / 1e3
+        + 2 * settings.redis.timeout_s
+        + settings.kafka.delivery_timeout_ms / 1e3
+    )
+
+
+def check_poll_budget(settings: Settings) -> None:
+    """Refuse to start a worker whose worst batch would outlast ``max.poll.interval.ms``
+    (the group would evict it mid-batch, and the batch would be redone elsewhere)."""
+    budget = poll_budget_s(settings)
+    limit = settings.kafka.max_poll_interval_ms / 1e3
+    if budget >= 0.9 * limit:
+        raise ValueError(
+            f"a batch may take {budget:.0f}s (kafka.batch_size {settings.kafka.batch_size} × "
+            f"worker.max_board_s {settings.worker.max_board_s} + sink timeouts), over 90% of "
+            f"kafka.max_poll_interval_ms ({limit:.0f}s): lower the batch size or the timeouts, "
+            "or raise the poll interval"
+        )

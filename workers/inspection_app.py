@@ -38,8 +38,10 @@ from workers.batch_sinks import BatchResult, SinkPipeline, rewind
 from workers.delivery import (
     Backoff,
     broker_config,
+    check_poll_budget,
     commit_stored,
     confluent_consumer,
+    poll_budget_s,
     poll_ready_batches,
 )
 from workers.inspector import Inspector, SourceInfo
@@ -139,32 +141,6 @@ def injected_delay(path: Path | None) -> float:
         return max(0.0, float(path.read_text().strip() or 0))
     except (OSError, ValueError):
         return 0.0
-
-
-def poll_budget_s(settings: Settings) -> float:
-    """The worst time one batch may hold the handler: every board at its budget, then the
-    audit statement, the Redis round trip and the broker's acks at their timeouts."""
-    return (
-        settings.kafka.batch_size * settings.worker.max_board_s
-        + settings.postgres.connect_timeout_s
-        + settings.postgres.statement_timeout_ms / 1e3
-        + 2 * settings.redis.timeout_s
-        + settings.kafka.delivery_timeout_ms / 1e3
-    )
-
-
-def check_poll_budget(settings: Settings) -> None:
-    """Refuse to start a worker whose worst batch would outlast ``max.poll.interval.ms``
-    (the group would evict it mid-batch, and the batch would be redone elsewhere)."""
-    budget = poll_budget_s(settings)
-    limit = settings.kafka.max_poll_interval_ms / 1e3
-    if budget >= 0.9 * limit:
-        raise ValueError(
-            f"a batch may take {budget:.0f}s (kafka.batch_size {settings.kafka.batch_size} × "
-            f"worker.max_board_s {settings.worker.max_board_s} + sink timeouts), over 90% of "
-            f"kafka.max_poll_interval_ms ({limit:.0f}s): lower the batch size or the timeouts, "
-            "or raise the poll interval"
-        )
 
 
 def refused_letter(
