@@ -180,8 +180,10 @@ def overlay(image: np.ndarray, amap: np.ndarray) -> np.ndarray:
         raise ValueError(f"image must be grayscale or BGR, got shape {image.shape}")
     if amap.shape != image.shape[:2]:
         raise ValueError(f"map {amap.shape} and image {image.shape[:2]} differ in size")
+    from inspection.explain import heat_colours
+
     a = np.clip(amap, 0.0, 1.0).astype(np.float32)
-    heat = cv2.applyColorMap((a * 255.0).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = heat_colours(a)
     alpha = (0.25 + 0.5 * a)[:, :, None]
     out = base.astype(np.float32) * (1.0 - alpha) + heat.astype(np.float32) * alpha
     return np.clip(out, 0, 255).astype(np.uint8)

@@ -18,7 +18,7 @@ from inspection.model.registry import Thresholds, load_card
 from inspection.verdict import region_verdicts
 from training.calibration import calibrate_thresholds
 from training.detection_metrics import ImageResult, detection_metrics, roi_recall
-from training.scoring import PairResult, board_arrays, board_rates, score_pairs, twins_possible
+from training.scoring import PairResult, board_arrays, board_rates, makes_twins, score_pairs
 from training.splits import eval_samples, model_val_groups
 
 # The evaluation figures worth a line in a model card or a table, in reading order.
@@ -125,7 +125,7 @@ def evaluate_model(
         from inspection.locator import Locator
 
         locator = Locator(model_dir, threads=threads)
-    twins = locator is None or twins_possible(samples)
+    twins = makes_twins(samples, locator)
     results = score_pairs(
         samples, classifier, console, seed=seed, keep=lambda i: i in drawn, locator=locator
     )

@@ -80,8 +80,8 @@ def score_pairs(
 
     With ``locator`` (locator mode) the regions come from the board alone and the crops are
     template-free; the template then only makes the good twin, and where any pair's template
-    is missing no pair gets a twin (see :func:`twins_possible`)."""
-    twins = locator is None or twins_possible(samples)
+    is missing no pair gets a twin (see :func:`makes_twins`)."""
+    twins = makes_twins(samples, locator)
     out = []
     size = classifier.input_size
     what = "inspecting boards" + (" (locator)" if locator is not None else "")
@@ -119,9 +119,10 @@ def score_pairs(
     return out
 
 
-def twins_possible(samples: Sequence[DeepPcbSample]) -> bool:
-    """Whether every pair has its template, to make its simulated good twin from."""
-    return all(s.template_path.exists() for s in samples)
+def makes_twins(samples: Sequence[DeepPcbSample], locator: Locator | None = None) -> bool:
+    """Whether :func:`score_pairs` makes simulated good twins: always in reference mode (it
+    reads every template anyway), in locator mode only when every pair has its template."""
+    return locator is None or all(s.template_path.exists() for s in samples)
 
 
 def _regions(
