@@ -44,8 +44,9 @@ class RoiParams:
     local_tiles: int = 4
     """after the global fit, re-estimate the shift on a tiles×tiles grid (0 = off): line-scan
     boards stretch unevenly, so one rigid warp leaves 1–3 px offsets in places"""
-    max_local_shift_px: float = 3.0
-    """a tile whose residual shift is larger than this (or ill-defined) keeps the global fit"""
+    max_local_shift_px: float = 8.0
+    """a tile whose residual shift is larger than this (or ill-defined) keeps the global fit
+    (DeepPCB group 20085 has ~5 px at the edge of large copper near a border)"""
     refine_iterations: int = 1
     """Lucas–Kanade steps refining each tile's phase-correlation shift (0 = off)"""
     registered_px: float = 0.25
@@ -63,6 +64,9 @@ class RoiParams:
     """opening kernel on the difference: removes isolated speckle and 1-px slivers"""
     merge_px: int = 9
     """dilation that merges the pieces of one defect (e.g. a ragged open) into one region"""
+    bridge_specks: bool = True
+    """specks the opening removes (the dots of a dotted scratch) still join the solid pieces
+    of their defect into one region; a speck alone never makes a region"""
     min_area: int = 5
     """a region needs at least this many difference pixels"""
     margin_px: int = 10
@@ -149,6 +153,9 @@ def _disc(radius: int) -> np.ndarray:
     )
 
 
+_RING = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], np.uint8)  # the 8 neighbours
+
+
 @functools.lru_cache(maxsize=8)
 def _tolerance_kernel(tolerance: int) -> np.ndarray:
     """Offsets within `tolerance` + 0.5 px, measured as cv2.distanceTransform(DIST_L2,
@@ -205,23 +212,27 @@ def _own_pixels(mask: np.ndarray, box: tuple[int, int, int, int, int, int]) -> n
     return (labels == labels[py - y, px - x]).astype(np.uint8)
 
 
-def difference_mask(
+def difference_masks(
     image: np.ndarray, aligned_template: np.ndarray, params: RoiParams = RoiParams()
-) -> np.ndarray:
-    """0/1 mask of pixels where the board really differs from the aligned template."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`difference_mask`, and the specks that may join its pieces (None when
+    `params.bridge_specks` is off): differing pixels far from shared edges that the opening
+    removed, each with a differing neighbour (an isolated JPEG speck bridges nothing)."""
     a = _binarise(image, params)
     b = _binarise(aligned_template, params)
     differ = cv2.bitwise_xor(a, b)
-    strict = _open(_far_from_shared_edges(a, b, differ, params.tolerance_px), params.open_px)
+    far = _far_from_shared_edges(a, b, differ, params.tolerance_px)
+    specks = cv2.bitwise_and(far, cv2.dilate(far, _RING)) if params.bridge_specks else None
+    strict = _open(far, params.open_px)
     if params.small_tolerance_px >= params.tolerance_px:
-        return strict
+        return strict, specks
     # Small bites and nicks can be as shallow as the strict tolerance. With a smaller
     # tolerance they survive, and so do long thin slivers; keep only the small, thick
     # (≥ 3 px across) pieces, which slivers never are.
     lenient = _open(_far_from_shared_edges(a, b, differ, params.small_tolerance_px), params.open_px)
     thick = cv2.erode(lenient, cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)))
     if not cv2.countNonZero(thick):
-        return strict
+        return strict, specks
     limit = params.small_max_extent_px
     out = strict.copy()
     for box in _outer_boxes(lenient):
@@ -231,18 +242,31 @@ def difference_mask(
         own = _own_pixels(lenient, box)
         if cv2.countNonZero(own & thick[y : y + h, x : x + w]):
             out[y : y + h, x : x + w] |= own
-    return out
+    return out, specks
 
 
-def boxes_from_mask(mask: np.ndarray, params: RoiParams = RoiParams()) -> list[Box]:
-    """Merge nearby pieces of a 0/1 mask into regions and box each region's own pixels."""
+def difference_mask(
+    image: np.ndarray, aligned_template: np.ndarray, params: RoiParams = RoiParams()
+) -> np.ndarray:
+    """0/1 mask of pixels where the board really differs from the aligned template."""
+    return difference_masks(image, aligned_template, params)[0]
+
+
+def boxes_from_mask(
+    mask: np.ndarray, params: RoiParams = RoiParams(), bridges: np.ndarray | None = None
+) -> list[Box]:
+    """Merge nearby pieces of a 0/1 mask into regions and box each region's own pixels;
+    ``bridges`` (0/1) may join pieces but are never boxed themselves."""
     h, w = mask.shape
+    joined = mask if bridges is None else cv2.bitwise_or(mask, bridges)
     merged = np.asarray(
-        cv2.dilate(mask, _disc(params.merge_px // 2)) if params.merge_px > 1 else mask
+        cv2.dilate(joined, _disc(params.merge_px // 2)) if params.merge_px > 1 else joined
     )
     regions: list[tuple[int, int, int, Box]] = []
     for region in _outer_boxes(merged):
         x, y, bw, bh = region[:4]
+        if cv2.countNonZero(mask[y : y + bh, x : x + bw]) < params.min_area:
+            continue  # bridges alone, or too little (cheap to test before labelling)
         window = _own_pixels(merged, region) & mask[y : y + bh, x : x + bw]
         count = cv2.countNonZero(window)
         if count < params.min_area:
@@ -277,9 +301,9 @@ def find_regions_aligned(
     image, template = _check_pair(image, template)
     aligned = _align.align_template(image, template, params)
     t0 = time.perf_counter()
-    mask = difference_mask(image, aligned, params)
+    mask, specks = difference_masks(image, aligned, params)
     t0 = _align.lap("difference_mask", t0)
-    boxes = boxes_from_mask(mask, params)
+    boxes = boxes_from_mask(mask, params, specks)
     _align.lap("boxing", t0)
     return boxes, aligned
 

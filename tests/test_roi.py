@@ -256,3 +256,32 @@ def test_recall_on_real_deeppcb_sample() -> None:
     # on all 1,000 pairs 99.5%
     assert recall >= 0.99
     assert per_board < 11
+
+
+def _dotted(board: np.ndarray, dot: str) -> None:
+    """Two solid pieces 50 px apart joined by dots every 7 px (a dotted scratch)."""
+    board[50:55, 40:45] = 0
+    board[50:55, 90:95] = 0
+    for x in range(52, 88, 7):
+        if dot == "cross":  # 5 px: the opening removes it, it has neighbours
+            board[52, x - 1 : x + 2] = 0
+            board[51:54, x] = 0
+        else:  # one pixel alone
+            board[52, x] = 0
+
+
+def test_specks_of_a_dotted_defect_join_its_pieces_into_one_box() -> None:
+    template = np.full((120, 140), 255, np.uint8)
+    board = template.copy()
+    _dotted(board, "cross")
+    params = RoiParams(margin_px=0)
+    boxes = find_regions_reference(board, template, params)
+    assert [(b.x1, b.y1, b.x2, b.y2) for b in boxes] == [(40, 50, 95, 55)]
+    apart = find_regions_reference(board, template, RoiParams(margin_px=0, bridge_specks=False))
+    assert sorted((b.x1, b.x2) for b in apart) == [(40, 45), (90, 95)]
+    lone = template.copy()
+    _dotted(lone, "pixel")  # isolated specks (JPEG noise) bridge nothing
+    assert sorted((b.x1, b.x2) for b in find_regions_reference(lone, template, params)) == [
+        (40, 45),
+        (90, 95),
+    ]
