@@ -41,9 +41,10 @@ class RoiParams:
     max_stretch: float = 0.02
     """the tile fit may absorb a scale change / shear up to this (line-scan stretch is ~1 %);
     a larger one is distrusted and the global rigid fit is used"""
-    local_tiles: int = 4
+    local_tiles: int = 5
     """after the global fit, re-estimate the shift on a tiles×tiles grid (0 = off): line-scan
-    boards stretch unevenly, so one rigid warp leaves 1–3 px offsets in places"""
+    boards stretch unevenly, so one rigid warp leaves 1–3 px offsets in places (5×5: the
+    deformation at the edge of large copper near a border, DeepPCB group 20085)"""
     max_local_shift_px: float = 8.0
     """a tile whose residual shift is larger than this (or ill-defined) keeps the global fit
     (DeepPCB group 20085 has ~5 px at the edge of large copper near a border)"""
@@ -51,12 +52,12 @@ class RoiParams:
     """Lucas–Kanade steps refining each tile's phase-correlation shift (0 = off)"""
     registered_px: float = 0.25
     """if the fitted motion moves no image corner by more than this, and no tile centre by
-    more than twice this, the board counts as registered and gets the template as it is
+    more than three times this, the board counts as registered and gets the template as it is
     (no resampling; negative = never)"""
     tolerance_px: int = 2
     """a differing pixel within this distance of an edge in both images is taken for
     residual misregistration, not a defect"""
-    small_tolerance_px: int = 1
+    small_tolerance_px: int = 0
     """the tolerance for small, thick pieces (shallow mousebites); ≥ tolerance_px = off"""
     small_max_extent_px: int = 16
     """what counts as small for `small_tolerance_px`"""
