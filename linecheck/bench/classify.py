@@ -5,6 +5,8 @@ runs it."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +93,9 @@ def ensure_int8(model_dir: Path, work_dir: Path, size: int) -> Path:
         calibration = np.concatenate(
             [b.crops for b in candidate_crops(0, 60, size) if len(b.crops)]
         )
-        quantize_int8(copy, calibration)
+        # NNCF draws progress bars on stdout: keep `linecheck bench --json`'s stdout JSON only
+        with contextlib.redirect_stdout(sys.stderr):
+            quantize_int8(copy, calibration)
     return copy
 
 
