@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from board_data.class_folders import class_images, split_anomaly_set  # noqa: E402
-from inspection.anomaly import nearest_distances  # noqa: E402
+from inspection.anomaly import model_input, nearest_distances  # noqa: E402
 from training.anomaly_evaluation import auroc  # noqa: E402
 from training.anomaly_model import greedy_coreset, patch_feature_net  # noqa: E402
 
@@ -48,11 +48,7 @@ def size_maps(
     net = patch_feature_net()
 
     def features(image: np.ndarray) -> torch.Tensor:
-        area = size * size < image.size
-        small = cv2.resize(
-            image, (size, size), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR
-        )
-        return net(torch.from_numpy(small.astype(np.float32))[None, None])[0]
+        return net(torch.from_numpy(model_input(image, 1.0, size)))[0]
 
     with torch.no_grad():
         train = torch.cat([f.reshape(f.shape[0], -1).T for f in map(features, images["train"])])

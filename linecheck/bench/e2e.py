@@ -191,12 +191,15 @@ def e2e_runs(
     with worker_group(live, workers, batch_size, run) as (settings, _):
         watch = VerdictWatch(settings)
         try:
-            rate, latency, decided = measure(settings, watch, events, None)
-            saturated = E2eRun(workers, batch_size, len(events), rate, latency, decided)
+            saturated = E2eRun(
+                workers, batch_size, len(events), *measure(settings, watch, events, None)
+            )
             paced = None
             if latency_at is not None:
-                r, lat, dec = measure(settings, watch, events, rate * latency_at)
-                paced = E2eRun(workers, batch_size, len(events), r, lat, dec)
+                rate = saturated.boards_per_s * latency_at
+                paced = E2eRun(
+                    workers, batch_size, len(events), *measure(settings, watch, events, rate)
+                )
         finally:
             watch.close()
     return saturated, paced
