@@ -144,6 +144,9 @@ def test_train_calibrate_evaluate_on_deeppcb_layout(tiny_deeppcb: Path, tmp_path
     card = load_card(model_dir)
     assert card.thresholds is not None and card.thresholds.target_fnr == 0.001
     assert card.metrics["val_groups"] == ["group22000"]
+    prior = card.topology()  # log p(signature | class), counted on the training crops
+    assert prior is not None and prior.shape == (9, 7)
+    np.testing.assert_allclose(np.exp(prior).sum(0), 1.0, rtol=1e-5)
     assert {"f_score", "map", "board_fnr", "review_rate"} <= set(card.metrics["val"])
 
     th, rates = calibrate_model(model_dir, tiny_deeppcb, split, target_fnr=0.0, console=QUIET)
@@ -288,7 +291,8 @@ def test_a_boosted_tree_head_on_the_cnn_features_is_registered_and_served(
     tiny_deeppcb: Path, tmp_path: Path
 ) -> None:
     from inspection.backends import load_classifier
-    from inspection.backends.gbdt_backend import GbdtClassifier
+    from inspection.backends.gbdt_backend import FeatureExtractor, GbdtClassifier
+    from inspection.model.topology import one_hot
     from training.gbdt_head import train_gbdt_head
 
     split = tmp_path / "val.txt"
@@ -312,6 +316,9 @@ def test_a_boosted_tree_head_on_the_cnn_features_is_registered_and_served(
     crops = np.random.default_rng(1).integers(0, 255, (5, 3, 64, 64)).astype(np.uint8)
     probs = classifier.predict_proba(crops)
     assert probs.shape == (5, 7) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    # the CNN carries the topology prior, so the trees also see each crop's signature
+    features = FeatureExtractor(model_dir).features(crops)
+    np.testing.assert_array_equal(features[:, -9:], one_hot(crops))
     assert classifier.predict_proba(crops[:0]).shape == (0, 7)
     with pytest.raises(ValueError, match="OpenVINO FP32"):
         load_classifier(model_dir, backend="torch")

@@ -71,11 +71,12 @@ def cross_validate(
     seed: int = 0,
     threads: int | None = None,
     groups: list[str] | None = None,
+    topology: bool = True,
     cache_dir: Path | None = Path(".linecheck/cache"),
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the folds (all groups, or ``groups``); write ``out/cv.json`` and each fold's
-    ``metrics.json``; return the report."""
+    ``metrics.json``; return the report. ``topology``: the recipe's topology prior on/off."""
     from training.deeppcb_model import train_deeppcb
     from training.evaluation import evaluate_model
 
@@ -98,7 +99,8 @@ def cross_validate(
             model_dir = train_deeppcb(
                 work / "models", data, _split_file(work, data, inner),
                 arch=arch, epochs=epochs, seed=seed, threads=threads, version=f"cv-{test}",
-                int8=False, cache_dir=cache_dir, exclude_groups=(test,), console=console,
+                int8=False, cache_dir=cache_dir, exclude_groups=(test,), topology=topology,
+                console=console,
             )  # fmt: skip
             metrics = evaluate_model(
                 model_dir, data, _split_file(work, data, test), out / test,
@@ -117,12 +119,18 @@ def cross_validate(
             f"{test}: F {folds[test]['f_score']:.4f} mAP {folds[test]['map']:.4f} "
             f"ROI recall {folds[test]['roi_recall']:.4f}"
         )
-        _write(out, data, arch, epochs, seed, folds)  # each fold on disk as soon as it is done
-    return _write(out, data, arch, epochs, seed, folds)
+        _write(out, data, arch, epochs, seed, topology, folds)  # each fold on disk when done
+    return _write(out, data, arch, epochs, seed, topology, folds)
 
 
 def _write(
-    out: Path, data: Path, arch: str, epochs: int, seed: int, folds: dict[str, dict[str, Any]]
+    out: Path,
+    data: Path,
+    arch: str,
+    epochs: int,
+    seed: int,
+    topology: bool,
+    folds: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     from training.evaluation import json_ready
 
@@ -132,6 +140,7 @@ def _write(
         "arch": arch,
         "epochs": epochs,
         "seed": seed,
+        "topology_prior": topology,
         "folds": folds,
         "summary": summarise(folds),
     }

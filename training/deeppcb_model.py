@@ -38,16 +38,21 @@ def train_deeppcb(
     int8: bool = True,
     cache_dir: Path | None = Path(".linecheck/cache"),
     exclude_groups: tuple[str, ...] = (),
+    topology: bool = True,
     console: Console | None = None,
 ) -> Path:
     """Train on the training groups, keep the best epoch by validation loss, register the
     model, calibrate its thresholds on the validation groups (board level), quantize to INT8,
     and record validation metrics in the card. ``exclude_groups``: board groups left out
-    altogether (the fold being measured, in cross-validation). Returns the model folder."""
+    altogether (the fold being measured, in cross-validation). ``topology``: count the
+    topology prior on the training crops (:mod:`inspection.model.topology`). Returns the
+    model folder."""
     import torch
 
     from inspection.backends import load_classifier
+    from inspection.model.labels import CLASSES
     from inspection.model.registry import ModelCard, data_hash, save_model, update_card
+    from inspection.model.topology import as_rows, likelihood_bias, signatures
     from training.calibration import calibrate_thresholds
     from training.crop_table import build_table
     from training.trainer import train_with_progress
@@ -80,6 +85,10 @@ def train_deeppcb(
         seed=seed,
         threads=threads,
     )
+    bias = None
+    if topology:
+        with console.status("topology signatures of the training crops"):
+            bias = likelihood_bias(signatures(train_t.crops), train_t.labels, len(CLASSES))
     version = version or time.strftime(f"deeppcb-{arch}-%Y%m%d-%H%M%S", time.gmtime())
     card = ModelCard(
         version=version,
@@ -93,6 +102,7 @@ def train_deeppcb(
             "train_pairs": len(train_s),
             "val_pairs": len(val_s),
         },
+        topology_bias=as_rows(bias),
         training_data_hash=data_hash(f"deeppcb:{s.group}/{s.image_id}" for s in train_s),
         torch_version=torch.__version__,
     )

@@ -10,10 +10,13 @@ import numpy as np
 
 from inspection.model.preprocess import preprocess
 from inspection.model.registry import GBDT_FILE, IR_XML, load_card
+from inspection.model.topology import one_hot
 
 
 class FeatureExtractor:
-    """The pooled features (N, C) the CNN's last linear layer sees, from the FP32 IR."""
+    """The pooled features (N, C) the CNN's last linear layer sees, from the FP32 IR, and,
+    where the CNN was trained with the topology prior, the crops' signature one-hot (N, 9)
+    after them."""
 
     def __init__(self, model_dir: Path, device: str = "CPU", threads: int | None = None) -> None:
         import openvino as ov
@@ -26,13 +29,17 @@ class FeatureExtractor:
         pool, _weight = pool_and_weight(model, xml)
         model.add_outputs([pool.output(0)])
         self._request = compile_f32(core, model, device, threads).create_infer_request()
+        self._topology = load_card(model_dir).topology_bias is not None
 
     def features(self, crops: np.ndarray, batch: int = 512) -> np.ndarray:
         parts = []
         for start in range(0, len(crops), batch):
             self._request.infer({0: preprocess(crops[start : start + batch])})
             pooled = self._request.get_output_tensor(1).data
-            parts.append(pooled.reshape(pooled.shape[0], -1).copy())
+            rows = pooled.reshape(pooled.shape[0], -1)
+            if self._topology:
+                rows = np.concatenate([rows, one_hot(crops[start : start + batch])], axis=1)
+            parts.append(rows.copy())
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 

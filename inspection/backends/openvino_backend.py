@@ -11,6 +11,7 @@ import openvino as ov
 
 from inspection.model.preprocess import preprocess, softmax
 from inspection.model.registry import IR_INT8_XML, IR_XML, load_card
+from inspection.model.topology import add_bias
 
 _HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 
@@ -46,6 +47,7 @@ class OpenVINOClassifier:
         self.version: str = card.version
         self.input_size: int = card.input_size
         self.classes: tuple[str, ...] = card.classes
+        self.topology_bias = card.topology()
         self.device = device
         if hint not in _HINTS:
             raise ValueError(f"hint must be one of {list(_HINTS)}, got {hint!r}")
@@ -127,7 +129,8 @@ class OpenVINOClassifier:
                 f"model {self.version} returned logits {logits.shape}, expected "
                 f"({n}, {len(self.classes)})"
             )
-        return softmax(logits), (outs[1] if with_features else None)
+        probs = softmax(add_bias(logits, crops, self.topology_bias))
+        return probs, (outs[1] if with_features else None)
 
     def _infer_parallel(self, x: np.ndarray) -> list[np.ndarray]:
         assert self._queue is not None

@@ -10,6 +10,7 @@ import torch
 from inspection.model.nets import ClassifierNet, build_model
 from inspection.model.preprocess import preprocess, softmax
 from inspection.model.registry import WEIGHTS_FILE, ModelCard, load_card
+from inspection.model.topology import add_bias
 
 
 def load_module(model_dir: Path, card: ModelCard | None = None) -> ClassifierNet:
@@ -38,6 +39,7 @@ class TorchClassifier:
         self.version: str = card.version
         self.input_size: int = card.input_size
         self.classes: tuple[str, ...] = card.classes
+        self.topology_bias = card.topology()
         dev = torch.device(device)
         if dev.type not in ("cpu", "cuda"):
             raise ValueError(f"torch backend device must be 'cpu' or 'cuda[:i]', got {device!r}")
@@ -61,7 +63,7 @@ class TorchClassifier:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         with torch.inference_mode():
             logits = self.module(torch.from_numpy(x).to(self.device))
-        return softmax(logits.float().cpu().numpy())
+        return softmax(add_bias(logits.float().cpu().numpy(), crops, self.topology_bias))
 
     def predict_with_features(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and the last feature maps (N, C, h, w) of one forward pass."""
@@ -71,4 +73,5 @@ class TorchClassifier:
         with torch.inference_mode():
             feats = self.module.features(torch.from_numpy(x).to(self.device))
             logits = self.module.classifier(feats.mean(dim=(2, 3)))
-        return softmax(logits.float().cpu().numpy()), feats.float().cpu().numpy()
+        probs = softmax(add_bias(logits.float().cpu().numpy(), crops, self.topology_bias))
+        return probs, feats.float().cpu().numpy()

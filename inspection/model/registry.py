@@ -35,6 +35,7 @@ from inspection.model.labels import CLASSES
 from inspection.model.preprocess import PREPROCESSING
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
 
 WEIGHTS_FILE = "weights.pt"
@@ -99,6 +100,11 @@ class ModelCard(BaseModel):
         description="what decides a region: the CNN's own classifier, or a LightGBM model "
         "(gbdt.txt) on the CNN's pooled features",
     )
+    topology_bias: tuple[tuple[float, ...], ...] | None = Field(
+        default=None,
+        description="the topology prior (inspection.model.topology): a (9, classes) bias "
+        "added to the logits by each crop's connectivity signature; None: no prior",
+    )
     created_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
     torch_version: str | None = None
     openvino_version: str | None = None
@@ -127,12 +133,30 @@ class ModelCard(BaseModel):
     def _to_utc(cls, v: datetime) -> datetime:
         return v.astimezone(UTC)
 
+    def topology(self) -> np.ndarray | None:
+        """The topology bias as a (9, classes) float32 array, or None."""
+        if self.topology_bias is None:
+            return None
+        import numpy as np
+
+        return np.asarray(self.topology_bias, np.float32)
+
     @field_validator("classes")
     @classmethod
     def _classes_ok(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if len(v) < 2 or len(set(v)) != len(v):
             raise ValueError(f"classes must be at least two distinct names, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _topology_fits(self) -> ModelCard:
+        rows = self.topology_bias
+        if rows is not None and (len(rows) != 9 or {len(r) for r in rows} != {len(self.classes)}):
+            raise ValueError(
+                f"topology_bias must be 9 rows of {len(self.classes)} (one per class), got "
+                f"{len(rows)} rows of {sorted({len(r) for r in rows})}"
+            )
+        return self
 
 
 def data_hash(items: Iterable[str]) -> str:

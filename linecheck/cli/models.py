@@ -94,6 +94,14 @@ def train(
         typer.Option(help="'groups': leave-one-board-group-out cross-validation (DeepPCB)"),
     ] = None,
     cv_out: Annotated[Path, typer.Option(help="--cv: folder for cv.json")] = Path("out/cv"),
+    cv_groups: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="--cv: measure only these board groups, comma-separated"),
+    ] = None,
+    topology: Annotated[
+        bool,
+        typer.Option(help="DeepPCB: add log p(connectivity change | class) to the logits"),
+    ] = True,
     base_model: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="--head gbdt: the trained CNN to put it on (default: train one)"),
@@ -149,16 +157,22 @@ def train(
             raise typer.Exit(2)
         from training.cross_validation import cross_validate
 
-        report = cross_validate(
-            data,
-            cv_out,
-            arch=arch,  # type: ignore[arg-type]
-            epochs=epochs or 10,
-            seed=seed,
-            threads=threads,
-            cache_dir=settings.work_dir / "cache",
-            console=err,
-        )
+        try:
+            report = cross_validate(
+                data,
+                cv_out,
+                arch=arch,  # type: ignore[arg-type]
+                epochs=epochs or 10,
+                seed=seed,
+                threads=threads,
+                groups=[g.strip() for g in cv_groups.split(",")] if cv_groups else None,
+                topology=topology,
+                cache_dir=settings.work_dir / "cache",
+                console=err,
+            )
+        except ValueError as exc:  # unknown or too few board groups
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from exc
         err.print(cv_table(report))
         print(cv_out / "cv.json")
         return
@@ -194,6 +208,7 @@ def train(
             version=version,
             int8=int8,
             cache_dir=settings.work_dir / "cache",
+            topology=topology,
             console=err,
         )
         if head == "gbdt":
