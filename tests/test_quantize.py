@@ -13,7 +13,7 @@ from inspection.backends import load_classifier
 from inspection.crops import make_crops
 from inspection.model.labels import NUM_CLASSES
 from inspection.model.nets import build_model
-from inspection.model.registry import IR_INT8_XML, ModelCard, save_model
+from inspection.model.registry import IR_INT8_XML, ModelCard, clone_model, save_model
 from schemas.events import Box
 from training.quantize import quantize_int8
 from training.trainer import train_classifier
@@ -59,6 +59,23 @@ def test_int8_variant_agrees_with_fp32(trained_small: tuple[Path, np.ndarray]) -
     agree = (p8.argmax(1) == p32.argmax(1)).mean()
     assert agree >= 0.9, f"INT8 and FP32 agree on only {agree:.0%} of crops"
     assert np.abs(p8 - p32).mean() < 0.05
+
+
+def test_accuracy_control_keeps_int8_within_the_allowed_drop(
+    trained_small: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    model_dir, _ = trained_small
+    x, _ = _board_crops(24, seed=3)
+    vx, vy = _board_crops(12, seed=5)
+    copy = clone_model(model_dir, "int8-controlled", tmp_path)
+    quantize_int8(copy, x, subset_size=100, validation=(vx, vy), max_drop=0.005)
+    fp32 = load_classifier(copy, backend="openvino", threads=2)
+    int8 = load_classifier(copy, backend="openvino", threads=2, variant="int8")
+    acc32 = (fp32.predict_proba(vx).argmax(1) == vy).mean()
+    acc8 = (int8.predict_proba(vx).argmax(1) == vy).mean()
+    assert acc8 >= acc32 - 0.005 - 1e-9, (acc32, acc8)
+    with pytest.raises(ValueError, match="as many labels as crops"):
+        quantize_int8(copy, x, validation=(vx, vy[:3]))
 
 
 def test_int8_variant_errors(tmp_path: Path) -> None:

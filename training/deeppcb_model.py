@@ -115,7 +115,7 @@ def train_deeppcb(
     if int8:
         from training.quantize import quantize_int8
 
-        quantize_int8(model_dir, train_t.crops, seed=seed)
+        quantize_int8(model_dir, train_t.crops, seed=seed, validation=(val_t.crops, val_t.labels))
         q = load_classifier(model_dir, backend="openvino", threads=threads, variant="int8")
         card_metrics["val_int8"] = card_metrics_row(
             evaluation_metrics(score_pairs(val_s, q, console, seed=seed), thresholds)

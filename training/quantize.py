@@ -3,12 +3,18 @@
 ``model_int8.xml``/``.bin`` hold the same network with INT8 weights and activations, the
 ranges calibrated on a sample of real crops. The input stays float32 preprocessed crops
 (quantize/dequantize nodes sit inside the graph), so backends feed both variants the same.
+
+Given labelled validation crops, NNCF's accuracy control keeps the layers whose quantization
+costs the most in floating point until region accuracy (with the model's topology prior, as
+served) is within ``max_drop`` of the FP32 model's.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,16 +26,25 @@ from inspection.model.registry import (
     IR_XML,
     load_card,
 )
+from inspection.model.topology import signatures
 
 
 def quantize_int8(
-    model_dir: Path, calibration_crops: np.ndarray, subset_size: int = 300, seed: int = 0
+    model_dir: Path,
+    calibration_crops: np.ndarray,
+    subset_size: int = 300,
+    seed: int = 0,
+    *,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    max_drop: float = 0.005,
 ) -> Path:
     """Quantize ``<model_dir>/model.xml`` to INT8 with NNCF; returns the INT8 xml's path.
 
     ``calibration_crops``: uint8 (N, 3, S, S) crops like those served (a mix of defects and
     clean regions); up to ``subset_size`` of them, picked at random with ``seed``, set the
-    activation ranges.
+    activation ranges. ``validation``: labelled crops (uint8 crops, class indices) on which
+    the INT8 model's region accuracy may fall at most ``max_drop`` below the FP32 model's
+    (NNCF accuracy control); without them, plain post-training quantization.
     """
     import nncf
     import openvino as ov
@@ -46,14 +61,52 @@ def quantize_int8(
     model = core.read_model(model_dir / IR_XML)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantized = nncf.quantize(
-            model,
-            nncf.Dataset(items),
-            subset_size=len(items),
-            preset=nncf.QuantizationPreset.MIXED,
-        )
+        if validation is None:
+            quantized = nncf.quantize(
+                model,
+                nncf.Dataset(items),
+                subset_size=len(items),
+                preset=nncf.QuantizationPreset.MIXED,
+            )
+        else:
+            val_items, accuracy = _validation(validation, card.input_size, card.topology())
+            quantized = nncf.quantize_with_accuracy_control(
+                model,
+                nncf.Dataset(items),
+                nncf.Dataset(val_items, lambda item: item[0]),
+                accuracy,
+                max_drop=max_drop,
+                subset_size=len(items),
+                preset=nncf.QuantizationPreset.MIXED,
+            )
     quantized.inputs[0].get_tensor().set_names({IR_INPUT_NAME})
     quantized.outputs[0].get_tensor().set_names({IR_OUTPUT_NAME})
     out = model_dir / IR_INT8_XML
     ov.save_model(quantized, out, compress_to_fp16=False)
     return out
+
+
+Item = tuple[np.ndarray, int, np.ndarray | None]
+
+
+def _validation(
+    validation: tuple[np.ndarray, np.ndarray], size: int, bias: np.ndarray | None
+) -> tuple[list[Item], Callable[[Any, Iterable[Item]], tuple[float, list[float]]]]:
+    """NNCF validation items (one preprocessed crop, its label, its prior row) and the
+    function scoring a compiled model on them: region accuracy, and per crop 1 or 0."""
+    crops, labels = validation
+    if len(crops) != len(labels) or len(crops) == 0:
+        raise ValueError(f"validation needs as many labels as crops (≥ 1), got {len(crops)} "
+                         f"crops and {len(labels)} labels")  # fmt: skip
+    x = preprocess(crops, size)
+    rows = bias[signatures(crops)] if bias is not None else [None] * len(crops)
+    items: list[Item] = [(x[i : i + 1], int(labels[i]), rows[i]) for i in range(len(x))]
+
+    def accuracy(compiled: Any, data: Iterable[Item]) -> tuple[float, list[float]]:
+        hits = []
+        for inputs, label, row in data:
+            logits = np.asarray(compiled(inputs)[0])[0]
+            hits.append(float((logits if row is None else logits + row).argmax() == label))
+        return float(np.mean(hits)), hits
+
+    return items, accuracy
