@@ -15,7 +15,7 @@ from inspection.model.topology import one_hot
 
 class FeatureExtractor:
     """The pooled features (N, C) the CNN's last linear layer sees, from the FP32 IR, and,
-    where the CNN was trained with the topology prior, the crops' signature one-hot (N, 9)
+    where the CNN's card carries the topology prior, the crops' signature one-hot (N, 9)
     after them."""
 
     def __init__(self, model_dir: Path, device: str = "CPU", threads: int | None = None) -> None:

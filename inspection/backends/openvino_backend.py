@@ -28,7 +28,8 @@ class OpenVINOClassifier:
     post-training-quantized ``model_int8.xml`` beside it. ``features``: also return the
     last feature maps (the input of the global pooling, an extra output of the IR), so that
     class-activation heatmaps come from the same inference that decided
-    (:meth:`predict_with_features`, :attr:`cam_weight`).
+    (:meth:`predict_with_features`, :attr:`cam_weight`). A card's topology prior is added
+    to the logits before the softmax (:func:`inspection.model.topology.add_bias`).
     """
 
     def __init__(

@@ -18,9 +18,10 @@ it has never seen, where its texture cues mislead, that is what overrules it. (L
 bias jointly with the network was tried and gained less: the network fits the training
 designs by itself and leaves the bias little to learn.)
 
-On a third of DeepPCB's truth boxes (crops as served, min area 8) the signature alone separates the
-confused pairs: 85 % of opens are (+1 dark, −1 light) against 0 % of mousebites (88 % of
-which are (0, 0)); 96 % of shorts lose a dark piece against 1 % of spurs.
+On a third of DeepPCB's truth boxes (crops as served, min area 8) the signature alone
+separates the confused pairs: 85 % of opens are (+1 dark, −1 light) against 0 % of
+mousebites (88 % of which are (0, 0)); 96 % of shorts lose a dark piece against 1 % of
+spurs. It costs about 0.14 ms per crop (four connected-component passes on 64 × 64).
 """
 
 from __future__ import annotations
@@ -89,5 +90,5 @@ def likelihood_bias(
 
 
 def as_rows(bias: np.ndarray | None) -> tuple[tuple[float, ...], ...] | None:
-    """A learned bias as the model card stores it (``ModelCard.topology_bias``)."""
+    """A bias as the model card stores it (``ModelCard.topology_bias``)."""
     return None if bias is None else tuple(tuple(float(v) for v in row) for row in bias)
