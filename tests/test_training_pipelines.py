@@ -344,6 +344,14 @@ def test_leave_one_group_out_cross_validation_never_measures_on_a_choosing_group
     on_disk = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert on_disk["folds"].keys() == folds.keys()
     assert not list((tmp_path / "cv").glob("cv-*"))  # the fold models are cleaned up
+    assert on_disk["topology_prior"] is True
+    from linecheck.cli import app
+
+    unknown = CliRunner().invoke(app, ["train", "--data", str(data), "--cv", "groups",
+                                       "--cv-groups", "group11000,group99999",
+                                       "--cv-out", str(tmp_path / "cv2")])  # fmt: skip
+    assert unknown.exit_code == 2 and "group99999" in unknown.output
+    assert not (tmp_path / "cv2" / "group11000").exists()  # refused before any fold ran
 
 
 def test_classification_metrics_count_and_leave_undefined_rates_undefined() -> None:
