@@ -26,7 +26,7 @@ from inspection.model.registry import (
     IR_XML,
     load_card,
 )
-from inspection.model.topology import signatures
+from inspection.model.topology import offsets
 
 
 def quantize_int8(
@@ -69,7 +69,9 @@ def quantize_int8(
                 preset=nncf.QuantizationPreset.MIXED,
             )
         else:
-            val_items, accuracy = _validation(validation, card.input_size, card.topology())
+            val_items, accuracy = _validation(
+                validation, card.input_size, card.topology(), len(card.classes)
+            )
             quantized = nncf.quantize_with_accuracy_control(
                 model,
                 nncf.Dataset(items),
@@ -86,11 +88,14 @@ def quantize_int8(
     return out
 
 
-Item = tuple[np.ndarray, int, np.ndarray | None]
+Item = tuple[np.ndarray, int, np.ndarray]
 
 
 def _validation(
-    validation: tuple[np.ndarray, np.ndarray], size: int, bias: np.ndarray | None
+    validation: tuple[np.ndarray, np.ndarray],
+    size: int,
+    bias: np.ndarray | None,
+    num_classes: int,
 ) -> tuple[list[Item], Callable[[Any, Iterable[Item]], tuple[float, list[float]]]]:
     """NNCF validation items (one preprocessed crop, its label, its prior row) and the
     function scoring a compiled model on them: region accuracy, and per crop 1 or 0."""
@@ -99,14 +104,14 @@ def _validation(
         raise ValueError(f"validation needs as many labels as crops (≥ 1), got {len(crops)} "
                          f"crops and {len(labels)} labels")  # fmt: skip
     x = preprocess(crops, size)
-    rows = bias[signatures(crops)] if bias is not None else [None] * len(crops)
+    rows = offsets(crops, bias, num_classes)
     items: list[Item] = [(x[i : i + 1], int(labels[i]), rows[i]) for i in range(len(x))]
 
     def accuracy(compiled: Any, data: Iterable[Item]) -> tuple[float, list[float]]:
-        hits = []
-        for inputs, label, row in data:
-            logits = np.asarray(compiled(inputs)[0])[0]
-            hits.append(float((logits if row is None else logits + row).argmax() == label))
+        hits = [
+            float((np.asarray(compiled(inputs)[0])[0] + row).argmax() == label)
+            for inputs, label, row in data
+        ]
         return float(np.mean(hits)), hits
 
     return items, accuracy

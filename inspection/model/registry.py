@@ -150,7 +150,7 @@ class ModelCard(BaseModel):
 
     @model_validator(mode="after")
     def _topology_fits(self) -> ModelCard:
-        rows = self.topology_bias
+        rows = self.topology_bias  # 9 = topology.SIGNATURES (not imported here: it needs cv2)
         if rows is not None and (len(rows) != 9 or {len(r) for r in rows} != {len(self.classes)}):
             raise ValueError(
                 f"topology_bias must be 9 rows of {len(self.classes)} (one per class), got "

@@ -64,16 +64,22 @@ def one_hot(crops: np.ndarray) -> np.ndarray:
     return np.eye(SIGNATURES, dtype=np.float32)[signatures(crops)]
 
 
+def offsets(crops: np.ndarray, bias: np.ndarray | None, num_classes: int) -> np.ndarray:
+    """(N, C) float32: each crop's row of ``bias`` (9, C), zeros when the model has no
+    topology prior (``bias`` None)."""
+    if bias is None:
+        return np.zeros((len(crops), num_classes), np.float32)
+    if bias.shape != (SIGNATURES, num_classes):
+        raise ValueError(f"topology bias must be ({SIGNATURES}, {num_classes}), got {bias.shape}")
+    return bias[signatures(crops)]
+
+
 def add_bias(logits: np.ndarray, crops: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    """``logits`` (N, C) plus the row of ``bias`` (9, C) of each crop's signature; unchanged
-    when the model has no topology prior (``bias`` None)."""
+    """``logits`` (N, C) plus each crop's :func:`offsets`; the same array when the model has
+    no topology prior."""
     if bias is None or len(logits) == 0:
         return logits
-    if bias.shape != (SIGNATURES, logits.shape[1]):
-        raise ValueError(
-            f"topology bias must be ({SIGNATURES}, {logits.shape[1]}), got {bias.shape}"
-        )
-    return logits + bias[signatures(crops)]
+    return logits + offsets(crops, bias, logits.shape[1])
 
 
 def likelihood_bias(
