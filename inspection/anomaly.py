@@ -7,15 +7,19 @@ A model folder ``<models_dir>/<version>/`` (card mode ``anomaly``) holds
   :data:`SIZE_MULTIPLE` (dynamic); output ``patches`` (1, C, H/8, W/8): EfficientNet-Lite0
   features of two stages (stride 8 and 16, the deeper one upsampled), each averaged over a
   3×3 neighbourhood;
-- ``memory_bank.npy``: (M, C) float32, a greedy coreset of the good training images' patches;
-- ``anomaly.json``: :class:`AnomalyParams` (input scale, blur, normalisation, pixel threshold);
+- one memory bank per *view* (``memory_bank.npy``, ``memory_bank_1.npy``, …): (M, C) float32,
+  a greedy coreset of the good training images' patches seen that way;
+- ``anomaly.json``: :class:`AnomalyParams` (the views, blur, pixel threshold);
 - ``model.json``: the :class:`ModelCard` (mode "anomaly", thresholds on the image score).
 
-A patch's raw score is its distance to the nearest memory-bank patch; the raw map is those
-scores upsampled to the image and blurred; the raw image score is the map's maximum. Both are
-normalised into [0, 1) by :func:`normalise` (an ordinary good patch → 0, the 99th percentile
-of good images' raw scores → 0.5; both fixed at training time), so the card's thresholds live
-in [0, 1].
+A *view* is one way of showing the image to the extractor (:class:`AnomalyView`: a size, the
+aspect ratio kept or not, grey levels standardised or not): small views judge a patch
+against the whole part's texture and brightness, large ones see small holes and cracks.
+Per view, a patch's raw score is its distance to the nearest patch of that view's bank; the
+raw map is those scores upsampled to the image and blurred, normalised into [0, 1) by
+:func:`normalise` (an ordinary good patch → 0, the 99th percentile of good images' maxima →
+0.5; both fixed per view at training time). The anomaly map is the pixel-wise maximum over
+the views, the image score its maximum, so the card's thresholds live in [0, 1].
 
 No torch here: numpy, OpenCV and OpenVINO only.
 """
@@ -23,11 +27,12 @@ No torch here: numpy, OpenCV and OpenVINO only.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from inspection.model.registry import CARD_FILE, ModelCard, load_card
 from schemas.events import Box
@@ -44,26 +49,53 @@ MIN_SIDE = 32
 _KNN_CHUNK = 2048
 
 
-class AnomalyParams(BaseModel):
-    """How images are fed to the extractor and raw distances made into [0, 1] scores."""
+class AnomalyView(BaseModel):
+    """One way of feeding images to the extractor, with its memory bank and normalisation."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    scale: float = Field(gt=0.0, description="image resize factor before the extractor")
-    input_size: int | None = Field(
-        default=None, gt=0, description="if set: every image resized to this square instead"
+    size: int | None = Field(
+        default=None, gt=0, description="square side; with keep_aspect, the side of the square "
+        "of the same area; None: the image scaled by `scale`"
+    )  # fmt: skip
+    scale: float = Field(default=1.0, gt=0.0, description="resize factor when size is None")
+    keep_aspect: bool = Field(default=False, description="keep the image's aspect ratio")
+    standardise: bool = Field(
+        default=False, description="grey levels to the image's mean 128 and sd 40 first"
     )
-    blur_sigma: float = Field(ge=0.0, description="Gaussian blur of the map, original pixels")
+    bank: str = Field(default=BANK_FILE, description="this view's memory-bank file")
     floor: float = Field(
         default=0.0, ge=0.0, description="raw level of an ordinary good patch: normalises to 0"
     )
-    image_ref: float = Field(gt=0.0, description="raw score that normalises to 0.5")
+    image_ref: float = Field(default=1.0, gt=0.0, description="raw score that normalises to 0.5")
+
+
+class AnomalyParams(BaseModel):
+    """The views, the map's blur and the level above which pixels form regions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    views: tuple[AnomalyView, ...] = Field(min_length=1)
+    blur_sigma: float = Field(ge=0.0, description="Gaussian blur of the map, original pixels")
     pixel_threshold: float = Field(
         ge=0.0, le=1.0, description="normalised map level above which pixels form regions"
     )
     min_region_px: int = Field(default=16, ge=1)
     layers: tuple[int, ...] = Field(description="Lite0 block indices the features come from")
     feature_dim: int = Field(gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_view_models(cls, data: object) -> object:
+        """Models trained before views existed kept one view's fields at the top level."""
+        if isinstance(data, dict) and "views" not in data:
+            data = dict(data)
+            view = {k: data.pop(k) for k in ("scale", "floor", "image_ref") if k in data}
+            if data.get("input_size") is not None:
+                view["size"] = data["input_size"]
+            data.pop("input_size", None)
+            data["views"] = [view]
+        return data
 
 
 @dataclass(frozen=True)
@@ -99,18 +131,25 @@ def check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def model_input(image: np.ndarray, scale: float, size: int | None = None) -> np.ndarray:
-    """(1, 1, H', W') float32: the image resized to ``size``² (when given), else by ``scale``,
-    to multiples of 16 px."""
+def model_input(image: np.ndarray, view: AnomalyView) -> np.ndarray:
+    """(1, 1, H', W') float32: the image as ``view`` shows it, sides multiples of 16 px."""
     import cv2
 
     h, w = image.shape
     m = SIZE_MULTIPLE
-    th = max(2 * m, round((size or h * scale) / m) * m)
-    tw = max(2 * m, round((size or w * scale) / m) * m)
+    if view.size is None:
+        th, tw = h * view.scale, w * view.scale
+    elif view.keep_aspect:
+        f = view.size / float(np.sqrt(h * w))
+        th, tw = h * f, w * f
+    else:
+        th = tw = view.size
+    th, tw = max(2 * m, round(th / m) * m), max(2 * m, round(tw / m) * m)
     interp = cv2.INTER_AREA if th * tw < h * w else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (tw, th), interpolation=interp)
-    return resized.astype(np.float32)[None, None]
+    resized = cv2.resize(image, (tw, th), interpolation=interp).astype(np.float32)
+    if view.standardise:
+        resized = np.clip((resized - resized.mean()) / (resized.std() + 1e-3) * 40 + 128, 0, 255)
+    return resized[None, None]
 
 
 def nearest_distances(queries: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) -> np.ndarray:
@@ -190,13 +229,13 @@ def overlay(image: np.ndarray, amap: np.ndarray) -> np.ndarray:
 
 
 class PatchScorer:
-    """The extractor IR and a memory bank: raw anomaly maps, no card (training uses it on a
-    half-built model). One inference at a time; safe to share between threads."""
+    """The extractor IR and one memory bank per view: raw anomaly maps, no card (training
+    uses it on a half-built model). One inference at a time; safe to share between threads."""
 
     def __init__(
         self,
         xml: Path,
-        bank: np.ndarray,
+        banks: Sequence[np.ndarray],
         params: AnomalyParams,
         device: str = "CPU",
         threads: int | None = None,
@@ -205,11 +244,14 @@ class PatchScorer:
 
         import openvino as ov
 
-        if bank.ndim != 2 or bank.shape[1] != params.feature_dim:
-            raise ValueError(f"memory bank {bank.shape} does not fit {params.feature_dim}-d")
+        if len(banks) != len(params.views):
+            raise ValueError(f"{len(banks)} memory banks for {len(params.views)} views")
+        for bank in banks:
+            if bank.ndim != 2 or bank.shape[1] != params.feature_dim:
+                raise ValueError(f"memory bank {bank.shape} does not fit {params.feature_dim}-d")
         self.params = params
-        self.bank = np.ascontiguousarray(bank, np.float32)
-        self.bank_sq = (self.bank * self.bank).sum(1)
+        self.banks = [np.ascontiguousarray(b, np.float32) for b in banks]
+        self.banks_sq = [(b * b).sum(1) for b in self.banks]
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
         if device.upper().startswith("CPU"):
             config["INFERENCE_PRECISION_HINT"] = "f32"
@@ -223,19 +265,30 @@ class PatchScorer:
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
 
-    def patches(self, image: np.ndarray) -> np.ndarray:
-        """Patch features (C, h, w) of a 2-D uint8 image."""
-        x = model_input(check_image(image), self.params.scale, self.params.input_size)
+    def patches(self, image: np.ndarray, view: AnomalyView) -> np.ndarray:
+        """Patch features (C, h, w) of a 2-D uint8 image seen through ``view``."""
+        x = model_input(check_image(image), view)
         with self._lock:
             self._request.infer({0: x})
             return np.array(self._request.get_output_tensor(0).data[0], np.float32)
 
-    def raw(self, image: np.ndarray) -> np.ndarray:
-        """The raw (unnormalised) anomaly map, the image's size."""
+    def raw(self, image: np.ndarray, k: int) -> np.ndarray:
+        """View ``k``'s raw (unnormalised) anomaly map, the image's size."""
         image = check_image(image)
+        view = self.params.views[k]
         return raw_map(
-            self.patches(image), self.bank, self.bank_sq, image.shape, self.params.blur_sigma
-        )
+            self.patches(image, view), self.banks[k], self.banks_sq[k], image.shape,
+            self.params.blur_sigma,
+        )  # fmt: skip
+
+    def amap(self, image: np.ndarray) -> np.ndarray:
+        """The normalised anomaly map: the pixel-wise maximum of the views' maps."""
+        out: np.ndarray | None = None
+        for k, view in enumerate(self.params.views):
+            m = normalise(self.raw(image, k), view.image_ref, view.floor)
+            out = m if out is None else np.maximum(out, m)
+        assert out is not None  # params have at least one view
+        return out
 
 
 class AnomalyDetector:
@@ -252,11 +305,15 @@ class AnomalyDetector:
             raise ValueError(f"model {self.card.version} is a {self.card.mode!r} model")
         self.thresholds = self.card.require_thresholds()
         self.params = load_params(model_dir)
-        bank = np.load(model_dir / BANK_FILE)
-        self.scorer = PatchScorer(model_dir / FEATURES_XML, bank, self.params, device, threads)
+        banks = []
+        for view in self.params.views:
+            if not (model_dir / view.bank).is_file():
+                raise FileNotFoundError(f"no memory bank {view.bank} in {model_dir}")
+            banks.append(np.load(model_dir / view.bank))
+        self.scorer = PatchScorer(model_dir / FEATURES_XML, banks, self.params, device, threads)
 
     def score(self, image: np.ndarray) -> AnomalyResult:
-        amap = normalise(self.scorer.raw(image), self.params.image_ref, self.params.floor)
+        amap = self.scorer.amap(image)
         regions, region_scores = find_regions(
             amap, self.params.pixel_threshold, self.params.min_region_px
         )

@@ -100,7 +100,70 @@ def test_model_folder_and_card(trained: tuple[Path, Path, dict[str, str]]) -> No
         assert (model_dir / name).is_file()
     params = load_params(model_dir)
     assert 0.0 < params.pixel_threshold <= th.pass_below
-    assert np.load(model_dir / BANK_FILE).shape[1] == params.feature_dim
+    from training.anomaly_model import DEFAULT_VIEWS
+
+    assert len(params.views) == len(DEFAULT_VIEWS) and params.views[0].bank == BANK_FILE
+    assert len({v.bank for v in params.views}) == len(params.views)  # one bank file each
+    for view in params.views:
+        assert np.load(model_dir / view.bank).shape[1] == params.feature_dim
+        assert 0.0 <= view.floor < view.image_ref  # fitted on the calibration good images
+
+
+def test_the_map_is_the_maximum_of_the_views_and_each_view_counts(
+    trained: tuple[Path, Path, dict[str, str]],
+) -> None:
+    """The served map is the pixel-wise maximum of the views' normalised maps, and no view is
+    idle: on the held-out images each one is the highest somewhere."""
+    from inspection.anomaly import AnomalyDetector, normalise
+
+    data, model_dir, _ = trained
+    detector = AnomalyDetector(model_dir, threads=2)
+    views = detector.params.views
+    wins = np.zeros(len(views), int)
+    for item in split_anomaly_set(class_images(data), GOOD, seed=0)["test"]:
+        image = item.load()
+        per_view = np.stack([
+            normalise(detector.scorer.raw(image, k), v.image_ref, v.floor)
+            for k, v in enumerate(views)
+        ])  # fmt: skip
+        amap = detector.score(image).amap
+        np.testing.assert_allclose(amap, per_view.max(0), atol=1e-6)
+        wins += np.bincount(per_view.argmax(0).ravel(), minlength=len(views)) > 0
+    assert (wins > 0).all(), f"views never highest: {wins}"
+
+
+def test_views_show_the_image_their_way() -> None:
+    from inspection.anomaly import AnomalyView, model_input
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(40, 90, (200, 500), dtype=np.uint8)  # dark, 2.5 : 1
+    square = model_input(image, AnomalyView(size=96))
+    assert square.shape == (1, 1, 96, 96)
+    kept = model_input(image, AnomalyView(size=96, keep_aspect=True))
+    h, w = kept.shape[2:]
+    assert h % 16 == 0 and w % 16 == 0 and w / h == pytest.approx(2.5, rel=0.15)
+    assert h * w == pytest.approx(96 * 96, rel=0.15)
+    scaled = model_input(image, AnomalyView(scale=0.5))
+    assert scaled.shape == (1, 1, 96, 256)  # 100 × 250 to multiples of 16
+    assert kept.mean() < 70  # grey levels as they were
+    std = model_input(image, AnomalyView(size=96, keep_aspect=True, standardise=True))
+    assert std.mean() == pytest.approx(128, abs=2) and std.std() == pytest.approx(40, abs=2)
+
+
+def test_models_of_one_view_load_as_before() -> None:
+    """anomaly.json written before views existed (one view's fields at the top level)."""
+    from inspection.anomaly import BANK_FILE, AnomalyParams
+
+    old = {
+        "scale": 1.0, "input_size": 96, "blur_sigma": 4.0, "floor": 0.5, "image_ref": 2.0,
+        "pixel_threshold": 0.3, "min_region_px": 16, "layers": [4, 10], "feature_dim": 152,
+    }  # fmt: skip
+    params = AnomalyParams.model_validate(old)
+    (view,) = params.views
+    assert (view.size, view.keep_aspect, view.standardise) == (96, False, False)
+    assert (view.floor, view.image_ref, view.bank) == (0.5, 2.0, BANK_FILE)
+    with pytest.raises(ValueError, match="views"):
+        AnomalyParams.model_validate({**old, "views": []})
 
 
 def test_held_out_images_scores_maps_and_regions(

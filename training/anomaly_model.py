@@ -6,10 +6,12 @@ good class of a class-folder set (:mod:`inspection.anomaly` serves it).
 2. The patch-feature extractor (EfficientNet-Lite0 with its ImageNet weights, two stages,
    3×3 neighbourhood averaging) is exported as OpenVINO IR with dynamic height and width;
    every later step runs through that IR, exactly as serving does.
-3. Patches of the good training images → greedy k-center coreset (torch) → memory bank.
-4. Calibration images scored: the normalisation reference (a high quantile of good images'
-   raw scores), the pixel threshold (best F1 on the defect masks), then the card's
-   thresholds for the FNR target (:func:`training.calibration.calibrate_thresholds`).
+3. Per view (:data:`DEFAULT_VIEWS`): patches of the good training images → greedy k-center
+   coreset (torch) → that view's memory bank.
+4. Calibration images scored: per view the normalisation (good images' median patch level
+   → 0, the 99th percentile of their raw image scores → 0.5), then on the views' combined
+   map the pixel threshold (best F1 on the defect masks) and the card's thresholds for the
+   FNR target (:func:`training.calibration.calibrate_thresholds`).
 5. Registered atomically as ``<models_dir>/<version>/`` (the CLI passes ``…/anomaly``).
 """
 
@@ -37,6 +39,7 @@ from inspection.anomaly import (
     PARAMS_FILE,
     SIZE_MULTIPLE,
     AnomalyParams,
+    AnomalyView,
     PatchScorer,
     normalise,
 )
@@ -48,6 +51,14 @@ if TYPE_CHECKING:
     from torch import nn
 
 DEFAULT_LAYERS = (4, 10)  # Lite0 blocks: end of stage 3 (stride 8, 40 ch), stage 5 (16, 112)
+# Chosen on the magnetic-tile calibration part (BENCHMARKS "Anomaly mode"): the image at
+# 96² of area, aspect kept, grey levels standardised (brightness and texture of the whole
+# tile); at 128² of area (aspect kept); squeezed to 256² (holes and cracks of a few pixels).
+DEFAULT_VIEWS = (
+    AnomalyView(size=96, keep_aspect=True, standardise=True),
+    AnomalyView(size=128, keep_aspect=True),
+    AnomalyView(size=256),
+)
 _BLOCK_STRIDE = (2, 4, 4, 8, 8, 16, 16, 16, 16, 16, 16)  # output stride of blocks 0..10
 
 
@@ -154,13 +165,13 @@ def _image_key(item: ClassImage) -> str:
 
 
 def _features_of(
-    scorer: PatchScorer, items: Sequence[ClassImage], console: Console, what: str
+    scorer: PatchScorer, items: Sequence[ClassImage], view: AnomalyView, console: Console, what: str
 ) -> np.ndarray:
-    """(P, C) float32: every patch of every image."""
+    """(P, C) float32: every patch of every image seen through ``view``."""
     chunks = []
     with progress_bar(console, what, len(items)) as step:
         for item in items:
-            f = scorer.patches(item.load())
+            f = scorer.patches(item.load(), view)
             chunks.append(f.reshape(f.shape[0], -1).T.copy())
             step()
     return np.concatenate(chunks)
@@ -168,26 +179,52 @@ def _features_of(
 
 def _calibrate(
     scorer: PatchScorer, items: Sequence[ClassImage], good_class: str, console: Console
-) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """(raw image scores, defective flags, best-F1 raw pixel level, median raw level of the
-    good images' maps) of the calibration part."""
-    raws, labels, maps, masks, medians = [], [], [], [], []
+) -> tuple[list[AnomalyView], np.ndarray, np.ndarray, float]:
+    """The views with their normalisation set on the calibration part's good images, the
+    part's normalised image scores and defective flags, and the best-F1 normalised pixel
+    level of the combined maps on the defect masks."""
+    views = scorer.params.views
+    maxima = np.zeros((len(items), len(views)))
+    medians: list[list[float]] = [[] for _ in views]
+    labels, halves, masks = [], [], []
     with progress_bar(console, "scoring calibration images", len(items)) as step:
-        for item in items:
+        for i, item in enumerate(items):
             image = item.load()
-            raw = scorer.raw(image)
-            raws.append(float(raw.max()))
+            raws = [scorer.raw(image, k) for k in range(len(views))]
+            maxima[i] = [float(r.max()) for r in raws]
             labels.append(item.cls != good_class)
             if item.cls == good_class:
-                medians.append(float(np.median(raw)))
+                for k, r in enumerate(raws):
+                    medians[k].append(float(np.median(r)))
             mask = item.load_mask(image.shape)
             if item.cls != good_class and mask is not None and mask.any():
-                maps.append(raw[::2, ::2])
+                halves.append([r[::2, ::2] for r in raws])
                 masks.append(mask[::2, ::2])
             step()
-    raw_scores = np.asarray(raws)
-    level = best_f1_threshold(maps, masks) if maps else float(np.quantile(raw_scores, 0.5))
-    return raw_scores, np.asarray(labels, bool), level, float(np.median(medians))
+    defective = np.asarray(labels, bool)
+    if defective.all():
+        raise ValueError(f"no images of the good class {good_class!r} to calibrate on")
+    fitted = []
+    for k, view in enumerate(views):
+        ref = float(np.quantile(maxima[~defective, k], 0.99))
+        floor = min(float(np.median(medians[k])), 0.9 * ref)
+        fitted.append(view.model_copy(update={"image_ref": ref, "floor": floor}))
+    # the combined map's maximum is the maximum over views of each view's normalised maximum
+    scores = np.max(
+        [normalise(maxima[:, k], v.image_ref, v.floor) for k, v in enumerate(fitted)], axis=0
+    )
+    if halves:
+        maps = [
+            np.max(
+                [normalise(r, v.image_ref, v.floor) for r, v in zip(rs, fitted, strict=True)],
+                axis=0,
+            )
+            for rs in halves
+        ]
+        level = best_f1_threshold(maps, masks)
+    else:
+        level = float(np.quantile(scores, 0.5))
+    return fitted, scores, defective, level
 
 
 def train_anomaly(
@@ -195,11 +232,11 @@ def train_anomaly(
     data: Path,
     good_class: str,
     *,
-    scale: float = 1.0,
-    input_size: int | None = 96,
+    views: Sequence[AnomalyView] = DEFAULT_VIEWS,
     layers: Sequence[int] = DEFAULT_LAYERS,
     coreset_ratio: float = 0.1,
     max_pool: int = 100_000,
+    max_bank: int = 4000,
     blur_sigma: float = 4.0,
     target_fnr: float = 0.001,
     seed: int = 0,
@@ -209,8 +246,9 @@ def train_anomaly(
 ) -> Path:
     """Train, calibrate and register an anomaly model; returns its folder.
 
-    The memory bank is a greedy coreset of ``coreset_ratio`` of the good training patches,
-    chosen from at most ``max_pool`` of them (drawn at random) to bound the time."""
+    Each view's memory bank is a greedy coreset of ``coreset_ratio`` of its good training
+    patches (at most ``max_bank``), chosen from at most ``max_pool`` of them (drawn at random)
+    to bound the time."""
     import openvino as ov
     import torch
 
@@ -223,6 +261,12 @@ def train_anomaly(
         torch.set_num_threads(threads)
     if not 0 < coreset_ratio <= 1:
         raise ValueError(f"coreset ratio must be in (0, 1], got {coreset_ratio}")
+    if not views:
+        raise ValueError("an anomaly model needs at least one view")
+    views = [
+        v.model_copy(update={"bank": BANK_FILE if k == 0 else f"memory_bank_{k}.npy"})
+        for k, v in enumerate(views)
+    ]
     parts = split_anomaly_set(class_images(data), good_class, seed=seed)
     console.log(
         f"{data}: good class {good_class!r}; "
@@ -240,37 +284,33 @@ def train_anomaly(
     with _assembled(final) as tmp:
         dim = export_features(patch_feature_net(layers), tmp)
         params = AnomalyParams(
-            scale=scale, input_size=input_size, blur_sigma=blur_sigma, image_ref=1.0,
-            pixel_threshold=0.5, layers=tuple(layers), feature_dim=dim,
+            views=tuple(views), blur_sigma=blur_sigma, pixel_threshold=0.5,
+            layers=tuple(layers), feature_dim=dim,
         )  # fmt: skip
-        empty = np.zeros((1, dim), np.float32)
+        empty = [np.zeros((1, dim), np.float32)] * len(views)
         probe = PatchScorer(tmp / FEATURES_XML, empty, params, threads=threads)
-        feats = torch.from_numpy(
-            _features_of(probe, parts["train"], console, "patch features of good training images")
-        )
-        if len(feats) > max_pool:
-            g = torch.Generator().manual_seed(seed)
-            feats = feats[torch.randperm(len(feats), generator=g)[:max_pool]]
-        n_bank = max(1, round(coreset_ratio * len(feats)))
-        t0 = time.monotonic()
-        bank = feats[torch.from_numpy(greedy_coreset(feats, n_bank, seed=seed))].numpy()
-        console.log(f"memory bank: {n_bank} of {len(feats)} patches ({dim}-d), coreset in "
-                    f"{time.monotonic() - t0:.0f} s")  # fmt: skip
-        np.save(tmp / BANK_FILE, bank.astype(np.float32))
-        scorer = PatchScorer(tmp / FEATURES_XML, bank, params, threads=threads)
-        raw_scores, defective, pixel_raw, floor = _calibrate(
+        banks = []
+        for k, view in enumerate(views):
+            what = f"view {k + 1}/{len(views)}: patch features of good training images"
+            feats = torch.from_numpy(_features_of(probe, parts["train"], view, console, what))
+            if len(feats) > max_pool:
+                g = torch.Generator().manual_seed(seed)
+                feats = feats[torch.randperm(len(feats), generator=g)[:max_pool]]
+            n_bank = max(1, min(max_bank, round(coreset_ratio * len(feats))))
+            t0 = time.monotonic()
+            bank = feats[torch.from_numpy(greedy_coreset(feats, n_bank, seed=seed))].numpy()
+            console.log(f"view {k + 1} memory bank: {n_bank} of {len(feats)} patches ({dim}-d), "
+                        f"coreset in {time.monotonic() - t0:.0f} s")  # fmt: skip
+            np.save(tmp / view.bank, bank.astype(np.float32))
+            banks.append(bank)
+        scorer = PatchScorer(tmp / FEATURES_XML, banks, params, threads=threads)
+        fitted, scores, defective, pixel_level = _calibrate(
             scorer, parts["calibration"], good_class, console
         )
-        # the good images' 99th percentile normalises to 0.5, their median patch level to 0
-        image_ref = float(np.quantile(raw_scores[~defective], 0.99))
-        floor = min(floor, 0.9 * image_ref)
-        scores = normalise(raw_scores, image_ref, floor)
         thresholds = calibrate_thresholds(scores, defective, target_fnr=target_fnr)
-        pixel_level = float(normalise(pixel_raw, image_ref, floor))
         params = params.model_copy(
             update={
-                "image_ref": image_ref,
-                "floor": floor,
+                "views": tuple(fitted),
                 "pixel_threshold": min(pixel_level, thresholds.pass_below),
             }
         )
@@ -279,7 +319,7 @@ def train_anomaly(
             "good_class": good_class,
             "split_seed": seed,
             "split": {k: len(v) for k, v in parts.items()},
-            "memory_bank": list(bank.shape),
+            "memory_banks": [list(b.shape) for b in banks],
             "calibration_image_auroc": auroc(scores, defective),
             "training_seconds": round(time.monotonic() - started, 1),
         }
@@ -288,8 +328,8 @@ def train_anomaly(
             arch="efficientnet_lite0",
             input_size=SIZE_MULTIPLE,
             classes=("good", "anomalous"),
-            preprocessing=f"2-D uint8 grey image resized to {input_size or f'x{scale}'} (multiples "
-            "of 16), float32 grey levels into features.xml ((x - 127.5) / 127.5 inside)",
+            preprocessing="2-D uint8 grey image resized per view in anomaly.json (multiples of "
+            "16), float32 grey levels into features.xml ((x - 127.5) / 127.5 inside)",
             mode="anomaly",
             thresholds=thresholds,
             metrics=metrics,

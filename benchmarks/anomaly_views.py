@@ -1,0 +1,164 @@
+"""Anomaly mode: PatchCore through several *views* of each image (input size, aspect kept or
+squeezed, grey levels standardised or not), alone and combined, on the held-out
+magnetic-tile images (the split `linecheck train --task anomaly` uses: seed 0; calibration
+and test parts never in a memory bank).
+
+    python benchmarks/anomaly_views.py [--data ../shared/datasets/magnetic-tile]
+        [--views 48,64,96,128,192,256,64a,96a,128a,192a,64as,96as] [--bank 4000] [--top 10]
+
+A view is written SIZE[a][s]: SIZE² square; ``a`` keeps the aspect ratio at SIZE² of area;
+``s`` standardises the grey levels (:class:`inspection.anomaly.AnomalyView`). Per view:
+Lite0 blocks 4+10 patch features (torch, the extractor the trainer exports), a greedy
+k-center coreset of at most ``--bank`` good training patches (a quarter of them when fewer),
+nearest-neighbour distances resized to a quarter of the image and blurred (σ 1 = 4 image px).
+Each view's maps are put on a common scale by the calibration *good* images only (median → 0,
+99th percentile of their maxima → 1); a combination takes the pixel-wise mean or maximum of
+its views' maps and scores an image by the combined map's maximum. Combinations of up to
+four views are ranked by calibration image AUROC (chosen without the test part); prints one
+JSON object with each view's and the `--top` combinations' calibration and test image AUROC
+and test pixel AUROC (quarter-resolution masks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from board_data.class_folders import ClassImage, class_images, split_anomaly_set  # noqa: E402
+from inspection.anomaly import AnomalyView, model_input, nearest_distances  # noqa: E402
+from training.anomaly_evaluation import auroc  # noqa: E402
+from training.anomaly_model import greedy_coreset, patch_feature_net  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "magnetic-tile"
+DEFAULT_VIEWS = "48,64,96,128,192,256,64a,96a,128a,192a,64as,96as"
+PARTS = ("calibration", "test")
+
+
+def parse_view(spec: str) -> AnomalyView:
+    """``96`` → 96² square, ``96a`` → aspect kept at 96² of area, ``96as`` → and standardised."""
+    size = spec.rstrip("as")
+    flags = spec[len(size) :]
+    if not size.isdigit() or set(flags) - {"a", "s"}:
+        raise ValueError(f"view {spec!r} is not SIZE[a][s]")
+    return AnomalyView(size=int(size), keep_aspect="a" in flags, standardise="s" in flags)
+
+
+def view_maps(
+    images: dict[str, list[np.ndarray]], view: AnomalyView, bank_size: int
+) -> dict[str, list[np.ndarray]]:
+    """Raw maps (a quarter of each image's size) of the calibration and test images."""
+    import torch
+
+    net = patch_feature_net()
+
+    def features(image: np.ndarray) -> torch.Tensor:
+        return net(torch.from_numpy(model_input(image, view)))[0]
+
+    with torch.no_grad():
+        train = torch.cat([f.reshape(f.shape[0], -1).T for f in map(features, images["train"])])
+        n = min(bank_size, len(train) // 4)
+        bank = train[torch.from_numpy(greedy_coreset(train, n))].numpy()
+        bank_sq = (bank * bank).sum(1)
+        out: dict[str, list[np.ndarray]] = {}
+        for part in PARTS:
+            maps = []
+            for image in images[part]:
+                f = features(image)
+                c, h, w = f.shape
+                d = nearest_distances(f.reshape(c, -1).T.numpy(), bank, bank_sq).reshape(h, w)
+                small = cv2.resize(d, (image.shape[1] // 4, image.shape[0] // 4))
+                maps.append(cv2.GaussianBlur(small, (0, 0), 1.0))
+            out[part] = maps
+    return out
+
+
+def quarter_mask(item: ClassImage, image: np.ndarray) -> np.ndarray:
+    """The item's defect mask at a quarter of the image's size, flattened (all False without)."""
+    mask = item.load_mask(image.shape)
+    if mask is None:
+        mask = np.zeros(image.shape, bool)
+    small = cv2.resize(
+        mask.astype(np.uint8), (image.shape[1] // 4, image.shape[0] // 4),
+        interpolation=cv2.INTER_NEAREST,
+    )  # fmt: skip
+    return small.ravel() > 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--views", default=DEFAULT_VIEWS)
+    ap.add_argument("--bank", type=int, default=4000, help="memory-bank patches per view")
+    ap.add_argument("--top", type=int, default=10, help="combinations to print")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(2)
+    started = time.monotonic()
+    split = split_anomaly_set(class_images(args.data), "MT_Free", seed=0)
+    parts: dict[str, list[ClassImage]] = {str(k): v for k, v in split.items()}
+    images = {k: [i.load() for i in v] for k, v in parts.items()}
+    labels = {k: np.array([i.cls != "MT_Free" for i in v]) for k, v in parts.items()}
+    masks = {p: [quarter_mask(i, im) for i, im in zip(parts[p], images[p], strict=True)]
+             for p in PARTS}  # fmt: skip
+    specs = args.views.split(",")
+    scaled: dict[str, dict[str, list[np.ndarray]]] = {}
+    for spec in specs:
+        raw = view_maps(images, parse_view(spec), args.bank)
+        good = [m for m, bad in zip(raw["calibration"], labels["calibration"], strict=True)
+                if not bad]  # fmt: skip
+        lo = float(np.median(np.concatenate([m.ravel() for m in good])))
+        hi = float(np.quantile([m.max() for m in good], 0.99))
+        scaled[spec] = {p: [(m - lo) / (hi - lo) for m in raw[p]] for p in PARTS}
+        print(f"{spec}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+
+    def combined(views: tuple[str, ...], how: str, part: str) -> list[np.ndarray]:
+        reduce = np.mean if how == "mean" else np.max
+        return [
+            reduce(np.stack([scaled[v][part][i] for v in views]), axis=0)
+            for i in range(len(labels[part]))
+        ]
+
+    def measure(views: tuple[str, ...], how: str, pixels: bool) -> dict[str, object]:
+        row: dict[str, object] = {"views": list(views), "combine": how}
+        for part in PARTS:
+            maps = combined(views, how, part)
+            row[part] = auroc(np.array([m.max() for m in maps]), labels[part])
+            if pixels and part == "test":
+                row["test_pixel"] = auroc(
+                    np.concatenate([m.ravel() for m in maps]), np.concatenate(masks[part])
+                )
+        return row
+
+    ranked = []
+    for r in range(2, min(4, len(specs)) + 1):
+        for views in itertools.combinations(specs, r):
+            for how in ("mean", "max"):
+                maps = combined(views, how, "calibration")
+                ranked.append(
+                    (auroc(np.array([m.max() for m in maps]), labels["calibration"]), views, how)
+                )
+    ranked.sort(key=lambda t: -(t[0] or 0.0))
+    report = {
+        "data": str(args.data),
+        "bank": args.bank,
+        "split": {k: len(v) for k, v in parts.items()},
+        "single": [measure((v,), "mean", True) for v in specs],
+        "combined_by_calibration": [measure(v, how, True) for _, v, how in ranked[: args.top]],
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
