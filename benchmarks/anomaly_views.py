@@ -44,15 +44,6 @@ DEFAULT_VIEWS = "48,64,96,128,192,256,64a,96a,128a,192a,64as,96as"
 PARTS = ("calibration", "test")
 
 
-def parse_view(spec: str) -> AnomalyView:
-    """``96`` → 96² square, ``96a`` → aspect kept at 96² of area, ``96as`` → and standardised."""
-    size = spec.rstrip("as")
-    flags = spec[len(size) :]
-    if not size.isdigit() or set(flags) - {"a", "s"}:
-        raise ValueError(f"view {spec!r} is not SIZE[a][s]")
-    return AnomalyView(size=int(size), keep_aspect="a" in flags, standardise="s" in flags)
-
-
 def view_maps(
     images: dict[str, list[np.ndarray]], view: AnomalyView, bank_size: int
 ) -> dict[str, list[np.ndarray]]:
@@ -114,7 +105,7 @@ def main() -> None:
     specs = args.views.split(",")
     scaled: dict[str, dict[str, list[np.ndarray]]] = {}
     for spec in specs:
-        raw = view_maps(images, parse_view(spec), args.bank)
+        raw = view_maps(images, AnomalyView.parse(spec), args.bank)
         good = [m for m, bad in zip(raw["calibration"], labels["calibration"], strict=True)
                 if not bad]  # fmt: skip
         lo = float(np.median(np.concatenate([m.ravel() for m in good])))

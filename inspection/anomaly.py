@@ -69,6 +69,20 @@ class AnomalyView(BaseModel):
     )
     image_ref: float = Field(default=1.0, gt=0.0, description="raw score that normalises to 0.5")
 
+    @classmethod
+    def parse(cls, spec: str) -> AnomalyView:
+        """``96`` → squeezed to 96², ``96a`` → aspect kept at 96² of area, ``96as`` → and grey
+        levels standardised (``linecheck train --views``)."""
+        text = spec.strip()
+        size = text.rstrip("as")
+        flags = text[len(size) :]
+        if not size.isdigit() or int(size) < 2 * SIZE_MULTIPLE or len(set(flags)) != len(flags):
+            raise ValueError(
+                f"view {spec!r} is not SIZE[a][s] with SIZE >= {2 * SIZE_MULTIPLE} "
+                "(e.g. 96as, 128a, 256)"
+            )
+        return cls(size=int(size), keep_aspect="a" in flags, standardise="s" in flags)
+
 
 class AnomalyParams(BaseModel):
     """The views, the map's blur and the level above which pixels form regions."""

@@ -150,6 +150,27 @@ def test_views_show_the_image_their_way() -> None:
     assert std.mean() == pytest.approx(128, abs=2) and std.std() == pytest.approx(40, abs=2)
 
 
+def test_views_are_written_size_aspect_standardise(tmp_path: Path) -> None:
+    from inspection.anomaly import AnomalyView
+    from linecheck.cli import app
+
+    assert AnomalyView.parse("96as") == AnomalyView(size=96, keep_aspect=True, standardise=True)
+    assert AnomalyView.parse(" 256") == AnomalyView(size=256)
+    assert AnomalyView.parse("128s") == AnomalyView(size=128, standardise=True)
+    for bad in ("", "a96", "96x", "96aa", "16"):
+        with pytest.raises(ValueError, match="SIZE"):
+            AnomalyView.parse(bad)
+    _write_set(tmp_path / "d")
+    done = CliRunner().invoke(
+        app,
+        ["train", "--data", str(tmp_path / "d"), "--task", "anomaly", "--good-class", GOOD,
+         "--views", "96as,huge"],
+        env={"LINECHECK_MODEL__MODELS_DIR": str(tmp_path / "m")},
+    )  # fmt: skip
+    assert done.exit_code == 2 and "--views" in done.output and "'huge'" in done.output
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
+
+
 def test_models_of_one_view_load_as_before() -> None:
     """anomaly.json written before views existed (one view's fields at the top level)."""
     from inspection.anomaly import BANK_FILE, AnomalyParams

@@ -25,18 +25,25 @@ def train_anomaly_command(
     seed: int,
     threads: int | None,
     version: str | None,
+    views: str | None = None,
 ) -> None:
     """Train and register an anomaly model; prints its folder (stdout) and the time taken."""
-    from training.anomaly_model import train_anomaly
+    from inspection.anomaly import AnomalyView
+    from training.anomaly_model import DEFAULT_VIEWS, train_anomaly
 
     if data is None or not good_class:
         err.print("[red]--task anomaly needs --data DIR (class subfolders) and --good-class[/red]")
         raise typer.Exit(2)
+    try:
+        chosen = [AnomalyView.parse(v) for v in views.split(",")] if views else DEFAULT_VIEWS
+    except ValueError as exc:
+        err.print(f"[red]--views: {exc}[/red]")
+        raise typer.Exit(2) from exc
     started = time.monotonic()
     try:
         model_dir = train_anomaly(
-            settings.model.models_dir, data, good_class, seed=seed, threads=threads,
-            version=version, console=err,
+            settings.model.models_dir, data, good_class, views=chosen, seed=seed,
+            threads=threads, version=version, console=err,
         )  # fmt: skip
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")

@@ -67,6 +67,13 @@ def train(
         Optional[str],  # noqa: UP045
         typer.Option(help="--task anomaly: the subfolder of good images"),
     ] = None,
+    views: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="--task anomaly: views SIZE[a][s], comma-separated (a: aspect kept at SIZE² "
+            "of area, s: grey levels standardised); default 96as,128a,256"
+        ),
+    ] = None,
     boards: Annotated[int, typer.Option(min=10, help="synthetic boards (without --data)")] = 240,
     arch: Annotated[
         Optional[str],  # noqa: UP045
@@ -124,7 +131,7 @@ def train(
         from linecheck.cli.anomaly import train_anomaly_command
 
         train_anomaly_command(settings, data, good_class, seed=seed, threads=threads,
-                              version=version)  # fmt: skip
+                              version=version, views=views)  # fmt: skip
         return
     if task == "auto" and data is not None:
         from training.splits import is_deeppcb
