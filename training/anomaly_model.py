@@ -12,7 +12,7 @@ good class of a class-folder set (:mod:`inspection.anomaly` serves it).
    → 0, the 99th percentile of their raw image scores → 0.5), then on the views' combined
    map the pixel threshold (best F1 on the defect masks) and the card's thresholds for the
    FNR target (:func:`training.calibration.calibrate_thresholds`).
-5. Registered atomically as ``<models_dir>/<version>/`` (the CLI passes ``…/anomaly``).
+5. Registered atomically as ``<models_dir>/<version>/``, beside the other modes' models.
 """
 
 from __future__ import annotations
