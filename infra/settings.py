@@ -162,6 +162,14 @@ class WorkerSettings(_Section):
         description="budget for inspecting one board (a 640x640 board takes ~0.02 s on one "
         "core); batch_size × this plus the sinks' timeouts must fit in max_poll_interval_ms",
     )
+    inspect_threads: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="boards of one batch inspected at once on this many threads (OpenCV and "
+        "OpenVINO release the GIL): a burst on one worker's partitions can use cores the "
+        "other workers leave idle",
+    )
     fault_slow_file: Path | None = Field(
         default=None,
         description="fault injection (linecheck chaos): while this file exists, each board "

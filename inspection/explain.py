@@ -14,6 +14,7 @@ torch and openvino are imported lazily: importing this module is cheap.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -235,6 +236,7 @@ class Explainer:
         from inspection.model.registry import load_card
 
         self.card = load_card(model_dir)
+        self._cam_lock = threading.Lock()  # one inference request: one CAM forward at a time
         self.cam: CamModel | None = None
         self.weight: np.ndarray | None = None
         if served is not None:
@@ -279,4 +281,7 @@ class Explainer:
                 maps[chosen] = cam_from_features(
                     features[chosen], self.weight, probs[chosen].argmax(1), size
                 )
-        return save_explanation(path, image, crops, regions, self.cam, thresholds, maps=maps)
+        if self.cam is None:  # maps from the served inference: nothing shared to guard
+            return save_explanation(path, image, crops, regions, None, thresholds, maps=maps)
+        with self._cam_lock:
+            return save_explanation(path, image, crops, regions, self.cam, thresholds, maps=maps)

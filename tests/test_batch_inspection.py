@@ -106,3 +106,37 @@ def test_a_failed_batch_call_falls_back_to_one_call_per_board(inspector: Inspect
     assert all(isinstance(r, Verdict) for r in out)
     # the batch call failed, then each board went alone
     assert counting.calls[before:] == [sum(sizes), *sizes]
+
+
+def test_a_pool_inspects_boards_at_once_with_the_same_results_in_order(
+    inspector: Inspector,
+) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    events = [_event(inspector, index=i, event_id=f"p-{i}") for i in range(6)]
+    bodies = [e.model_dump_json().encode() for e in events]
+    bodies.insert(2, b'{"not": "an event"')
+    alone = inspect_batch(inspector, bodies, [SOURCE] * len(bodies), boards_per_call=1)
+    seen: set[str] = set()
+    calls: list[int] = []
+    both = threading.Barrier(2, timeout=10)  # the first two boards must be in flight together
+
+    def before_each() -> None:
+        seen.add(threading.current_thread().name)
+        calls.append(1)
+        if len(calls) <= 2:
+            both.wait()
+
+    with ThreadPoolExecutor(2, "inspect") as pool:
+        pooled = inspect_batch(
+            inspector, bodies, [SOURCE] * len(bodies), before_each, boards_per_call=1, pool=pool
+        )
+    assert len(seen) == 2  # the barrier let two threads through together
+    assert [type(r).__name__ for r in pooled] == [type(r).__name__ for r in alone]
+    assert [r.event_id for r in pooled] == [r.event_id for r in alone]
+    for a, b in zip(alone, pooled, strict=True):
+        if isinstance(a, Verdict):
+            assert isinstance(b, Verdict)
+            assert (a.verdict, len(a.regions)) == (b.verdict, len(b.regions))
+            assert b.board_score == pytest.approx(a.board_score, abs=1e-6)

@@ -13,7 +13,9 @@ poison board becomes a dead letter.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
+from typing import TypeVar
 
 import numpy as np
 from pydantic import ValidationError
@@ -23,6 +25,8 @@ from workers.inspector import InspectionError, Inspector, Prepared, SourceInfo
 from workers.messages import decode_failure
 
 Result = Verdict | DeadLetter
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def inspect_batch(
@@ -31,37 +35,43 @@ def inspect_batch(
     sources: Sequence[SourceInfo],
     before_each: Callable[[], None] | None = None,
     boards_per_call: int | None = None,
+    pool: Executor | None = None,
 ) -> list[Result]:
     """One result per body, in order. ``before_each`` runs before each board (fault
     injection in chaos runs). ``boards_per_call``: at most this many boards' crops in one
-    classifier call (default: the whole batch)."""
+    classifier call (default: the whole batch). ``pool``: boards (and classifier calls) run
+    on its threads, several at once (OpenCV and OpenVINO release the GIL), so that a burst
+    on one partition uses a core the other workers leave idle."""
     results: list[Result | None] = [None] * len(bodies)
     prepared: dict[int, Prepared] = {}
-    for i, (raw, source) in enumerate(zip(bodies, sources, strict=True)):
+
+    def prepare(i: int) -> Result | Prepared:
         if before_each is not None:
             before_each()
         event_id: str | None = None
         try:
-            event = FlaggedBoard.model_validate_json(raw)
+            event = FlaggedBoard.model_validate_json(bodies[i])
             event_id = event.event_id
-            ready = inspector.prepare(event)
+            return inspector.prepare(event)
         except ValidationError as exc:
-            results[i] = inspector.dead_letter(raw, source, *decode_failure(exc), None)
-            continue
+            return inspector.dead_letter(bodies[i], sources[i], *decode_failure(exc), None)
         except InspectionError as exc:
-            results[i] = inspector.dead_letter(raw, source, exc.stage, exc.reason, event_id)
-            continue
-        if isinstance(ready, Verdict):
-            results[i] = ready
-        else:
+            return inspector.dead_letter(bodies[i], sources[i], exc.stage, exc.reason, event_id)
+
+    if len(sources) != len(bodies):
+        raise ValueError(f"{len(bodies)} bodies but {len(sources)} sources")
+    for i, ready in enumerate(_map(pool, prepare, range(len(bodies)))):
+        if isinstance(ready, Prepared):
             prepared[i] = ready
+        else:
+            results[i] = ready
     by_model: dict[int, list[int]] = {}
     for i, p in prepared.items():  # one call per model: products may have their own
         by_model.setdefault(id(p.model.classifier), []).append(i)
     step = boards_per_call or len(bodies) or 1
     groups = [m[at : at + step] for m in by_model.values() for at in range(0, len(m), step)]
-    for members in groups:
-        finished = _classify_group(inspector, [prepared[i] for i in members])
+    done = _map(pool, lambda m: _classify_group(inspector, [prepared[i] for i in m]), groups)
+    for members, finished in zip(groups, done, strict=True):
         for i, result in zip(members, finished, strict=True):
             results[i] = (
                 inspector.dead_letter(
@@ -73,6 +83,14 @@ def inspect_batch(
             )  # fmt: skip
     assert all(r is not None for r in results)
     return [r for r in results if r is not None]
+
+
+def _map(pool: Executor | None, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``fn`` over ``items`` in order: on the pool's threads, or here without one."""
+    items = list(items)
+    if pool is None or len(items) < 2:
+        return [fn(x) for x in items]
+    return list(pool.map(fn, items))
 
 
 def _classify_group(

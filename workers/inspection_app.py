@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ class WorkerContext:
     audit: AuditStore
     stats: LiveStats
     swapper: ModelSwapper | None = None  # follows promote/rollback between batches
+    pool: ThreadPoolExecutor | None = None  # worker.inspect_threads > 1: boards at once
 
 
 def build_inspector(settings: Settings) -> Inspector:
@@ -115,9 +117,11 @@ def build_context(settings: Settings) -> WorkerContext:
     if settings.model.refresh_s > 0:
         swapper = ModelSwapper.for_settings(settings, engine)
         swapper.adopt(inspector.default.version, inspector.default)
+    threads = settings.worker.inspect_threads
     return WorkerContext(
         inspector=inspector,
         swapper=swapper,
+        pool=ThreadPoolExecutor(threads, "inspect") if threads > 1 else None,
         audit=AuditStore(
             settings.postgres.url.get_secret_value(),
             settings.quality.audit_rate,
@@ -259,6 +263,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
                 sources,
                 (lambda: time.sleep(delay)) if delay else None,
                 boards_per_call=settings.model.boards_per_call,
+                pool=ctx.pool,
             )
 
         results = await anyio.to_thread.run_sync(inspect_all)
