@@ -11,6 +11,9 @@ from schemas.events import Box, DefectType, RegionVerdict, VerdictLabel
 
 # Classifier output order: index 0 is "no defect", 1..6 follow DefectType's order.
 DEFECT_TYPES: tuple[DefectType, ...] = tuple(DefectType)
+# Regions of one type whose boxes (margins included) are this close are pieces of one defect:
+# a long open or a hairy spur whose pieces lie further apart than the ROI stage's merge_px.
+PIECE_GAP_PX = 2
 
 
 def decide(thresholds: Thresholds, board_score: float) -> VerdictLabel:
@@ -54,3 +57,68 @@ def region_verdicts(boxes: Sequence[Box], probs: np.ndarray) -> list[RegionVerdi
 def board_score(regions: Sequence[RegionVerdict]) -> float:
     """A board is as defective as its most defective region; no candidates → 0."""
     return max((r.score for r in regions), default=0.0)
+
+
+def box_gap(a: Box, b: Box) -> int:
+    """Pixels between two boxes along the axis that separates them; negative when they
+    overlap on both axes (-1), 0 when they touch; diagonal neighbours count the larger
+    of the two gaps."""
+    dx = max(a.x1 - b.x2, b.x1 - a.x2)
+    dy = max(a.y1 - b.y2, b.y1 - a.y2)
+    return max(dx, dy) if max(dx, dy) >= 0 else -1
+
+
+def split_groups(
+    boxes: Sequence[Box], kinds: Sequence[DefectType | None], gap_px: int
+) -> list[list[int]]:
+    """Indices of regions that are pieces of one defect: the same type (not None) and boxes
+    within ``gap_px`` of each other, transitively; every other region is a group of its
+    own. Groups in order of their first member; ``gap_px`` < 0 merges nothing."""
+    parent = list(range(len(boxes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    if gap_px >= 0:
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                same = kinds[i] is not None and kinds[i] == kinds[j]
+                if same and box_gap(boxes[i], boxes[j]) <= gap_px:
+                    parent[root(j)] = root(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(boxes)):
+        groups.setdefault(root(i), []).append(i)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def union_box(boxes: Sequence[Box]) -> Box:
+    return Box(
+        x1=min(b.x1 for b in boxes),
+        y1=min(b.y1 for b in boxes),
+        x2=max(b.x2 for b in boxes),
+        y2=max(b.y2 for b in boxes),
+    )
+
+
+def merge_pieces(
+    regions: Sequence[RegionVerdict], gap_px: int = PIECE_GAP_PX
+) -> list[RegionVerdict]:
+    """The regions with each defect's pieces (:func:`split_groups`) made one region: the
+    union of their boxes, the highest score and type score. The board's score (the highest
+    region score) is unchanged."""
+    groups = split_groups([r.box for r in regions], [r.defect_type for r in regions], gap_px)
+    return [
+        regions[g[0]]
+        if len(g) == 1
+        else regions[g[0]].model_copy(
+            update={
+                "box": union_box([regions[i].box for i in g]),
+                "score": max(regions[i].score for i in g),
+                "type_score": max(regions[i].type_score for i in g),
+            }
+        )
+        for g in groups
+    ]

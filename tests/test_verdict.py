@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from inspection.model.registry import Thresholds
-from inspection.verdict import board_score, decide, region_verdicts
-from schemas.events import Box, DefectType, VerdictLabel
+from inspection.verdict import board_score, box_gap, decide, merge_pieces, region_verdicts
+from schemas.events import Box, DefectType, GroundTruth, RegionVerdict, VerdictLabel
 from training.calibration import calibrate_thresholds
 
 T = Thresholds(pass_below=0.2, fail_at_or_above=0.8, threshold_version="t", target_fnr=0.001)
@@ -66,3 +66,56 @@ def test_calibration_closes_the_band_when_the_classes_separate() -> None:
 def test_calibration_needs_both_classes() -> None:
     with pytest.raises(ValueError, match="defective and good"):
         calibrate_thresholds(np.array([0.5, 0.6]), np.array([True, True]))
+
+
+def _region(box: tuple[int, int, int, int], kind: DefectType | None, score: float) -> RegionVerdict:
+    x1, y1, x2, y2 = box
+    return RegionVerdict(
+        box=Box(x1=x1, y1=y1, x2=x2, y2=y2), defect_type=kind, score=score, type_score=score
+    )
+
+
+def test_pieces_of_one_defect_become_one_region_and_other_regions_stay() -> None:
+    spur, open_ = DefectType.SPUR, DefectType.OPEN
+    regions = [
+        _region((102, 58, 131, 95), spur, 0.9),  # two halves of one hairy spur, touching
+        _region((71, 63, 101, 95), spur, 0.99),
+        _region((140, 58, 170, 95), spur, 0.8),  # 9 px further: another spur
+        _region((100, 96, 130, 120), open_, 0.95),  # touches the spur but is another type
+        _region((60, 60, 80, 80), None, 0.1),  # overlaps, but no defect: kept as it is
+        _region((300, 300, 330, 330), spur, 0.7),  # a third piece chain: 3 overlapping
+        _region((320, 320, 350, 350), spur, 0.6),
+        _region((340, 340, 370, 370), spur, 0.75),
+    ]
+    merged = merge_pieces(regions, gap_px=2)
+    assert [(r.box.x1, r.box.y1, r.box.x2, r.box.y2) for r in merged] == [
+        (71, 58, 131, 95), (140, 58, 170, 95), (100, 96, 130, 120), (60, 60, 80, 80),
+        (300, 300, 370, 370),
+    ]  # fmt: skip
+    assert [r.defect_type for r in merged] == [spur, spur, open_, None, spur]
+    assert merged[0].score == 0.99 and merged[-1].score == 0.75
+    assert board_score(merged) == board_score(regions)
+    assert len(merge_pieces(regions, gap_px=10)) == 4  # 9 px apart: now the same defect
+    assert merge_pieces(regions, gap_px=-1) == regions
+
+
+def test_box_gap_is_zero_when_touching_and_negative_when_overlapping() -> None:
+    a = Box(x1=0, y1=0, x2=10, y2=10)
+    assert box_gap(a, Box(x1=10, y1=0, x2=20, y2=10)) == 0
+    assert box_gap(a, Box(x1=13, y1=5, x2=20, y2=10)) == 3
+    assert box_gap(a, Box(x1=5, y1=5, x2=20, y2=20)) == -1
+    assert box_gap(a, Box(x1=12, y1=15, x2=20, y2=20)) == 5  # diagonal: the larger gap
+
+
+def test_evaluation_counts_a_split_defect_once_as_the_worker_reports_it() -> None:
+    from training.detection_metrics import match_image
+    from training.scoring import detections_of
+
+    boxes = [Box(x1=396, y1=180, x2=438, y2=209), Box(x1=438, y1=181, x2=484, y2=206)]
+    probs = np.zeros((2, 7), np.float32)
+    probs[:, 1] = 0.9  # both pieces called opens
+    probs[:, 0] = 0.1
+    truth = GroundTruth(box=Box(x1=396, y1=180, x2=484, y2=205), defect_type=DefectType.OPEN)
+    dets = detections_of(boxes, probs)
+    assert [(d[0].x1, d[0].x2, d[2]) for d in dets] == [(396, 484, DefectType.OPEN)]
+    assert match_image(dets, [truth]) == [True]  # unmerged: one hit and one false positive

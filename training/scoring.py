@@ -18,7 +18,7 @@ from board_data.scan import simulate_good_board
 from infra.progress import progress_bar
 from inspection.crops import make_crops
 from inspection.roi import find_regions_aligned
-from inspection.verdict import DEFECT_TYPES, board_score, decide, region_verdicts
+from inspection.verdict import board_score, decide, merge_pieces, region_verdicts
 from schemas.events import Box, DefectType
 
 if TYPE_CHECKING:
@@ -53,13 +53,10 @@ class PairResult:
 
 
 def detections_of(boxes: Sequence[Box], probs: np.ndarray) -> list[tuple[Box, float, DefectType]]:
-    """Regions the classifier calls a defect: (box, P(type), type)."""
-    out = []
-    for box, p in zip(boxes, probs, strict=True):
-        k = int(np.argmax(p))
-        if k > 0:
-            out.append((box, float(p[k]), DEFECT_TYPES[k - 1]))
-    return out
+    """Regions the classifier calls a defect: (box, P(type), type), the pieces of one
+    defect merged as the worker merges its verdict's regions (:func:`merge_pieces`)."""
+    regions = merge_pieces(region_verdicts(boxes, probs))
+    return [(r.box, r.type_score, r.defect_type) for r in regions if r.defect_type is not None]
 
 
 def good_board_rng(image_id: str, seed: int = 0) -> np.random.Generator:

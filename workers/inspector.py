@@ -25,7 +25,7 @@ from inspection.crops import make_crops
 from inspection.model.registry import Thresholds
 from inspection.products import ProductEntry, ProductError, ProductView
 from inspection.roi import find_regions_aligned, find_regions_recipe
-from inspection.verdict import board_score, decide, region_verdicts
+from inspection.verdict import board_score, decide, merge_pieces, region_verdicts
 from schemas.events import (
     Box,
     DeadLetter,
@@ -322,6 +322,7 @@ class Inspector:
         score = board_score(regions)
         served = (probs, features) if features is not None else None
         explanation = self.explain(p.event.event_id, p.image, p.crops, regions, p.model, served)
+        regions = merge_pieces(regions)  # after the heatmaps: they index the crops
         label = decide(p.model.thresholds, score)
         image_uri = self.keep_image(p.event, label, p.data)
         explain_ms = (time.perf_counter() - t3) * 1e3
