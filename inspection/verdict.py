@@ -11,9 +11,11 @@ from schemas.events import Box, DefectType, RegionVerdict, VerdictLabel
 
 # Classifier output order: index 0 is "no defect", 1..6 follow DefectType's order.
 DEFECT_TYPES: tuple[DefectType, ...] = tuple(DefectType)
-# Regions of one type whose boxes (margins included) are this close are pieces of one defect:
-# a long open or a hairy spur whose pieces lie further apart than the ROI stage's merge_px.
-PIECE_GAP_PX = 2
+# Regions of one type whose boxes (10 px margins included) share this much of the smaller
+# box are pieces of one defect: a long open or a hairy spur whose pieces lie further apart
+# than the ROI stage's merge_px. Merely touching boxes are not merged: on dense boards two
+# defects of one type often sit side by side (benchmarks/merge_regions.py).
+PIECE_OVERLAP = 0.2
 
 
 def decide(thresholds: Thresholds, board_score: float) -> VerdictLabel:
@@ -59,21 +61,21 @@ def board_score(regions: Sequence[RegionVerdict]) -> float:
     return max((r.score for r in regions), default=0.0)
 
 
-def box_gap(a: Box, b: Box) -> int:
-    """Pixels between two boxes along the axis that separates them; negative when they
-    overlap on both axes (-1), 0 when they touch; diagonal neighbours count the larger
-    of the two gaps."""
-    dx = max(a.x1 - b.x2, b.x1 - a.x2)
-    dy = max(a.y1 - b.y2, b.y1 - a.y2)
-    return max(dx, dy) if max(dx, dy) >= 0 else -1
+def overlap_of_smaller(a: Box, b: Box) -> float:
+    """The area the two boxes share, as a fraction of the smaller box (0 when disjoint)."""
+    w = min(a.x2, b.x2) - max(a.x1, b.x1)
+    h = min(a.y2, b.y2) - max(a.y1, b.y1)
+    if w <= 0 or h <= 0:
+        return 0.0
+    return w * h / max(1, min(a.area, b.area))
 
 
 def split_groups(
-    boxes: Sequence[Box], kinds: Sequence[DefectType | None], gap_px: int
+    boxes: Sequence[Box], kinds: Sequence[DefectType | None], min_overlap: float | None
 ) -> list[list[int]]:
     """Indices of regions that are pieces of one defect: the same type (not None) and boxes
-    within ``gap_px`` of each other, transitively; every other region is a group of its
-    own. Groups in order of their first member; ``gap_px`` < 0 merges nothing."""
+    sharing at least ``min_overlap`` of the smaller one, transitively; every other region
+    is a group of its own. Groups in order of their first member; None merges nothing."""
     parent = list(range(len(boxes)))
 
     def root(i: int) -> int:
@@ -82,11 +84,11 @@ def split_groups(
             i = parent[i]
         return i
 
-    if gap_px >= 0:
+    if min_overlap is not None:
         for i in range(len(boxes)):
             for j in range(i + 1, len(boxes)):
                 same = kinds[i] is not None and kinds[i] == kinds[j]
-                if same and box_gap(boxes[i], boxes[j]) <= gap_px:
+                if same and overlap_of_smaller(boxes[i], boxes[j]) >= min_overlap:
                     parent[root(j)] = root(i)
     groups: dict[int, list[int]] = {}
     for i in range(len(boxes)):
@@ -104,12 +106,12 @@ def union_box(boxes: Sequence[Box]) -> Box:
 
 
 def merge_pieces(
-    regions: Sequence[RegionVerdict], gap_px: int = PIECE_GAP_PX
+    regions: Sequence[RegionVerdict], min_overlap: float | None = PIECE_OVERLAP
 ) -> list[RegionVerdict]:
     """The regions with each defect's pieces (:func:`split_groups`) made one region: the
     union of their boxes, the highest score and type score. The board's score (the highest
     region score) is unchanged."""
-    groups = split_groups([r.box for r in regions], [r.defect_type for r in regions], gap_px)
+    groups = split_groups([r.box for r in regions], [r.defect_type for r in regions], min_overlap)
     return [
         regions[g[0]]
         if len(g) == 1

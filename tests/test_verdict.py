@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from inspection.model.registry import Thresholds
-from inspection.verdict import board_score, box_gap, decide, merge_pieces, region_verdicts
+from inspection.verdict import (
+    board_score,
+    decide,
+    merge_pieces,
+    overlap_of_smaller,
+    region_verdicts,
+)
 from schemas.events import Box, DefectType, GroundTruth, RegionVerdict, VerdictLabel
 from training.calibration import calibrate_thresholds
 
@@ -78,40 +84,42 @@ def _region(box: tuple[int, int, int, int], kind: DefectType | None, score: floa
 def test_pieces_of_one_defect_become_one_region_and_other_regions_stay() -> None:
     spur, open_ = DefectType.SPUR, DefectType.OPEN
     regions = [
-        _region((102, 58, 131, 95), spur, 0.9),  # two halves of one hairy spur, touching
-        _region((71, 63, 101, 95), spur, 0.99),
-        _region((140, 58, 170, 95), spur, 0.8),  # 9 px further: another spur
-        _region((100, 96, 130, 120), open_, 0.95),  # touches the spur but is another type
-        _region((60, 60, 80, 80), None, 0.1),  # overlaps, but no defect: kept as it is
-        _region((300, 300, 330, 330), spur, 0.7),  # a third piece chain: 3 overlapping
-        _region((320, 320, 350, 350), spur, 0.6),
-        _region((340, 340, 370, 370), spur, 0.75),
+        _region((127, 91, 184, 149), spur, 0.99),  # two pieces of one hairy spur (DeepPCB)
+        _region((147, 104, 202, 157), spur, 0.9),
+        _region((202, 91, 240, 149), spur, 0.8),  # touches the union: another spur
+        _region((150, 140, 180, 170), open_, 0.95),  # overlaps the spur but another type
+        _region((130, 95, 150, 115), None, 0.1),  # inside, but no defect: kept as it is
+        _region((300, 300, 330, 330), spur, 0.7),  # a chain of three pieces
+        _region((310, 310, 340, 340), spur, 0.6),
+        _region((320, 320, 350, 350), spur, 0.75),
+        _region((400, 400, 430, 430), spur, 0.7),  # corners overlapping by 4 %: two spurs
+        _region((424, 424, 454, 454), spur, 0.7),
     ]
-    merged = merge_pieces(regions, gap_px=2)
+    merged = merge_pieces(regions, min_overlap=0.2)
     assert [(r.box.x1, r.box.y1, r.box.x2, r.box.y2) for r in merged] == [
-        (71, 58, 131, 95), (140, 58, 170, 95), (100, 96, 130, 120), (60, 60, 80, 80),
-        (300, 300, 370, 370),
+        (127, 91, 202, 157), (202, 91, 240, 149), (150, 140, 180, 170), (130, 95, 150, 115),
+        (300, 300, 350, 350), (400, 400, 430, 430), (424, 424, 454, 454),
     ]  # fmt: skip
-    assert [r.defect_type for r in merged] == [spur, spur, open_, None, spur]
-    assert merged[0].score == 0.99 and merged[-1].score == 0.75
+    assert [r.defect_type for r in merged] == [spur, spur, open_, None, spur, spur, spur]
+    assert merged[0].score == 0.99 and merged[4].score == 0.75
     assert board_score(merged) == board_score(regions)
-    assert len(merge_pieces(regions, gap_px=10)) == 4  # 9 px apart: now the same defect
-    assert merge_pieces(regions, gap_px=-1) == regions
+    assert len(merge_pieces(regions, min_overlap=0.01)) == 6  # now the corners count too
+    assert merge_pieces(regions, min_overlap=None) == regions
 
 
-def test_box_gap_is_zero_when_touching_and_negative_when_overlapping() -> None:
+def test_overlap_of_smaller_is_the_shared_part_of_the_smaller_box() -> None:
     a = Box(x1=0, y1=0, x2=10, y2=10)
-    assert box_gap(a, Box(x1=10, y1=0, x2=20, y2=10)) == 0
-    assert box_gap(a, Box(x1=13, y1=5, x2=20, y2=10)) == 3
-    assert box_gap(a, Box(x1=5, y1=5, x2=20, y2=20)) == -1
-    assert box_gap(a, Box(x1=12, y1=15, x2=20, y2=20)) == 5  # diagonal: the larger gap
+    assert overlap_of_smaller(a, Box(x1=10, y1=0, x2=20, y2=10)) == 0.0  # touching
+    assert overlap_of_smaller(a, Box(x1=5, y1=0, x2=30, y2=10)) == 0.5
+    assert overlap_of_smaller(a, Box(x1=2, y1=2, x2=4, y2=4)) == 1.0  # inside
+    assert overlap_of_smaller(a, Box(x1=20, y1=20, x2=30, y2=30)) == 0.0
 
 
 def test_evaluation_counts_a_split_defect_once_as_the_worker_reports_it() -> None:
     from training.detection_metrics import match_image
     from training.scoring import detections_of
 
-    boxes = [Box(x1=396, y1=180, x2=438, y2=209), Box(x1=438, y1=181, x2=484, y2=206)]
+    boxes = [Box(x1=396, y1=180, x2=448, y2=209), Box(x1=430, y1=181, x2=484, y2=206)]
     probs = np.zeros((2, 7), np.float32)
     probs[:, 1] = 0.9  # both pieces called opens
     probs[:, 0] = 0.1
