@@ -76,6 +76,8 @@ def split_groups(
     """Indices of regions that are pieces of one defect: the same type (not None) and boxes
     sharing at least ``min_overlap`` of the smaller one, transitively; every other region
     is a group of its own. Groups in order of their first member; None merges nothing."""
+    if min_overlap is not None and not 0.0 < min_overlap <= 1.0:
+        raise ValueError(f"min_overlap must be in (0, 1] or None, got {min_overlap}")
     parent = list(range(len(boxes)))
 
     def root(i: int) -> int:

@@ -105,6 +105,8 @@ def test_pieces_of_one_defect_become_one_region_and_other_regions_stay() -> None
     assert board_score(merged) == board_score(regions)
     assert len(merge_pieces(regions, min_overlap=0.01)) == 6  # now the corners count too
     assert merge_pieces(regions, min_overlap=None) == regions
+    with pytest.raises(ValueError, match="min_overlap"):
+        merge_pieces(regions, min_overlap=0.0)  # would merge every region of a type
 
 
 def test_overlap_of_smaller_is_the_shared_part_of_the_smaller_box() -> None:
