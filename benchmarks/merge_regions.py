@@ -60,15 +60,14 @@ def main() -> None:
             per_overlap[overlap] = (float(m["f_score"]), float(m["map"]))  # type: ignore[arg-type]
         rows[folder.name] = per_overlap
         shown = {
-            str(g): {"f_score": round(f, 4), "map": round(a, 4)}
-            for g, (f, a) in per_overlap.items()
+            g: {"f_score": round(f, 4), "map": round(a, 4)} for g, (f, a) in rows_of(per_overlap)
         }
         print(folder.name, json.dumps(shown), flush=True)
     for overlap in overlaps:
         f = [r[overlap][0] for r in rows.values()]
         a = [r[overlap][1] for r in rows.values()]
         print(
-            f"overlap {overlap}: mean F {sum(f) / len(f):.4f} (min {min(f):.4f}), "
+            f"overlap {overlap or 'off'}: mean F {sum(f) / len(f):.4f} (min {min(f):.4f}), "
             f"mean mAP {sum(a) / len(a):.4f} (min {min(a):.4f})"
         )
 
