@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import numpy as np
@@ -99,12 +98,15 @@ def test_good_boards_differ_only_by_misregistration_and_noise() -> None:
     assert 0.008 < (noisy.board(0).image != board.template).mean() < 0.03
 
 
-def test_generation_is_fast(gen: BoardGenerator) -> None:
-    gen.board(0)  # designs are built once per generator
-    t = time.perf_counter()
+def test_designs_are_built_once_per_generator(gen: BoardGenerator) -> None:
+    # the speed of generation is the bench's business (linecheck bench); what keeps it fast
+    # is that a board reuses its design instead of drawing it again
+    first = gen.board(0)
+    templates = {tid: gen.template(tid) for tid in gen.template_ids}
     for i in range(20):
-        gen.board(100 + i)
-    assert (time.perf_counter() - t) / 20 < 0.05
+        board = gen.board(100 + i)
+        assert gen.template(board.template_id) is templates[board.template_id]
+    assert gen.template(first.template_id) is templates[first.template_id]
 
 
 def test_bad_arguments_raise() -> None:
