@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
@@ -83,6 +83,11 @@ def inspect_batch(
             )  # fmt: skip
     assert all(r is not None for r in results)
     return [r for r in results if r is not None]
+
+
+def inspection_pool(threads: int) -> ThreadPoolExecutor | None:
+    """The pool for ``worker.inspect_threads`` boards at once; None for one at a time."""
+    return ThreadPoolExecutor(threads, "inspect") if threads > 1 else None
 
 
 def _map(pool: Executor | None, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:

@@ -34,7 +34,7 @@ from infra.settings import Settings
 from schemas.events import DeadLetter, Verdict
 from workers import metrics
 from workers.audit_sink import AuditBatch, AuditStore, LiveStats
-from workers.batch_inspection import inspect_batch
+from workers.batch_inspection import inspect_batch, inspection_pool
 from workers.batch_sinks import BatchResult, SinkPipeline, rewind
 from workers.delivery import (
     Backoff,
@@ -117,11 +117,10 @@ def build_context(settings: Settings) -> WorkerContext:
     if settings.model.refresh_s > 0:
         swapper = ModelSwapper.for_settings(settings, engine)
         swapper.adopt(inspector.default.version, inspector.default)
-    threads = settings.worker.inspect_threads
     return WorkerContext(
         inspector=inspector,
         swapper=swapper,
-        pool=ThreadPoolExecutor(threads, "inspect") if threads > 1 else None,
+        pool=inspection_pool(settings.worker.inspect_threads),
         audit=AuditStore(
             settings.postgres.url.get_secret_value(),
             settings.quality.audit_rate,

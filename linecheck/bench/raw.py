@@ -62,9 +62,7 @@ def _child(
     env: dict[str, str], events: list[bytes], barrier: Any, out: Any, index: int
 ) -> None:  # pragma: no cover - runs in a child process
     os.environ.update(env)
-    from concurrent.futures import ThreadPoolExecutor
-
-    from workers.batch_inspection import inspect_batch
+    from workers.batch_inspection import inspect_batch, inspection_pool
     from workers.inspection_app import build_inspector
     from workers.inspector import SourceInfo
 
@@ -76,8 +74,7 @@ def _child(
     start = time.perf_counter()
     results = []
     size = settings.kafka.batch_size  # in the worker's batches, as a worker runs them
-    threads = settings.worker.inspect_threads
-    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    pool = inspection_pool(settings.worker.inspect_threads)
     for at in range(0, len(events), size):
         chunk = events[at : at + size]
         results += inspect_batch(
