@@ -29,7 +29,7 @@ FOLD_KEYS = (
 )  # fmt: skip
 
 
-def _split_file(folder: Path, data: Path, group: str) -> Path:
+def split_file(folder: Path, data: Path, group: str) -> Path:
     """A DeepPCB split file listing every pair of ``group``."""
     lines = [
         f"{s.test_path.parent.relative_to(data).as_posix()}/{s.image_id}.jpg "
@@ -40,6 +40,11 @@ def _split_file(folder: Path, data: Path, group: str) -> Path:
     path = folder / f"{group}.txt"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def inner_group(every: list[str], test: str) -> str:
+    """The group that chooses the epoch and thresholds of fold ``test``: the next in order."""
+    return every[(every.index(test) + 1) % len(every)]
 
 
 def summarise(folds: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -91,19 +96,19 @@ def cross_validate(
     out.mkdir(parents=True, exist_ok=True)
     folds: dict[str, dict[str, Any]] = {}
     for n, test in enumerate(chosen, start=1):
-        inner = every[(every.index(test) + 1) % len(every)]
+        inner = inner_group(every, test)
         started = time.monotonic()
         console.rule(f"fold {n}/{len(chosen)}: measure {test}, choose on {inner}")
         work = Path(tempfile.mkdtemp(prefix=f"cv-{test}-", dir=out))
         try:
             model_dir = train_deeppcb(
-                work / "models", data, _split_file(work, data, inner),
+                work / "models", data, split_file(work, data, inner),
                 arch=arch, epochs=epochs, seed=seed, threads=threads, version=f"cv-{test}",
                 int8=False, cache_dir=cache_dir, exclude_groups=(test,), topology=topology,
                 console=console,
             )  # fmt: skip
             metrics = evaluate_model(
-                model_dir, data, _split_file(work, data, test), out / test,
+                model_dir, data, split_file(work, data, test), out / test,
                 seed=seed, threads=threads, console=console,
             )  # fmt: skip
         finally:
