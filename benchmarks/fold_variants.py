@@ -113,6 +113,7 @@ def fold_models(
         if found:
             dirs.append(found[0].parent)
             continue
+        (out / fold).mkdir(parents=True, exist_ok=True)
         split = split_file(out / fold, data, inner_group(every, fold))
         model = train_deeppcb(
             models, data, split, seed=seed, version=f"{fold}-s{seed}", int8=False,
