@@ -5,6 +5,7 @@ and test parts never in a memory bank).
 
     python benchmarks/anomaly_views.py [--data ../shared/datasets/magnetic-tile]
         [--views 48,64,96,128,192,256,64a,96a,128a,192a,64as,96as] [--bank 4000] [--top 10]
+        [--scores max,top0.5]
 
 A view is written SIZE[a][s]: SIZE² square; ``a`` keeps the aspect ratio at SIZE² of area;
 ``s`` standardises the grey levels (:class:`inspection.anomaly.AnomalyView`). Per view:
@@ -16,7 +17,9 @@ Each view's maps are put on a common scale by the calibration *good* images only
 its views' maps and scores an image by the combined map's maximum. Combinations of up to
 four views are ranked by calibration image AUROC (chosen without the test part); prints one
 JSON object with each view's and the `--top` combinations' calibration and test image AUROC
-and test pixel AUROC (quarter-resolution masks).
+and test pixel AUROC (quarter-resolution masks). ``--scores``: the image scores compared
+(``max``, the map's maximum, ranks the combinations; ``topQ``: the mean of the map's highest
+Q % of pixels), each reported as ``calibration_<score>`` / ``test_<score>``.
 """
 
 from __future__ import annotations
@@ -73,6 +76,17 @@ def view_maps(
     return out
 
 
+def image_score(amap: np.ndarray, how: str) -> float:
+    """``max``: the map's maximum; ``topQ``: the mean of its highest Q % of pixels."""
+    if how == "max":
+        return float(amap.max())
+    if not how.startswith("top"):
+        raise SystemExit(f"unknown image score {how!r}: use max or topQ (e.g. top0.5)")
+    flat = amap.ravel()
+    k = max(1, round(flat.size * float(how[3:]) / 100))
+    return float(np.partition(flat, flat.size - k)[flat.size - k :].mean())
+
+
 def quarter_mask(item: ClassImage, image: np.ndarray) -> np.ndarray:
     """The item's defect mask at a quarter of the image's size, flattened (all False without)."""
     mask = item.load_mask(image.shape)
@@ -91,6 +105,7 @@ def main() -> None:
     ap.add_argument("--views", default=DEFAULT_VIEWS)
     ap.add_argument("--bank", type=int, default=4000, help="memory-bank patches per view")
     ap.add_argument("--top", type=int, default=10, help="combinations to print")
+    ap.add_argument("--scores", default="max", help="image scores compared: max, topQ")
     args = ap.parse_args()
     import torch
 
@@ -103,6 +118,9 @@ def main() -> None:
     masks = {p: [quarter_mask(i, im) for i, im in zip(parts[p], images[p], strict=True)]
              for p in PARTS}  # fmt: skip
     specs = args.views.split(",")
+    scores = args.scores.split(",")
+    for score in scores:
+        image_score(np.zeros((2, 2)), score)  # a bad name fails now, not after the maps
     scaled: dict[str, dict[str, list[np.ndarray]]] = {}
     for spec in specs:
         raw = view_maps(images, AnomalyView.parse(spec), args.bank)
@@ -125,6 +143,10 @@ def main() -> None:
         for part in PARTS:
             maps = combined(views, how, part)
             row[part] = auroc(np.array([m.max() for m in maps]), labels[part])
+            for score in scores:
+                if score != "max":
+                    values = np.array([image_score(m, score) for m in maps])
+                    row[f"{part}_{score}"] = auroc(values, labels[part])
             if pixels and part == "test":
                 row["test_pixel"] = auroc(
                     np.concatenate([m.ravel() for m in maps]), np.concatenate(masks[part])
