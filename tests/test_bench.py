@@ -21,7 +21,10 @@ def test_bench_measures_every_ratio_in_one_run(settings: Settings, model_dir: Pa
     from inspection.model.registry import IR_INT8_XML
     from linecheck.bench import LATENCY_AT, run_bench
 
-    result = run_bench(settings, boards=16, workers=2, scale=(1,), classify_boards=6, external=True)
+    result = run_bench(
+        settings, boards=16, workers=2, scale=(1,), classify_boards=6, int8_boards=60,
+        external=True,
+    )  # fmt: skip
     json.dumps(result, allow_nan=False)  # valid JSON: no NaN anywhere
     missing = [k for k in REQUIRED if k not in result]
     assert not missing

@@ -22,7 +22,7 @@ import numpy as np
 from rich.console import Console
 
 from infra.settings import Settings
-from linecheck.bench.classify import candidate_crops, compare
+from linecheck.bench.classify import INT8_BOARDS, candidate_crops, compare
 from linecheck.bench.e2e import e2e_runs
 from linecheck.bench.raw import bench_events, raw_run
 from linecheck.embedded import services
@@ -42,10 +42,12 @@ def run_bench(
     seed: int = 11,
     scale: tuple[int, ...] = (),
     classify_boards: int = 100,
+    int8_boards: int = INT8_BOARDS,
     external: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run every measurement and return them as one flat JSON-ready dict."""
+    """Run every measurement and return them as one flat JSON-ready dict. ``int8_boards``:
+    synthetic boards that calibrate a model without an INT8 IR, and as many that control it."""
     from inspection.model.registry import load_card
     from training.synthetic_model import ensure_model
 
@@ -111,6 +113,7 @@ def run_bench(
     with console.status("classify stage: OpenVINO, torch, INT8"):
         size = load_card(model_dir).input_size
         crops = candidate_crops(seed, min(classify_boards, boards), size)
-        out.update(compare(model_dir, settings.work_dir, crops, settings.model.boards_per_call))
+        per_call = settings.model.boards_per_call
+        out.update(compare(model_dir, settings.work_dir, crops, per_call, int8_boards))
     out["bench_seconds"] = time.monotonic() - started
     return out

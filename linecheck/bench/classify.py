@@ -83,11 +83,11 @@ def f_score(classifier: Classifier, boards: list[BoardCrops]) -> float:
     return float(detection_metrics(results)["f_score"])  # type: ignore[arg-type]
 
 
-def ensure_int8(model_dir: Path, work_dir: Path, size: int) -> Path:
+def ensure_int8(model_dir: Path, work_dir: Path, size: int, boards: int = INT8_BOARDS) -> Path:
     """A folder with the model and its INT8 IR: the model's own when it has one, else a copy
-    in ``work_dir`` quantized with NNCF on crops of synthetic training boards, with accuracy
-    control on as many boards of another generator seed (``INT8_BOARDS``; the registry is
-    left as it is)."""
+    in ``work_dir`` quantized with NNCF on the crops of ``boards`` synthetic training boards,
+    with accuracy control on as many boards of another generator seed (the registry is left
+    as it is)."""
     from inspection.model.registry import IR_INT8_XML, clone_model
 
     if (model_dir / IR_INT8_XML).is_file():
@@ -99,9 +99,9 @@ def ensure_int8(model_dir: Path, work_dir: Path, size: int) -> Path:
         if not copy.is_dir():
             copy = clone_model(model_dir, model_dir.name, work_dir / "bench-models")
         calibration = np.concatenate(
-            [b.crops for b in candidate_crops(0, INT8_BOARDS, size) if len(b.crops)]
+            [b.crops for b in candidate_crops(0, boards, size) if len(b.crops)]
         )
-        held_out = [b for b in candidate_crops(1, INT8_BOARDS, size) if len(b.crops)]
+        held_out = [b for b in candidate_crops(1, boards, size) if len(b.crops)]
         validation = (
             np.concatenate([b.crops for b in held_out]),
             np.concatenate([label_candidates(b.boxes, b.truths) for b in held_out]),
@@ -113,14 +113,19 @@ def ensure_int8(model_dir: Path, work_dir: Path, size: int) -> Path:
 
 
 def compare(
-    model_dir: Path, work_dir: Path, boards: list[BoardCrops], batch: int
+    model_dir: Path,
+    work_dir: Path,
+    boards: list[BoardCrops],
+    batch: int,
+    int8_boards: int = INT8_BOARDS,
 ) -> dict[str, float]:
     """Classify-stage ms per board for each runtime with ``batch`` boards' crops per call (as
-    the workers are configured), their ratios, INT8's F-score, and other call sizes."""
+    the workers are configured), their ratios, INT8's F-score, and other call sizes.
+    ``int8_boards``: see :func:`ensure_int8`."""
     fp32 = load_classifier(model_dir, backend="openvino", threads=1)
     torch_eager = load_classifier(model_dir, backend="torch", threads=1)
     int8 = load_classifier(
-        ensure_int8(model_dir, work_dir, fp32.input_size),
+        ensure_int8(model_dir, work_dir, fp32.input_size, int8_boards),
         backend="openvino",
         threads=1,
         variant="int8",
