@@ -33,10 +33,9 @@ import numpy as np
 from rich.console import Console
 
 from inspection.backends import Classifier, load_classifier
-from inspection.verdict import merge_pieces, region_verdicts
 from training.cross_validation import inner_group, split_file
 from training.detection_metrics import Detection, ImageResult, detection_metrics
-from training.scoring import PairResult, score_pairs
+from training.scoring import PairResult, detections_of, score_pairs
 from training.splits import samples_of
 
 FLIPS4 = (0, 1, 2, 3)
@@ -76,8 +75,7 @@ def detections_below(r: PairResult, tau: float) -> list[Detection]:
     # P(none) pinned to 0 or 1 so that the worker's rule (best type vs "none") says what τ
     # says; the types' probabilities, and so the confidences, stay as they were
     probs[:, 0] = np.where(defect, 0.0, 1.0)
-    regions = merge_pieces(region_verdicts(r.boxes, probs))
-    return [(g.box, g.type_score, g.defect_type) for g in regions if g.defect_type is not None]
+    return detections_of(r.boxes, probs)
 
 
 def row(
@@ -100,12 +98,12 @@ def row(
 
 
 def fold_models(
-    data: Path, fold: str, seeds: Sequence[int], out: Path, console: Console
+    data: Path, fold: str, every: list[str], seeds: Sequence[int], out: Path, console: Console
 ) -> list[Path]:
-    """Each seed's model of the fold: trained as the cross-validation trains it, or reused."""
+    """Each seed's model of the fold: trained as the cross-validation trains it, or reused.
+    ``every``: the data's board groups, sorted."""
     from training.deeppcb_model import train_deeppcb
 
-    every = sorted({s.group for s in samples_of(data)})
     dirs = []
     for seed in seeds:
         models = out / fold / f"models-{seed}"
@@ -136,11 +134,12 @@ def main() -> None:
     console = Console(stderr=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     taus = [float(t) for t in args.taus.split(",")]
-    every = sorted({s.group for s in samples_of(args.data)})
+    samples = samples_of(args.data)  # read once: every fold and group selects from it
+    every = sorted({s.group for s in samples})
     for fold in args.folds.split(","):
         if fold not in every:
             raise SystemExit(f"no board group {fold} in {args.data} (groups: {every})")
-        dirs = fold_models(args.data, fold, seeds, args.out, console)
+        dirs = fold_models(args.data, fold, every, seeds, args.out, console)
         members = [load_classifier(d) for d in dirs]
         variants = {f"s{s}": Averaged([m]) for s, m in zip(seeds, members, strict=True)}
         variants[f"s{seeds[0]}+flip4"] = Averaged(members[:1], FLIPS4)
@@ -149,7 +148,7 @@ def main() -> None:
             variants["ensemble"] = Averaged(members)
             variants["ensemble+flip4"] = Averaged(members, FLIPS4)
         for group in (fold, inner_group(every, fold)):
-            pairs = [s for s in samples_of(args.data) if s.group == group]
+            pairs = [s for s in samples if s.group == group]
             for name, clf in variants.items():
                 results = score_pairs(pairs, clf, console)
                 lines = [row(fold, group, name, results)]
