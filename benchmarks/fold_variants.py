@@ -61,6 +61,7 @@ class Averaged:
     def __init__(self, members: Sequence[Classifier], codes: Sequence[int] = (0,)) -> None:
         self.members, self.codes = list(members), tuple(codes)
         self.input_size = members[0].input_size
+        self.crop_min_side = members[0].crop_min_side
         self.version = "+".join(m.version for m in self.members) + f" x{len(self.codes)}"
 
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:

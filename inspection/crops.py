@@ -11,16 +11,35 @@ from inspection.model.labels import CLASSES
 from inspection.roi import RoiParams, align_template
 from schemas.events import Box, DefectType, GroundTruth
 
-__all__ = ["CLASSES", "CROP_SIZE", "label_candidates", "make_crops"]
+__all__ = [
+    "CLASSES",
+    "CONTEXT",
+    "CROP_MIN_SIDE",
+    "CROP_SIZE",
+    "crop_square",
+    "label_candidates",
+    "make_crops",
+]
 
 CROP_SIZE = 64
 """Side of a classifier crop in pixels, for models trained on boards (a model card records
 the size its model takes: ``ModelCard.input_size``)."""
 
+CONTEXT = 0.25
+"""A crop covers its box plus this share of the box's size on each side."""
 
-def _square(box: Box, context: float) -> tuple[int, int, int]:
-    """Centre and half-side of a square holding the box plus `context` of its size around."""
-    side = max(box.x2 - box.x1, box.y2 - box.y1) * (1.0 + 2.0 * context)
+CROP_MIN_SIDE = 64
+"""The smallest square a DeepPCB model's crop is cut from (``ModelCard.crop_min_side``): a
+box smaller than this is seen at the board's own scale with more of its surroundings (is
+the bite in a pad or a trace?) instead of being magnified to fill the crop. Chosen by
+cross-validation over board designs (BENCHMARKS.md): 80 px, which shrinks the window into
+64² crops, and a context of half the box each side both scored lower."""
+
+
+def crop_square(box: Box, context: float = CONTEXT, min_side: int = 0) -> tuple[int, int, int]:
+    """Centre and half-side of the square a crop is cut from: the box plus ``context`` of
+    its size around, and at least ``min_side`` pixels on a side."""
+    side = max(max(box.x2 - box.x1, box.y2 - box.y1) * (1.0 + 2.0 * context), min_side)
     half = max(4, round(side / 2))
     return (box.x1 + box.x2) // 2, (box.y1 + box.y2) // 2, half
 
@@ -30,9 +49,10 @@ def make_crops(
     template: np.ndarray | None,
     boxes: Sequence[Box],
     size: int = CROP_SIZE,
-    context: float = 0.25,
+    context: float = CONTEXT,
     params: RoiParams = RoiParams(),
     aligned: bool = False,
+    min_side: int = 0,
 ) -> np.ndarray:
     """(N, 3, size, size) uint8 crops: board, reference, |board − reference|.
 
@@ -40,8 +60,9 @@ def make_crops(
     with the ROI stage's aligned template to skip aligning again), or, without a
     template, a median-filtered board (which erases specks and thin spurs, so the third
     channel still highlights small defects). Each crop is a square around its box with
-    `context` of the box's size added on each side; outside the image is padded with the
-    nearest edge (a board's border continues its copper, it is not a black frame).
+    `context` of the box's size added on each side, at least `min_side` pixels across (the
+    model card's ``crop_min_side``); outside the image is padded with the nearest edge (a
+    board's border continues its copper, it is not a black frame).
     """
     if image.ndim != 2 or image.size == 0 or image.dtype != np.uint8:
         raise ValueError(
@@ -58,12 +79,12 @@ def make_crops(
         reference = template
     else:
         reference = align_template(image, template, params)
-    halves = [_square(b, context)[2] for b in boxes]
+    halves = [crop_square(b, context, min_side)[2] for b in boxes]
     pad = max(halves) + 1
     stack = np.stack([image, reference, cv2.absdiff(image, reference)], axis=-1)
     padded = cv2.copyMakeBorder(stack, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
     for i, box in enumerate(boxes):
-        cx, cy, half = _square(box, context)
+        cx, cy, half = crop_square(box, context, min_side)
         y0, x0 = cy - half + pad, cx - half + pad
         patch = padded[y0 : y0 + 2 * half, x0 : x0 + 2 * half]
         # INTER_AREA keeps thin features when shrinking; nearest would drop them at random

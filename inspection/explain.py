@@ -23,15 +23,13 @@ import cv2
 import numpy as np
 
 from inspection.cam import CamModel, OpenVINOCam, TorchCam, cam_from_features, normalise_maps
-from inspection.crops import _square
+from inspection.crops import CONTEXT, crop_square
 from schemas.events import Box, RegionVerdict
 
 if TYPE_CHECKING:
     from inspection.backends.base import FeatureClassifier
     from inspection.model.nets import ClassifierNet
     from inspection.model.registry import Thresholds
-
-CONTEXT = 0.25  # make_crops' default context: a crop covers the box plus 25 % each side
 
 
 def class_activation_maps(
@@ -67,12 +65,14 @@ def _blend(base: np.ndarray, cam: np.ndarray, alpha: float) -> np.ndarray:
     return cv2.blendLinear(base, heat_colours(cam), 1.0 - a, a)
 
 
-def _paste_heat(canvas: np.ndarray, box: Box, cam: np.ndarray, alpha: float = 0.5) -> None:
+def _paste_heat(
+    canvas: np.ndarray, box: Box, cam: np.ndarray, min_side: int, alpha: float = 0.5
+) -> None:
     """Blend ``cam`` (a crop's map) into ``canvas`` over the square the crop was cut from."""
     if not cam.any():  # an unexplained region: nothing to lay over the board
         return
     h, w = canvas.shape[:2]
-    cx, cy, half = _square(box, CONTEXT)
+    cx, cy, half = crop_square(box, CONTEXT, min_side)
     x0, y0, x1, y1 = cx - half, cy - half, cx + half, cy + half
     cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
     if cx0 >= cx1 or cy0 >= cy1:
@@ -88,17 +88,19 @@ def render_board(
     cams: np.ndarray | None = None,
     truths: Sequence[tuple[Box, str]] = (),
     title: str = "",
+    min_side: int = 0,
 ) -> np.ndarray:
     """BGR picture of a board: each region's heatmap (when ``cams`` has one per region), its
     box (red: called a defect, orange: "none" but scored ≥ 0.1, grey: clean) with type and
-    score, and ground-truth boxes in green when given."""
+    score, and ground-truth boxes in green when given. ``min_side``: the crops' smallest
+    square (the model card's ``crop_min_side``), where each heatmap is laid."""
     canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     canvas = cv2.convertScaleAbs(canvas, alpha=0.6, beta=255 * 0.4)  # lighten
     if cams is not None:
         if len(cams) != len(regions):
             raise ValueError(f"{len(cams)} heatmaps for {len(regions)} regions")
         for r, cam in zip(regions, cams, strict=True):
-            _paste_heat(canvas, r.box, cam)
+            _paste_heat(canvas, r.box, cam, min_side)
     for box, kind in truths:
         cv2.rectangle(canvas, (box.x1, box.y1), (box.x2 - 1, box.y2 - 1), (0, 160, 0), 1)
         cv2.putText(
@@ -175,13 +177,15 @@ def save_explanation(
     truths: Sequence[tuple[Box, str]] = (),
     title: str = "",
     maps: np.ndarray | None = None,
+    min_side: int = 0,
 ) -> Path | None:
     """Write ``path`` (JPEG or PNG, by its suffix): the board with CAM heatmaps of its
     failed or doubtful regions.
 
     ``crops`` are the regions' classifier crops (one per region, same order). The raw maps
     come from ``maps`` (one per region, already computed from the served inference) or else
-    from ``cam``. Returns the path, or None (nothing written) when no region needs explaining.
+    from ``cam``; ``min_side`` is the crops' (the card's ``crop_min_side``). Returns the
+    path, or None (nothing written) when no region needs explaining.
     """
     if len(crops) != len(regions):
         raise ValueError(f"{len(crops)} crops for {len(regions)} regions")
@@ -196,7 +200,7 @@ def save_explanation(
             maps = np.zeros_like(cams)
             maps[chosen] = cam.maps(crops[chosen])
         cams[chosen] = normalise_maps(maps[chosen])
-    picture = render_board(image, regions, cams, truths, title)
+    picture = render_board(image, regions, cams, truths, title, min_side)
     if chosen:  # the explained regions enlarged beside the board, so the heatmaps are legible
         kinds = [regions[i].defect_type for i in chosen]
         labels = [
@@ -281,7 +285,12 @@ class Explainer:
                 maps[chosen] = cam_from_features(
                     features[chosen], self.weight, probs[chosen].argmax(1), size
                 )
+        min_side = self.card.crop_min_side
         if self.cam is None:  # maps from the served inference: nothing shared to guard
-            return save_explanation(path, image, crops, regions, None, thresholds, maps=maps)
+            return save_explanation(
+                path, image, crops, regions, None, thresholds, maps=maps, min_side=min_side
+            )
         with self._cam_lock:
-            return save_explanation(path, image, crops, regions, self.cam, thresholds, maps=maps)
+            return save_explanation(
+                path, image, crops, regions, self.cam, thresholds, maps=maps, min_side=min_side
+            )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from board_data.synthetic import BoardGenerator
-from inspection.crops import CLASSES, label_candidates, make_crops
+from inspection.crops import CLASSES, crop_square, label_candidates, make_crops
 from inspection.roi import align_template, find_regions_reference
 from schemas.events import Box, DefectType, GroundTruth
 
@@ -49,6 +49,25 @@ def test_crops_pad_at_borders_and_handle_no_template() -> None:
     assert make_crops(image, None, [], size=32).shape == (0, 3, 32, 32)
     with pytest.raises(ValueError, match="2-D uint8"):
         make_crops(np.zeros((0, 0), np.uint8), None, [])
+
+
+def test_a_small_box_is_cut_at_the_boards_scale_with_min_side() -> None:
+    # a 4-px dot in a 20-px box; a 64-px window around it holds the whole 40-px pad
+    image = np.full((200, 200), 255, np.uint8)
+    image[80:120, 80:120] = 0  # the pad
+    image[98:102, 98:102] = 255  # a hole in it
+    box = Box(x1=90, y1=90, x2=110, y2=110)
+    assert crop_square(box) == (100, 100, 15)  # 20 px + 25 % a side
+    assert crop_square(box, min_side=64) == (100, 100, 32)
+    big = Box(x1=60, y1=60, x2=140, y2=140)
+    assert crop_square(big, min_side=64) == crop_square(big)  # larger boxes: unchanged
+    magnified = make_crops(image, image, [box], size=64)[0, 0]
+    native = make_crops(image, image, [box], size=64, min_side=64)[0, 0]
+    # at min_side 64 the crop is the board's own pixels: the hole is 4 px, the pad's edges show
+    assert np.array_equal(native, image[68:132, 68:132])
+    assert (native[30:34, 30:34] == 255).all() and native[:, 0].min() == 255
+    # magnified 64/30×, the same crop is all pad and a hole 2× as wide: no pad edge in view
+    assert (magnified[:, 0] == 0).all() and (magnified > 127).sum() > 3 * 16
 
 
 def test_labels_take_best_overlap_above_threshold() -> None:

@@ -16,8 +16,10 @@ from board_data.deeppcb import read_detections, write_annotations
 from board_data.image_folder import labelled_images
 from board_data.scan import simulate_good_board
 from board_data.synthetic import BoardGenerator
+from inspection.backends import load_classifier
+from inspection.crops import CROP_MIN_SIDE, make_crops
 from inspection.model.registry import Thresholds, load_card
-from inspection.roi import find_regions_reference
+from inspection.roi import find_regions_aligned, find_regions_reference
 from schemas.events import Box
 from training.calibration import calibrate_model
 from training.crop_table import CANDIDATE, GOOD, TRUTH, build_table, jitter_box
@@ -80,6 +82,18 @@ def test_crop_table_rows_and_cache(tiny_deeppcb: Path, tmp_path: Path) -> None:
     again = build_table(tiny_deeppcb, samples, cache_dir=tmp_path)  # from the cache
     assert len(list(tmp_path.glob("*.npz"))) == 1
     np.testing.assert_array_equal(again.crops, table.crops)
+    # the truth rows are cut as serving cuts them: the same squares, at least CROP_MIN_SIDE
+    image, template = samples[0].load()
+    _, aligned = find_regions_aligned(image, template)
+    first = table.select((table.pairs == 0) & (table.kinds == TRUTH))
+    boxes = [t.box for t in samples[0].truths]
+    np.testing.assert_array_equal(
+        first.crops, make_crops(image, aligned, boxes, aligned=True, min_side=CROP_MIN_SIDE)
+    )
+    # another smallest square is another table, cached apart
+    bare = build_table(tiny_deeppcb, samples, cache_dir=tmp_path, min_side=0)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+    assert not np.array_equal(bare.crops, table.crops)
     with pytest.raises(ValueError, match="empty split"):  # the default groups are not here
         split_deeppcb(samples, tiny_deeppcb, None)
 
@@ -143,6 +157,8 @@ def test_train_calibrate_evaluate_on_deeppcb_layout(tiny_deeppcb: Path, tmp_path
     )
     card = load_card(model_dir)
     assert card.thresholds is not None and card.thresholds.target_fnr == 0.001
+    assert card.crop_min_side == CROP_MIN_SIDE  # serving cuts its crops as training did
+    assert load_classifier(model_dir).crop_min_side == CROP_MIN_SIDE
     assert card.metrics["val_groups"] == ["group22000"]
     prior = card.topology()  # log p(signature | class), counted on the training crops
     assert prior is not None and prior.shape == (9, 7)

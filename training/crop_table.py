@@ -28,7 +28,7 @@ import numpy as np
 
 from board_data.deeppcb import DeepPcbSample
 from board_data.scan import simulate_good_board
-from inspection.crops import CROP_SIZE, label_candidates, make_crops
+from inspection.crops import CROP_MIN_SIDE, CROP_SIZE, label_candidates, make_crops
 from inspection.roi import RoiParams, find_regions_aligned
 from schemas.events import Box, GroundTruth
 from training.splits import samples_of
@@ -111,6 +111,7 @@ def pair_rows(
     jitters: int = 2,
     random_negatives: int = 2,
     params: RoiParams = RoiParams(),
+    min_side: int = CROP_MIN_SIDE,
 ) -> tuple[np.ndarray, list[int], list[int], list[Box]]:
     """(crops, labels, kinds, boxes) of one DeepPCB pair (see the module's docstring)."""
     image, template = sample.load()
@@ -132,10 +133,10 @@ def pair_rows(
     boxes += rand
     labels += [0] * len(rand)
     kinds += [RANDOM] * len(rand)
-    crops = [make_crops(image, aligned, boxes, size, aligned=True)]
+    crops = [make_crops(image, aligned, boxes, size, aligned=True, min_side=min_side)]
     good = simulate_good_board(template, rng)
     good_boxes, good_aligned = find_regions_aligned(good, template, params)
-    crops.append(make_crops(good, good_aligned, good_boxes, size, aligned=True))
+    crops.append(make_crops(good, good_aligned, good_boxes, size, aligned=True, min_side=min_side))
     boxes += good_boxes
     labels += [0] * len(good_boxes)
     kinds += [GOOD] * len(good_boxes)
@@ -154,7 +155,9 @@ def _roi_source_digest() -> str:
     return h.hexdigest()
 
 
-def _cache_key(root: Path, samples: Sequence[DeepPcbSample], size: int, seed: int) -> str:
+def _cache_key(
+    root: Path, samples: Sequence[DeepPcbSample], size: int, seed: int, min_side: int
+) -> str:
     h = hashlib.sha256()
     h.update(
         json.dumps(
@@ -162,6 +165,7 @@ def _cache_key(root: Path, samples: Sequence[DeepPcbSample], size: int, seed: in
                 CACHE_VERSION,
                 str(Path(root).resolve()),
                 size,
+                min_side,
                 seed,
                 repr(RoiParams()),
                 _roi_source_digest(),
@@ -181,22 +185,23 @@ def build_table(
     seed: int = 0,
     cache_dir: Path | None = Path(".linecheck/cache"),
     progress: Callable[[int, int], None] | None = None,
+    min_side: int = CROP_MIN_SIDE,
 ) -> CropTable:
     """The crop table of ``samples`` (default: every pair under ``root``), from the cache
-    when it holds the same pairs, crop size, seed and ROI parameters."""
+    when it holds the same pairs, crop size and smallest square, seed and ROI parameters."""
     samples = list(samples) if samples is not None else samples_of(root)
     if not samples:
         raise ValueError(f"no DeepPCB pairs under {root}")
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"deeppcb-{_cache_key(root, samples, size, seed)}.npz"
+        path = Path(cache_dir) / f"deeppcb-{_cache_key(root, samples, size, seed, min_side)}.npz"
         if path.is_file():
             with np.load(path, allow_pickle=False) as z:
                 return CropTable(**{k: z[k] for k in z.files})
     rng = np.random.default_rng(seed)
     crops, labels, kinds, pairs, boxes = [], [], [], [], []
     for i, sample in enumerate(samples):
-        c, lab, kin, box = pair_rows(sample, rng, size)
+        c, lab, kin, box = pair_rows(sample, rng, size, min_side=min_side)
         crops.append(c)
         labels += lab
         kinds += kin

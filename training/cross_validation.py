@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich.console import Console
 
+from inspection.crops import CROP_MIN_SIDE
 from training.splits import samples_of
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ def cross_validate(
     threads: int | None = None,
     groups: list[str] | None = None,
     topology: bool = True,
+    crop_min_side: int = CROP_MIN_SIDE,
     cache_dir: Path | None = Path(".linecheck/cache"),
     console: Console | None = None,
 ) -> dict[str, Any]:
@@ -105,7 +107,7 @@ def cross_validate(
                 work / "models", data, split_file(work, data, inner),
                 arch=arch, epochs=epochs, seed=seed, threads=threads, version=f"cv-{test}",
                 int8=False, cache_dir=cache_dir, exclude_groups=(test,), topology=topology,
-                console=console,
+                crop_min_side=crop_min_side, console=console,
             )  # fmt: skip
             metrics = evaluate_model(
                 model_dir, data, split_file(work, data, test), out / test,
@@ -124,8 +126,9 @@ def cross_validate(
             f"{test}: F {folds[test]['f_score']:.4f} mAP {folds[test]['map']:.4f} "
             f"ROI recall {folds[test]['roi_recall']:.4f}"
         )
-        _write(out, data, arch, epochs, seed, topology, folds)  # each fold on disk when done
-    return _write(out, data, arch, epochs, seed, topology, folds)
+        # each fold on disk when done
+        _write(out, data, arch, epochs, seed, topology, crop_min_side, folds)
+    return _write(out, data, arch, epochs, seed, topology, crop_min_side, folds)
 
 
 def _write(
@@ -135,6 +138,7 @@ def _write(
     epochs: int,
     seed: int,
     topology: bool,
+    crop_min_side: int,
     folds: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     from training.evaluation import json_ready
@@ -146,6 +150,7 @@ def _write(
         "epochs": epochs,
         "seed": seed,
         "topology_prior": topology,
+        "crop_min_side": crop_min_side,
         "folds": folds,
         "summary": summarise(folds),
     }

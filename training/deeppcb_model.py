@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from infra.progress import progress_bar
-from inspection.crops import CROP_SIZE
+from inspection.crops import CROP_MIN_SIDE, CROP_SIZE
 from training.evaluation import card_metrics_row, evaluation_metrics
 from training.scoring import board_arrays, score_pairs
 from training.splits import samples_of, split_deeppcb
@@ -39,14 +39,16 @@ def train_deeppcb(
     cache_dir: Path | None = Path(".linecheck/cache"),
     exclude_groups: tuple[str, ...] = (),
     topology: bool = True,
+    crop_min_side: int = CROP_MIN_SIDE,
     console: Console | None = None,
 ) -> Path:
     """Train on the training groups, keep the best epoch by validation loss, register the
     model, calibrate its thresholds on the validation groups (board level), quantize to INT8,
     and record validation metrics in the card. ``exclude_groups``: board groups left out
     altogether (the fold being measured, in cross-validation). ``topology``: count the
-    topology prior on the training crops (:mod:`inspection.model.topology`). Returns the
-    model folder."""
+    topology prior on the training crops (:mod:`inspection.model.topology`).
+    ``crop_min_side``: the smallest square a crop is cut from (recorded in the card, so
+    serving cuts the same). Returns the model folder."""
     import torch
 
     from inspection.backends import load_classifier
@@ -64,7 +66,9 @@ def train_deeppcb(
     train_s, val_s = split_deeppcb(samples, data, split_file)
     # crops of every pair, cached once: each fold of a cross-validation selects from them
     with progress_bar(console, "cropping DeepPCB pairs", len(every)) as step:
-        table = build_table(data, every, CROP_SIZE, seed, cache_dir, progress=lambda i, n: step())
+        table = build_table(
+            data, every, CROP_SIZE, seed, cache_dir, lambda i, n: step(), crop_min_side
+        )
     train_t = table.select(table.in_images([s.image_id for s in train_s]))
     val_t = table.select(table.in_images([s.image_id for s in val_s]))
     val_groups = sorted({s.group for s in val_s})
@@ -94,6 +98,7 @@ def train_deeppcb(
         version=version,
         arch=arch,
         input_size=CROP_SIZE,
+        crop_min_side=crop_min_side,
         metrics={
             "region_val": result.metrics,
             "data": str(data),

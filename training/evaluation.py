@@ -188,4 +188,5 @@ def _draw(model_dir: Path, results: Sequence[PairResult], folder: Path, card: An
             truths=[(t.box, t.defect_type.value) for t in r.sample.truths],
             title=f"{r.sample.group}/{r.sample.image_id} score {r.score:.3f} "
             f"green: truth, red: defect called",
+            min_side=card.crop_min_side,
         )

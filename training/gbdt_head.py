@@ -72,7 +72,9 @@ def train_gbdt_head(
     samples = samples_of(data)
     train_s, val_s = split_deeppcb(samples, data, split_file)
     with progress_bar(console, "cropping DeepPCB pairs", len(samples)) as step:
-        table = build_table(data, samples, CROP_SIZE, seed, cache_dir, progress=lambda i, n: step())
+        table = build_table(
+            data, samples, CROP_SIZE, seed, cache_dir, lambda i, n: step(), cnn_card.crop_min_side
+        )
     train_t = table.select(table.in_images([s.image_id for s in train_s]))
     val_t = table.select(table.in_images([s.image_id for s in val_s]))
     extractor = FeatureExtractor(cnn_dir, threads=threads)

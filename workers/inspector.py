@@ -288,8 +288,11 @@ class Inspector:
             raise InspectionError("roi", f"{type(exc).__name__}: {exc}") from exc
         t2 = time.perf_counter()
         try:
-            size = model.require_classifier().input_size
-            crops = make_crops(image, template, boxes, size, aligned=True)
+            classifier = model.require_classifier()
+            crops = make_crops(
+                image, template, boxes, classifier.input_size, aligned=True,
+                min_side=classifier.crop_min_side,
+            )  # fmt: skip
         except Exception as exc:  # a poison board must not block its partition
             raise InspectionError("classify", f"{type(exc).__name__}: {exc}") from exc
         t3 = time.perf_counter()
@@ -332,8 +335,9 @@ class Inspector:
             from workers.shadow import score_shadows
 
             self.shadow_decisions += score_shadows(
-                p.event.event_id, self.worker, shadows, p.image, p.template, p.boxes, p.crops
-            )
+                p.event.event_id, self.worker, shadows, p.image, p.template, p.boxes, p.crops,
+                p.model.require_classifier().crop_min_side,
+            )  # fmt: skip
         classify_ms += p.crop_ms
         return self.make_verdict(
             p.event,

@@ -44,19 +44,20 @@ def score_shadows(
     template: np.ndarray | None,
     boxes: list[Box],
     crops: np.ndarray,
+    crop_min_side: int = 0,
 ) -> list[ShadowDecision]:
-    """Each shadow's decision on the regions the active model saw (crops remade only for a
-    shadow with another input size)."""
+    """Each shadow's decision on the regions the active model saw (``crops``, cut with
+    ``crop_min_side``; remade only for a shadow whose model cuts them otherwise)."""
     out = []
     for model in shadows:
         t0 = time.perf_counter()
         try:
             classifier = model.require_classifier()  # an anomaly shadow cannot type regions
-            size = classifier.input_size
+            size, min_side = classifier.input_size, classifier.crop_min_side
             own = (
                 crops
-                if crops.shape[-1] == size
-                else make_crops(image, template, boxes, size, aligned=True)
+                if crops.shape[-1] == size and min_side == crop_min_side
+                else make_crops(image, template, boxes, size, aligned=True, min_side=min_side)
             )
             regions = region_verdicts(boxes, classifier.predict_proba(own))
         except Exception as exc:  # never the line's problem

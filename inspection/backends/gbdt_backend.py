@@ -57,6 +57,7 @@ class GbdtClassifier:
             raise FileNotFoundError(f"no {GBDT_FILE} in {model_dir}")
         self.version: str = card.version
         self.input_size: int = card.input_size
+        self.crop_min_side: int = card.crop_min_side
         self.classes: tuple[str, ...] = card.classes
         self._features = FeatureExtractor(model_dir, device, threads)
         self._booster = lightgbm.Booster(model_file=str(path))

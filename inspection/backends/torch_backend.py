@@ -38,6 +38,7 @@ class TorchClassifier:
         self.card = card
         self.version: str = card.version
         self.input_size: int = card.input_size
+        self.crop_min_side: int = card.crop_min_side
         self.classes: tuple[str, ...] = card.classes
         self.topology_bias = card.topology()
         dev = torch.device(device)

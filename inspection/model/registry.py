@@ -83,6 +83,13 @@ class ModelCard(BaseModel):
     version: str
     arch: Literal["small", "efficientnet_lite0"]
     input_size: int = Field(default=64, gt=0)
+    crop_min_side: int = Field(
+        default=0,
+        ge=0,
+        description="the smallest square (px) a region's crop is cut from before it is "
+        "resized to input_size (inspection.crops.make_crops); 0: the box plus its context "
+        "alone, as in models made before this field",
+    )
     classes: tuple[str, ...] = CLASSES
     preprocessing: str = PREPROCESSING
     thresholds: Thresholds | None = None

@@ -109,6 +109,14 @@ def train(
         bool,
         typer.Option(help="DeepPCB: add log p(connectivity change | class) to the logits"),
     ] = True,
+    crop_min_side: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            min=0,
+            help="DeepPCB: the smallest square (px) a region's crop is cut from, default "
+            "inspection.crops.CROP_MIN_SIDE (64); 0: the box and its context alone",
+        ),
+    ] = None,
     base_model: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="--head gbdt: the trained CNN to put it on (default: train one)"),
@@ -155,8 +163,11 @@ def train(
         )
         print(model_dir)
         return
+    from inspection.crops import CROP_MIN_SIDE
     from training.deeppcb_model import train_deeppcb
     from training.image_folder_model import train_image_folder
+
+    crop_min_side = CROP_MIN_SIDE if crop_min_side is None else crop_min_side
 
     if cv is not None:
         if cv != "groups" or task != "detect":
@@ -174,6 +185,7 @@ def train(
                 threads=threads,
                 groups=[g.strip() for g in cv_groups.split(",")] if cv_groups else None,
                 topology=topology,
+                crop_min_side=crop_min_side,
                 cache_dir=settings.work_dir / "cache",
                 console=err,
             )
@@ -216,6 +228,7 @@ def train(
             int8=int8,
             cache_dir=settings.work_dir / "cache",
             topology=topology,
+            crop_min_side=crop_min_side,
             console=err,
         )
         if head == "gbdt":
@@ -370,6 +383,7 @@ def quantize(
     """(Re)make a DeepPCB model's INT8 IR (NNCF post-training quantization) from crops of the
     training pairs, keeping region accuracy on the validation pairs within 0.5 points of
     FP32 (NNCF accuracy control)."""
+    from inspection.model.registry import load_card
     from training.crop_table import build_table
     from training.quantize import quantize_int8
     from training.splits import samples_of, split_deeppcb
@@ -378,7 +392,13 @@ def quantize(
     model_dir = _model_dir(settings, model)
     samples = samples_of(data)
     train_s, val_s = split_deeppcb(samples, data, split)
-    table = build_table(data, samples, seed=seed, cache_dir=settings.work_dir / "cache")
+    table = build_table(
+        data,
+        samples,
+        seed=seed,
+        cache_dir=settings.work_dir / "cache",
+        min_side=load_card(model_dir).crop_min_side,
+    )
     train_t = table.select(table.in_images([s.image_id for s in train_s]))
     val_t = table.select(table.in_images([s.image_id for s in val_s]))
     validation = (val_t.crops, val_t.labels)
