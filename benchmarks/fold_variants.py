@@ -10,14 +10,19 @@ through the serving path (ROI → crops → classifier, pieces merged) with:
   flips or the 8 dihedral transforms of each crop (the training augmentation's group);
 - ``ensemble`` / ``ensemble+flip4``: the mean probabilities of every seed's model;
 - ``none<τ>``: the first seed's model with another decision rule: a region is a defect when
-  P(none) < τ, instead of when its most likely defect type beats "none".
+  P(none) < τ, instead of when its most likely defect type beats "none";
+- with ``--min-sides A,B`` (crop geometries, ``ModelCard.crop_min_side``; the first is the
+  one the other variants use): ``s<seed>@<B>``, the first seed's model trained and served on
+  crops cut from at least B px, and ``views``, the mean probabilities of those models, each
+  on its own crops of the same candidates.
 
 One JSON line per (fold, scored group, variant) with F-score, mAP and per-class AP:
 
     python benchmarks/fold_variants.py --folds group44000,group50600 --seeds 0,1 \\
         --out out/fold-variants
 
-A fold's models are kept under ``OUT/<fold>/models-<seed>`` and reused by a rerun.
+A fold's models are kept under ``OUT/<fold>/models-<seed>`` (``models-<seed>-m<side>`` for a
+crop geometry other than the recipe's) and reused by a rerun.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ import numpy as np
 from rich.console import Console
 
 from inspection.backends import Classifier, load_classifier
+from inspection.crops import CROP_MIN_SIDE
 from training.cross_validation import inner_group, split_file
 from training.detection_metrics import Detection, ImageResult, detection_metrics
 from training.scoring import PairResult, detections_of, score_pairs
@@ -99,15 +106,22 @@ def row(
 
 
 def fold_models(
-    data: Path, fold: str, every: list[str], seeds: Sequence[int], out: Path, console: Console
+    data: Path,
+    fold: str,
+    every: list[str],
+    seeds: Sequence[int],
+    out: Path,
+    console: Console,
+    min_side: int = CROP_MIN_SIDE,
 ) -> list[Path]:
-    """Each seed's model of the fold: trained as the cross-validation trains it, or reused.
-    ``every``: the data's board groups, sorted."""
+    """Each seed's model of the fold: trained as the cross-validation trains it (crops cut
+    from at least ``min_side`` px), or reused. ``every``: the data's board groups, sorted."""
     from training.deeppcb_model import train_deeppcb
 
     dirs = []
     for seed in seeds:
-        models = out / fold / f"models-{seed}"
+        tail = "" if min_side == CROP_MIN_SIDE else f"-m{min_side}"
+        models = out / fold / f"models-{seed}{tail}"
         found = sorted(models.glob("*/model.json"))
         if found:
             dirs.append(found[0].parent)
@@ -115,11 +129,29 @@ def fold_models(
         (out / fold).mkdir(parents=True, exist_ok=True)
         split = split_file(out / fold, data, inner_group(every, fold))
         model = train_deeppcb(
-            models, data, split, seed=seed, version=f"{fold}-s{seed}", int8=False,
-            exclude_groups=(fold,), console=console,
+            models, data, split, seed=seed, version=f"{fold}-s{seed}{tail}", int8=False,
+            exclude_groups=(fold,), crop_min_side=min_side, console=console,
         )  # fmt: skip
         dirs.append(model)
     return dirs
+
+
+def mean_views(per_view: Sequence[Sequence[PairResult]]) -> list[PairResult]:
+    """Each pair's result with the mean probabilities of several models, each of which cut
+    its own crops of the same candidates (the ROI stage is deterministic: same boxes)."""
+    out = []
+    for results in zip(*per_view, strict=True):
+        first = results[0]
+        if any(r.boxes != first.boxes or r.good_boxes != first.good_boxes for r in results):
+            raise RuntimeError(f"{first.sample.image_id}: the views saw other candidates")
+        out.append(
+            replace(
+                first,
+                probs=np.mean([r.probs for r in results], axis=0),
+                good_probs=np.mean([r.good_probs for r in results], axis=0),
+            )
+        )
+    return out
 
 
 def main() -> None:
@@ -128,6 +160,11 @@ def main() -> None:
     ap.add_argument("--folds", default="group44000,group50600", help="comma-separated groups")
     ap.add_argument("--seeds", default="0,1", help="comma-separated; the first is the recipe's")
     ap.add_argument("--taus", default="0.7,0.9", help="P(none) thresholds of the none<τ rule")
+    ap.add_argument(
+        "--min-sides",
+        default=str(CROP_MIN_SIDE),
+        help="crop geometries (px), comma-separated; the first is used by the other variants",
+    )
     ap.add_argument("--out", type=Path, default=Path("out/fold-variants"))
     args = ap.parse_args()
     if not args.data.is_dir():
@@ -135,12 +172,19 @@ def main() -> None:
     console = Console(stderr=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     taus = [float(t) for t in args.taus.split(",")]
+    sides = [int(m) for m in args.min_sides.split(",")]
     samples = samples_of(args.data)  # read once: every fold and group selects from it
     every = sorted({s.group for s in samples})
     for fold in args.folds.split(","):
         if fold not in every:
             raise SystemExit(f"no board group {fold} in {args.data} (groups: {every})")
-        dirs = fold_models(args.data, fold, every, seeds, args.out, console)
+        dirs = fold_models(args.data, fold, every, seeds, args.out, console, sides[0])
+        other_views = {
+            side: load_classifier(
+                fold_models(args.data, fold, every, seeds[:1], args.out, console, side)[0]
+            )
+            for side in sides[1:]
+        }
         members = [load_classifier(d) for d in dirs]
         variants = {f"s{s}": Averaged([m]) for s, m in zip(seeds, members, strict=True)}
         variants[f"s{seeds[0]}+flip4"] = Averaged(members[:1], FLIPS4)
@@ -160,6 +204,13 @@ def main() -> None:
                     ]
                 for line in lines:
                     print(json.dumps(line), flush=True)
+                if name == f"s{seeds[0]}" and other_views:
+                    views = [results]
+                    for side, view in other_views.items():
+                        views.append(score_pairs(pairs, view, console))
+                        line = row(fold, group, f"s{seeds[0]}@{side}", views[-1])
+                        print(json.dumps(line), flush=True)
+                    print(json.dumps(row(fold, group, "views", mean_views(views))), flush=True)
 
 
 if __name__ == "__main__":

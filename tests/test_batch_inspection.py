@@ -25,12 +25,15 @@ class Counting:
         self.inner = inner
         self.version = inner.version  # type: ignore[attr-defined]
         self.input_size = inner.input_size  # type: ignore[attr-defined]
+        self.crop_min_side = inner.crop_min_side  # type: ignore[attr-defined]
+        self.seen: list[np.ndarray] = []  # every call's crops
         self.cam_weight = getattr(inner, "cam_weight", None)
         self.calls: list[int] = []
         self.refuse_batches = refuse_batches
 
     def _check(self, crops: np.ndarray) -> None:
         self.calls.append(len(crops))
+        self.seen.append(crops)
         if self.refuse_batches is not None and len(crops) > self.refuse_batches:
             raise RuntimeError("batch too large for the device")
 
@@ -68,6 +71,27 @@ def test_a_batch_gives_the_verdicts_of_board_by_board_with_one_classifier_call(
     paired = inspect_batch(inspector, bodies, [SOURCE] * len(bodies), boards_per_call=2)
     assert len(counting.calls) - before == 3
     assert [v.verdict for v in paired] == [v.verdict for v in batched]  # type: ignore[union-attr]
+
+
+def test_the_served_models_crop_geometry_cuts_its_crops(
+    inspector: Inspector, model_dir: Path
+) -> None:
+    from board_data.synthetic import BoardGenerator
+    from inspection.backends import load_classifier
+    from inspection.crops import make_crops
+    from inspection.roi import find_regions_aligned
+
+    served = Counting(load_classifier(model_dir))
+    served.crop_min_side = 64  # as a card with crop_min_side = 64 loads
+    inspector.default = replace(inspector.default, classifier=served)
+    event = _event(inspector, index=3)
+    verdict = inspector.process(event.model_dump_json().encode(), SOURCE)
+    assert isinstance(verdict, Verdict) and len(served.seen) == 1
+    board = BoardGenerator(seed=5).board(3)  # the event's board: 6 defects
+    boxes, aligned = find_regions_aligned(board.image, board.template)
+    wide = make_crops(board.image, aligned, boxes, aligned=True, min_side=64)
+    assert len(boxes) > 0 and np.array_equal(served.seen[0], wide)
+    assert not np.array_equal(wide, make_crops(board.image, aligned, boxes, aligned=True))
 
 
 def test_bad_input_in_a_batch_is_its_own_dead_letter(inspector: Inspector) -> None:

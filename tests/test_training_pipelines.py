@@ -82,18 +82,17 @@ def test_crop_table_rows_and_cache(tiny_deeppcb: Path, tmp_path: Path) -> None:
     again = build_table(tiny_deeppcb, samples, cache_dir=tmp_path)  # from the cache
     assert len(list(tmp_path.glob("*.npz"))) == 1
     np.testing.assert_array_equal(again.crops, table.crops)
-    # the truth rows are cut as serving cuts them: the same squares, at least CROP_MIN_SIDE
+    # another smallest square is another table, cached apart, cut as serving cuts it
+    wide = build_table(tiny_deeppcb, samples, cache_dir=tmp_path, min_side=64)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+    assert not np.array_equal(wide.crops, table.crops)
     image, template = samples[0].load()
     _, aligned = find_regions_aligned(image, template)
-    first = table.select((table.pairs == 0) & (table.kinds == TRUTH))
     boxes = [t.box for t in samples[0].truths]
-    np.testing.assert_array_equal(
-        first.crops, make_crops(image, aligned, boxes, aligned=True, min_side=CROP_MIN_SIDE)
-    )
-    # another smallest square is another table, cached apart
-    bare = build_table(tiny_deeppcb, samples, cache_dir=tmp_path, min_side=0)
-    assert len(list(tmp_path.glob("*.npz"))) == 2
-    assert not np.array_equal(bare.crops, table.crops)
+    for t, side in ((table, CROP_MIN_SIDE), (wide, 64)):
+        truths = t.select((t.pairs == 0) & (t.kinds == TRUTH))
+        served = make_crops(image, aligned, boxes, aligned=True, min_side=side)
+        np.testing.assert_array_equal(truths.crops, served)
     with pytest.raises(ValueError, match="empty split"):  # the default groups are not here
         split_deeppcb(samples, tiny_deeppcb, None)
 
@@ -153,12 +152,13 @@ def test_train_calibrate_evaluate_on_deeppcb_layout(tiny_deeppcb: Path, tmp_path
         version="tiny",
         cache_dir=None,
         int8=False,
+        crop_min_side=64,
         console=QUIET,
     )
     card = load_card(model_dir)
     assert card.thresholds is not None and card.thresholds.target_fnr == 0.001
-    assert card.crop_min_side == CROP_MIN_SIDE  # serving cuts its crops as training did
-    assert load_classifier(model_dir).crop_min_side == CROP_MIN_SIDE
+    assert card.crop_min_side == 64  # serving (and evaluate below) cut crops as training did
+    assert load_classifier(model_dir).crop_min_side == 64
     assert card.metrics["val_groups"] == ["group22000"]
     prior = card.topology()  # log p(signature | class), counted on the training crops
     assert prior is not None and prior.shape == (9, 7)
