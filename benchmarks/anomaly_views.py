@@ -5,7 +5,7 @@ and test parts never in a memory bank).
 
     python benchmarks/anomaly_views.py [--data ../shared/datasets/magnetic-tile]
         [--views 48,64,96,128,192,256,64a,96a,128a,192a,64as,96as] [--bank 4000] [--top 10]
-        [--scores max,top0.5]
+        [--scores max,top0.5] [--bank-flips]
 
 A view is written SIZE[a][s]: SIZE² square; ``a`` keeps the aspect ratio at SIZE² of area;
 ``s`` standardises the grey levels (:class:`inspection.anomaly.AnomalyView`). Per view:
@@ -20,6 +20,9 @@ JSON object with each view's and the `--top` combinations' calibration and test 
 and test pixel AUROC (quarter-resolution masks). ``--scores``: the image scores compared
 (``max``, the map's maximum, ranks the combinations; ``topQ``: the mean of the map's highest
 Q % of pixels), each reported as ``calibration_<score>`` / ``test_<score>``.
+``--bank-flips``: the memory banks also hold the patches of each training image mirrored
+left-right, upside down and both (more of the good surface's variation; the pooled patches
+are then subsampled at random to ``--pool`` before the coreset, as the trainer caps them).
 """
 
 from __future__ import annotations
@@ -48,7 +51,11 @@ PARTS = ("calibration", "test")
 
 
 def view_maps(
-    images: dict[str, list[np.ndarray]], view: AnomalyView, bank_size: int
+    images: dict[str, list[np.ndarray]],
+    view: AnomalyView,
+    bank_size: int,
+    flips: bool = False,
+    pool: int = 100_000,
 ) -> dict[str, list[np.ndarray]]:
     """Raw maps (a quarter of each image's size) of the calibration and test images."""
     import torch
@@ -59,8 +66,16 @@ def view_maps(
         return net(torch.from_numpy(model_input(image, view)))[0]
 
     with torch.no_grad():
-        train = torch.cat([f.reshape(f.shape[0], -1).T for f in map(features, images["train"])])
-        n = min(bank_size, len(train) // 4)
+        good = images["train"]
+        if flips:
+            good = [g for im in good for g in (im, im[:, ::-1], im[::-1], im[::-1, ::-1])]
+        train = torch.cat(
+            [f.reshape(f.shape[0], -1).T for f in (features(np.ascontiguousarray(g)) for g in good)]
+        )
+        n = min(bank_size, len(train) // (16 if flips else 4))
+        if flips and len(train) > pool:
+            rng = torch.Generator().manual_seed(0)
+            train = train[torch.randperm(len(train), generator=rng)[:pool]]
         bank = train[torch.from_numpy(greedy_coreset(train, n))].numpy()
         bank_sq = (bank * bank).sum(1)
         out: dict[str, list[np.ndarray]] = {}
@@ -106,6 +121,8 @@ def main() -> None:
     ap.add_argument("--bank", type=int, default=4000, help="memory-bank patches per view")
     ap.add_argument("--top", type=int, default=10, help="combinations to print")
     ap.add_argument("--scores", default="max", help="image scores compared: max, topQ")
+    ap.add_argument("--bank-flips", action="store_true", help="mirrored training images too")
+    ap.add_argument("--pool", type=int, default=100_000, help="--bank-flips: patches pooled")
     args = ap.parse_args()
     import torch
 
@@ -123,7 +140,7 @@ def main() -> None:
         image_score(np.zeros((2, 2)), score)  # a bad name fails now, not after the maps
     scaled: dict[str, dict[str, list[np.ndarray]]] = {}
     for spec in specs:
-        raw = view_maps(images, AnomalyView.parse(spec), args.bank)
+        raw = view_maps(images, AnomalyView.parse(spec), args.bank, args.bank_flips, args.pool)
         good = [m for m, bad in zip(raw["calibration"], labels["calibration"], strict=True)
                 if not bad]  # fmt: skip
         lo = float(np.median(np.concatenate([m.ravel() for m in good])))
@@ -165,6 +182,7 @@ def main() -> None:
     report = {
         "data": str(args.data),
         "bank": args.bank,
+        "bank_flips": args.bank_flips,
         "split": {k: len(v) for k, v in parts.items()},
         "single": [measure((v,), "mean", True) for v in specs],
         "combined_by_calibration": [measure(v, how, True) for _, v, how in ranked[: args.top]],
