@@ -113,8 +113,8 @@ def train(
         Optional[int],  # noqa: UP045
         typer.Option(
             min=0,
-            help="DeepPCB: the smallest square (px) a region's crop is cut from, default "
-            "inspection.crops.CROP_MIN_SIDE (64); 0: the box and its context alone",
+            help="DeepPCB: the smallest square (px) a region's crop is cut from (default "
+            "inspection.crops.CROP_MIN_SIDE, 0: the box and its context alone)",
         ),
     ] = None,
     base_model: Annotated[
