@@ -89,9 +89,8 @@ def ensure_int8(
 ) -> Path:
     """A folder with the model and its INT8 IR: the model's own when it has one, else a copy
     in ``work_dir`` quantized with NNCF on the crops (``size``, ``min_side``: the model's) of
-    ``boards`` synthetic training boards,
-    with accuracy control on as many boards of another generator seed (the registry is left
-    as it is)."""
+    ``boards`` synthetic training boards, with accuracy control on as many boards of another
+    generator seed (the registry is left as it is)."""
     from inspection.model.registry import IR_INT8_XML, clone_model
 
     if (model_dir / IR_INT8_XML).is_file():
