@@ -72,6 +72,7 @@ def view_maps(
         train = torch.cat(
             [f.reshape(f.shape[0], -1).T for f in (features(np.ascontiguousarray(g)) for g in good)]
         )
+        # a quarter of the unmirrored patches, with or without the mirrored copies
         n = min(bank_size, len(train) // (16 if flips else 4))
         if flips and len(train) > pool:
             rng = torch.Generator().manual_seed(0)

@@ -197,20 +197,23 @@ def main() -> None:
             for name, clf in variants.items():
                 results = score_pairs(pairs, clf, console)
                 lines = [row(fold, group, name, results)]
-                if name == f"s{seeds[0]}":  # the other rule, on the recipe's model
+                if name == f"s{seeds[0]}":  # the other rule and crop views, beside the recipe
                     lines += [
                         row(fold, group, f"none<{t}", results, partial(detections_below, tau=t))
                         for t in taus
                     ]
+                    views = [
+                        results,
+                        *(score_pairs(pairs, v, console) for v in other_views.values()),
+                    ]
+                    lines += [
+                        row(fold, group, f"s{seeds[0]}@{side}", r)
+                        for side, r in zip(other_views, views[1:], strict=True)
+                    ]
+                    if other_views:
+                        lines.append(row(fold, group, "views", mean_views(views)))
                 for line in lines:
                     print(json.dumps(line), flush=True)
-                if name == f"s{seeds[0]}" and other_views:
-                    views = [results]
-                    for side, view in other_views.items():
-                        views.append(score_pairs(pairs, view, console))
-                        line = row(fold, group, f"s{seeds[0]}@{side}", views[-1])
-                        print(json.dumps(line), flush=True)
-                    print(json.dumps(row(fold, group, "views", mean_views(views))), flush=True)
 
 
 if __name__ == "__main__":

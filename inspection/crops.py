@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -16,7 +17,9 @@ __all__ = [
     "CONTEXT",
     "CROP_MIN_SIDE",
     "CROP_SIZE",
+    "CropGeometry",
     "crop_square",
+    "crops_for",
     "label_candidates",
     "make_crops",
 ]
@@ -93,6 +96,23 @@ def make_crops(
         interp = cv2.INTER_AREA if 2 * half > size else cv2.INTER_LINEAR
         out[i] = cv2.resize(patch, (size, size), interpolation=interp).transpose(2, 0, 1)
     return out
+
+
+class CropGeometry(Protocol):
+    """What decides a model's crops: a classifier or its model card."""
+
+    input_size: int
+    crop_min_side: int
+
+
+def crops_for(
+    model: CropGeometry, image: np.ndarray, reference: np.ndarray | None, boxes: Sequence[Box]
+) -> np.ndarray:
+    """:func:`make_crops` of ``boxes`` as ``model`` takes them (its input size and smallest
+    square), ``reference`` being the template the ROI stage aligned (or None)."""
+    return make_crops(
+        image, reference, boxes, model.input_size, aligned=True, min_side=model.crop_min_side
+    )
 
 
 def label_candidates(

@@ -16,7 +16,7 @@ from rich.console import Console
 from board_data.deeppcb import DeepPcbSample, read_gray
 from board_data.scan import simulate_good_board
 from infra.progress import progress_bar
-from inspection.crops import make_crops
+from inspection.crops import crops_for
 from inspection.roi import find_regions_aligned
 from inspection.verdict import board_score, decide, merge_pieces, region_verdicts
 from schemas.events import Box, DefectType
@@ -80,7 +80,6 @@ def score_pairs(
     is missing no pair gets a twin (see :func:`makes_twins`)."""
     twins = makes_twins(samples, locator)
     out = []
-    size, min_side = classifier.input_size, classifier.crop_min_side
     what = "inspecting boards" + (" (locator)" if locator is not None else "")
     with progress_bar(console, what, len(samples)) as advance:
         for i, sample in enumerate(samples):
@@ -88,7 +87,7 @@ def score_pairs(
             template = read_gray(sample.template_path) if twins else None
             t0 = time.perf_counter()
             boxes, reference = _regions(image, template, locator)
-            crops = make_crops(image, reference, boxes, size, aligned=True, min_side=min_side)
+            crops = crops_for(classifier, image, reference, boxes)
             probs = classifier.predict_proba(crops)
             seconds = time.perf_counter() - t0
             g_boxes: list[Box] = []
@@ -97,7 +96,7 @@ def score_pairs(
                 good = simulate_good_board(template, good_board_rng(sample.image_id, seed))
                 g_boxes, g_reference = _regions(good, template, locator)
                 g_probs = classifier.predict_proba(
-                    make_crops(good, g_reference, g_boxes, size, aligned=True, min_side=min_side)
+                    crops_for(classifier, good, g_reference, g_boxes)
                 )
             kept = keep(i)
             out.append(

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
 from infra.db import shadow_verdicts
-from inspection.crops import make_crops
+from inspection.crops import crops_for
 from inspection.verdict import board_score, decide, region_verdicts
 from schemas.events import Box, RegionVerdict, VerdictLabel
 from workers.inspector import ServedModel
@@ -53,12 +53,11 @@ def score_shadows(
         t0 = time.perf_counter()
         try:
             classifier = model.require_classifier()  # an anomaly shadow cannot type regions
-            size, min_side = classifier.input_size, classifier.crop_min_side
-            own = (
-                crops
-                if crops.shape[-1] == size and min_side == crop_min_side
-                else make_crops(image, template, boxes, size, aligned=True, min_side=min_side)
+            same = (classifier.input_size, classifier.crop_min_side) == (
+                crops.shape[-1],
+                crop_min_side,
             )
+            own = crops if same else crops_for(classifier, image, template, boxes)
             regions = region_verdicts(boxes, classifier.predict_proba(own))
         except Exception as exc:  # never the line's problem
             log.warning("shadow %s failed on %s: %s", model.version, event_id, exc)

@@ -111,10 +111,7 @@ def run_bench(
                 run, _ = e2e_runs(live, events, n, live.kafka.batch_size, f"{tag}-scale{n}")
             out[f"e2e_boards_per_s_{n}_workers"] = run.boards_per_s
     with console.status("classify stage: OpenVINO, torch, INT8"):
-        card = load_card(model_dir)
-        crops = candidate_crops(
-            seed, min(classify_boards, boards), card.input_size, card.crop_min_side
-        )
+        crops = candidate_crops(seed, min(classify_boards, boards), load_card(model_dir))
         per_call = settings.model.boards_per_call
         out.update(compare(model_dir, settings.work_dir, crops, per_call, int8_boards))
     out["bench_seconds"] = time.monotonic() - started

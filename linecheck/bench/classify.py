@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from inspection.backends import Classifier, load_classifier
-from inspection.crops import label_candidates, make_crops
+from inspection.crops import CropGeometry, crops_for, label_candidates
 from inspection.roi import find_regions_aligned
 from schemas.events import Box, GroundTruth
 from training.detection_metrics import ImageResult, detection_metrics
@@ -35,10 +35,10 @@ calibration saw fewer crops than NNCF's 300-sample subset and the INT8 F-score f
 points; one control crop weighed 0.45 points, as coarse as the 0.5-point tolerance."""
 
 
-def candidate_crops(seed: int, boards: int, size: int, min_side: int = 0) -> list[BoardCrops]:
-    """The ROI candidates and their classifier crops (``size``², cut from at least
-    ``min_side`` px: the model card's) on ``boards`` synthetic boards of generator ``seed``
-    (boards the synthetic model was not trained on for seed ≠ 0)."""
+def candidate_crops(seed: int, boards: int, model: CropGeometry) -> list[BoardCrops]:
+    """The ROI candidates and their classifier crops (as ``model``, a classifier or its card,
+    takes them) on ``boards`` synthetic boards of generator ``seed`` (boards the synthetic
+    model was not trained on for seed ≠ 0)."""
     from board_data.synthetic import BoardGenerator
 
     gen = BoardGenerator(seed=seed)
@@ -46,7 +46,7 @@ def candidate_crops(seed: int, boards: int, size: int, min_side: int = 0) -> lis
     for i in range(boards):
         board = gen.board(i)
         boxes, aligned = find_regions_aligned(board.image, board.template)
-        crops = make_crops(board.image, aligned, boxes, size, aligned=True, min_side=min_side)
+        crops = crops_for(model, board.image, aligned, boxes)
         out.append(BoardCrops(boxes, crops, list(board.defects)))
     return out
 
@@ -85,11 +85,11 @@ def f_score(classifier: Classifier, boards: list[BoardCrops]) -> float:
 
 
 def ensure_int8(
-    model_dir: Path, work_dir: Path, size: int, boards: int = INT8_BOARDS, min_side: int = 0
+    model_dir: Path, work_dir: Path, model: CropGeometry, boards: int = INT8_BOARDS
 ) -> Path:
     """A folder with the model and its INT8 IR: the model's own when it has one, else a copy
-    in ``work_dir`` quantized with NNCF on the crops (``size``, ``min_side``: the model's) of
-    ``boards`` synthetic training boards, with accuracy control on as many boards of another
+    in ``work_dir`` quantized with NNCF on the crops (as ``model`` takes them) of ``boards``
+    synthetic training boards, with accuracy control on as many boards of another
     generator seed (the registry is left as it is)."""
     from inspection.model.registry import IR_INT8_XML, clone_model
 
@@ -102,9 +102,9 @@ def ensure_int8(
         if not copy.is_dir():
             copy = clone_model(model_dir, model_dir.name, work_dir / "bench-models")
         calibration = np.concatenate(
-            [b.crops for b in candidate_crops(0, boards, size, min_side) if len(b.crops)]
+            [b.crops for b in candidate_crops(0, boards, model) if len(b.crops)]
         )
-        held_out = [b for b in candidate_crops(1, boards, size, min_side) if len(b.crops)]
+        held_out = [b for b in candidate_crops(1, boards, model) if len(b.crops)]
         validation = (
             np.concatenate([b.crops for b in held_out]),
             np.concatenate([label_candidates(b.boxes, b.truths) for b in held_out]),
@@ -128,7 +128,7 @@ def compare(
     fp32 = load_classifier(model_dir, backend="openvino", threads=1)
     torch_eager = load_classifier(model_dir, backend="torch", threads=1)
     int8 = load_classifier(
-        ensure_int8(model_dir, work_dir, fp32.input_size, int8_boards, fp32.crop_min_side),
+        ensure_int8(model_dir, work_dir, fp32, int8_boards),
         backend="openvino",
         threads=1,
         variant="int8",
