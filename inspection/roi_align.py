@@ -188,7 +188,7 @@ def _lucas_kanade(
     for _ in range(iterations):
         cv2.resize(r, (w, h), dst=field, interpolation=cv2.INTER_NEAREST)  # constant per tile
         cv2.add(rigid, field, dst=maps)
-        cv2.remap(b, maps, None, cv2.INTER_LINEAR, error, cv2.BORDER_REPLICATE)  # type: ignore[call-overload]
+        cv2.remap(b, maps, None, cv2.INTER_LINEAR, error, cv2.BORDER_REPLICATE)  # type: ignore[call-overload, unused-ignore]
         cv2.subtract(error, a, dst=error)
         bx = _tile_sums(cv2.multiply(gx, error, dst=product), n)
         by = _tile_sums(cv2.multiply(gy, error, dst=product), n)
@@ -286,7 +286,7 @@ def _remap(template: np.ndarray, warp: np.ndarray, residual: np.ndarray | None) 
     maps = cv2.transform(_pixel_grid(h, w), warp, dst=_buffer("maps", (h, w, 2)))
     cv2.add(maps, field, dst=maps)
     return np.asarray(
-        cv2.remap(  # type: ignore[call-overload]
+        cv2.remap(  # type: ignore[call-overload, unused-ignore]
             template, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
         )
     )
