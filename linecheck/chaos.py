@@ -80,25 +80,23 @@ class _Run:
         live: Settings,
         stack: EmbeddedStack | None,
         console: Console,
-        probe: Callable[[], None],
+        probe: Callable[[], list[str]],
     ) -> None:
         self.live = live
         self.stack = stack
         self.console = console
         self.engine = make_engine(live.postgres.url.get_secret_value(), 2)
         self.faults: list[dict[str, Any]] = []
-        self.probe = probe  # publishes a few more good boards
+        self.probe = probe  # publishes a few more good boards, returns their event ids
 
-    def audit_rows(self, worker: str | None = None) -> int:
-        """Rows in the audit store (by ``worker`` when given); -1 while it is down."""
-        query = sa.select(sa.func.count()).select_from(verdicts)
-        if worker is not None:
-            query = query.where(verdicts.c.worker == worker)
+    def audited(self, event_ids: list[str]) -> bool:
+        """Whether every one of ``event_ids`` has its audit row (False while it is down)."""
+        query = sa.select(sa.func.count()).where(verdicts.c.event_id.in_(event_ids))
         try:
             with self.engine.connect() as conn:
-                return int(conn.execute(query).scalar_one())
+                return int(conn.execute(query).scalar_one()) == len(set(event_ids))
         except sa.exc.SQLAlchemyError:
-            return -1
+            return False
 
     def _recovered(self, what: str, started: float, done: Callable[[], bool], limit: float) -> None:
         deadline = time.monotonic() + limit
@@ -134,14 +132,13 @@ class _Run:
         started = time.monotonic()
         self.stack.postgres.stop()
         self.console.log("chaos: PostgreSQL stopped")
-        self.probe()  # a board arrives while the audit store is down
+        during = self.probe()  # boards arrive while the audit store is down
         time.sleep(3)
         self.stack.postgres = start_postgres(self.live.work_dir / "pg")
         self.engine.dispose()
-        before = self.audit_rows()  # nothing was written while it was down
-        self._recovered(
-            "restart PostgreSQL", started, lambda: self.audit_rows() > max(before, 0), 120
-        )
+        # recovered once the boards of the outage are audited (not "any new row": the
+        # stream may have ended, and the held boards may land before a count is taken)
+        self._recovered("restart PostgreSQL", started, lambda: self.audited(during), 120)
 
     def restart_redis(self) -> None:
         if self.stack is None:
@@ -157,6 +154,7 @@ class _Run:
         time.sleep(2)
         _, fresh = start_redis(self.live.work_dir / "redis", self.live.work_dir / "logs", port)
         self.stack.children[self.stack.children.index(redis_child)] = fresh
+        self.probe()  # boards after the flush rebuild the totals, even once the stream ended
         client = redis.Redis.from_url(self.live.redis.url.get_secret_value())
         key = f"{self.live.redis.key_prefix}:totals"
         try:
@@ -260,9 +258,10 @@ def run_chaos(
         probes = synthetic_samples(seed=seed + 2)
         prober = BoardPublisher.for_settings(live, store)
 
-        def probe() -> None:
+        def probe() -> list[str]:
             """A few boards (keys over every partition) after a fault: recovery is seen on
-            boards that arrive after it, whatever the stream still holds."""
+            boards that arrive after it, whatever the stream still holds. Their event ids."""
+            sent: list[str] = []
             for _ in range(2 * live.kafka.partitions):
                 sample = next(probes)
                 assert sample.template_id is not None and sample.template is not None
@@ -272,7 +271,9 @@ def run_chaos(
                     board_serial=f"PROBE-{sample.serial}", template_id=sample.template_id,
                 )  # fmt: skip
                 good_ids.append(event.event_id)
+                sent.append(event.event_id)
             prober.flush()
+            return sent
 
         run = _Run(live, stack, console, probe)
         try:

@@ -4,6 +4,7 @@ restarted, a worker slower than the poll interval; every invariant must hold."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from rich.console import Console
@@ -19,6 +20,7 @@ def test_a_short_chaos_run_keeps_every_invariant(model_dir: Path, tmp_path: Path
         model={"models_dir": str(model_dir.parent), "version": model_dir.name},
         kafka={"partitions": 2},
     )
+    log = io.StringIO()  # the run's log, shown when an invariant fails
     report = run_chaos(
         settings,
         boards=60,
@@ -26,12 +28,13 @@ def test_a_short_chaos_run_keeps_every_invariant(model_dir: Path, tmp_path: Path
         workers=2,
         rate=2.0,
         slow_s=16.0,
-        console=Console(quiet=True),
+        console=Console(file=log, width=160),
     )
     assert report.hostile >= 70 and report.hostile_kinds >= 30
     assert report.boards >= 60  # the probes come on top
     failed = [name for name, holds in report.invariants.items() if not holds]
-    assert not failed, (failed, report.faults, report.details)
+    unrecovered = [f for f in report.faults if not f.get("recovered", True)]
+    assert not failed, (failed, unrecovered, report.details, log.getvalue()[-4000:])
     kinds = {f["fault"] for f in report.faults}
     assert {"restart PostgreSQL", "restart and flush Redis"} <= kinds
     assert sum(report.restarts.values()) >= 3  # every SIGKILL was followed by a restart
