@@ -39,7 +39,6 @@ import numpy as np
 from rich.console import Console
 
 from inspection.backends import Classifier, load_classifier
-from inspection.crops import CROP_MIN_SIDE
 from training.cross_validation import inner_group, split_file
 from training.detection_metrics import Detection, ImageResult, detection_metrics
 from training.scoring import PairResult, detections_of, score_pairs
@@ -112,7 +111,7 @@ def fold_models(
     seeds: Sequence[int],
     out: Path,
     console: Console,
-    min_side: int = CROP_MIN_SIDE,
+    min_side: int = 0,
 ) -> list[Path]:
     """Each seed's model of the fold: trained as the cross-validation trains it (crops cut
     from at least ``min_side`` px), or reused. ``every``: the data's board groups, sorted."""
@@ -120,7 +119,7 @@ def fold_models(
 
     dirs = []
     for seed in seeds:
-        tail = "" if min_side == CROP_MIN_SIDE else f"-m{min_side}"
+        tail = "" if min_side == 0 else f"-m{min_side}"
         models = out / fold / f"models-{seed}{tail}"
         found = sorted(models.glob("*/model.json"))
         if found:
@@ -130,7 +129,7 @@ def fold_models(
         split = split_file(out / fold, data, inner_group(every, fold))
         model = train_deeppcb(
             models, data, split, seed=seed, version=f"{fold}-s{seed}{tail}", int8=False,
-            exclude_groups=(fold,), crop_min_side=min_side, console=console,
+            exclude_groups=(fold,), views=(min_side,), console=console,
         )  # fmt: skip
         dirs.append(model)
     return dirs
@@ -162,7 +161,7 @@ def main() -> None:
     ap.add_argument("--taus", default="0.7,0.9", help="P(none) thresholds of the none<τ rule")
     ap.add_argument(
         "--min-sides",
-        default=str(CROP_MIN_SIDE),
+        default="0",
         help="crop geometries (px), comma-separated; the first is used by the other variants",
     )
     ap.add_argument("--out", type=Path, default=Path("out/fold-variants"))

@@ -15,8 +15,8 @@ from schemas.events import Box, DefectType, GroundTruth
 __all__ = [
     "CLASSES",
     "CONTEXT",
-    "CROP_MIN_SIDE",
     "CROP_SIZE",
+    "CROP_VIEWS",
     "CropGeometry",
     "crop_square",
     "crops_for",
@@ -31,14 +31,14 @@ the size its model takes: ``ModelCard.input_size``)."""
 CONTEXT = 0.25
 """A crop covers its box plus this share of the box's size on each side."""
 
-CROP_MIN_SIDE = 0
-"""The smallest square a DeepPCB model's crops are cut from by default
-(``ModelCard.crop_min_side``, ``linecheck train --crop-min-side``); 0: the box and its
-context alone, magnified to fill the crop when the box is small. 64 px shows a small box at
-the board's own scale with more of its surroundings: over the seven board designs'
-cross-validation it lifts the two weakest designs (44000 F 0.972 → 0.975, 50600 0.979 →
-0.988) but lowers three others by 0.1–0.6 points, mean F 0.9876 → 0.9871 (BENCHMARKS.md), so
-the recipe keeps 0."""
+CROP_VIEWS: tuple[int, ...] = (0, 64)
+"""The crop geometry of each network of a DeepPCB model (``ModelCard.views``, ``linecheck
+train --crop-views``): the smallest square its crops are cut from. 0 cuts the box and its
+context alone, magnified to fill the crop when the box is small; 64 px shows a small box at
+the board's own scale with its surroundings (whether a bite is in a pad or a trace). The two
+err on different board designs: over the seven designs' cross-validation one network of
+each, probabilities averaged, gives mean F 0.9892 and mAP 0.9915 against 0.9876 / 0.9899 at
+0 px alone and 0.9871 / 0.9893 at 64 px alone (BENCHMARKS.md)."""
 
 
 def crop_square(box: Box, context: float = CONTEXT, min_side: int = 0) -> tuple[int, int, int]:
@@ -101,18 +101,25 @@ def make_crops(
 class CropGeometry(Protocol):
     """What decides a model's crops: a classifier or its model card."""
 
-    input_size: int
-    crop_min_side: int
+    @property
+    def input_size(self) -> int: ...
+
+    @property
+    def crop_sides(self) -> tuple[int, ...]:
+        """The smallest square of each view's crops (``ModelCard.crop_sides``)."""
+        ...
 
 
 def crops_for(
     model: CropGeometry, image: np.ndarray, reference: np.ndarray | None, boxes: Sequence[Box]
 ) -> np.ndarray:
     """:func:`make_crops` of ``boxes`` as ``model`` takes them (its input size and smallest
-    square), ``reference`` being the template the ROI stage aligned (or None)."""
-    return make_crops(
-        image, reference, boxes, model.input_size, aligned=True, min_side=model.crop_min_side
-    )
+    square), ``reference`` being the template the ROI stage aligned (or None). A model of V
+    views (``ModelCard.views``) takes (N, 3·V, S, S): each view's three channels in turn."""
+    size = model.input_size
+    views = [make_crops(image, reference, boxes, size, aligned=True, min_side=side)
+             for side in model.crop_sides]  # fmt: skip
+    return views[0] if len(views) == 1 else np.concatenate(views, axis=1)
 
 
 def label_candidates(

@@ -184,9 +184,11 @@ def save_explanation(
 
     ``crops`` are the regions' classifier crops (one per region, same order). The raw maps
     come from ``maps`` (one per region, already computed from the served inference) or else
-    from ``cam``; ``min_side`` is the crops' (the card's ``crop_min_side``). Returns the
+    from ``cam``; ``min_side`` is the crops' (the card's ``crop_min_side``). Crops of a
+    model of views (3·V channels) are drawn, and explained, by their first view. Returns the
     path, or None (nothing written) when no region needs explaining.
     """
+    crops = crops[:, :3]
     if len(crops) != len(regions):
         raise ValueError(f"{len(crops)} crops for {len(regions)} regions")
     chosen = explained_indices(regions, thresholds)
@@ -238,8 +240,10 @@ class Explainer:
         served: FeatureClassifier | None = None,
     ) -> None:
         from inspection.model.registry import load_card
+        from inspection.model.views import view_dirs
 
         self.card = load_card(model_dir)
+        model_dir = view_dirs(model_dir, self.card)[0]  # a model of views: its first view
         self._cam_lock = threading.Lock()  # one inference request: one CAM forward at a time
         self.cam: CamModel | None = None
         self.weight: np.ndarray | None = None

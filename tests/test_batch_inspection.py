@@ -26,6 +26,7 @@ class Counting:
         self.version = inner.version  # type: ignore[attr-defined]
         self.input_size = inner.input_size  # type: ignore[attr-defined]
         self.crop_min_side = inner.crop_min_side  # type: ignore[attr-defined]
+        self.crop_sides = inner.crop_sides  # type: ignore[attr-defined]
         self.seen: list[np.ndarray] = []  # every call's crops
         self.cam_weight = getattr(inner, "cam_weight", None)
         self.calls: list[int] = []
@@ -82,7 +83,7 @@ def test_the_served_models_crop_geometry_cuts_its_crops(
     from inspection.roi import find_regions_aligned
 
     served = Counting(load_classifier(model_dir))
-    served.crop_min_side = 64  # as a card with crop_min_side = 64 loads
+    served.crop_min_side, served.crop_sides = 64, (64,)  # as a card with crop_min_side = 64 loads
     inspector.default = replace(inspector.default, classifier=served)
     event = _event(inspector, index=3)
     verdict = inspector.process(event.model_dump_json().encode(), SOURCE)

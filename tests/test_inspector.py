@@ -136,6 +136,7 @@ def test_a_board_the_classifier_chokes_on_is_dead_lettered_not_retried_forever(
         version = "broken"
         input_size = 64
         crop_min_side = 0
+        crop_sides = (0,)
 
         def predict_proba(self, crops: object) -> object:
             raise RuntimeError("device lost")

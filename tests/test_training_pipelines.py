@@ -17,7 +17,7 @@ from board_data.image_folder import labelled_images
 from board_data.scan import simulate_good_board
 from board_data.synthetic import BoardGenerator
 from inspection.backends import load_classifier
-from inspection.crops import CROP_MIN_SIDE, make_crops
+from inspection.crops import make_crops
 from inspection.model.registry import Thresholds, load_card
 from inspection.roi import find_regions_aligned, find_regions_reference
 from schemas.events import Box
@@ -89,7 +89,7 @@ def test_crop_table_rows_and_cache(tiny_deeppcb: Path, tmp_path: Path) -> None:
     image, template = samples[0].load()
     _, aligned = find_regions_aligned(image, template)
     boxes = [t.box for t in samples[0].truths]
-    for t, side in ((table, CROP_MIN_SIDE), (wide, 64)):
+    for t, side in ((table, 0), (wide, 64)):
         truths = t.select((t.pairs == 0) & (t.kinds == TRUTH))
         served = make_crops(image, aligned, boxes, aligned=True, min_side=side)
         np.testing.assert_array_equal(truths.crops, served)
@@ -151,18 +151,21 @@ def test_train_calibrate_evaluate_on_deeppcb_layout(tiny_deeppcb: Path, tmp_path
         threads=2,
         version="tiny",
         cache_dir=None,
-        int8=False,
-        crop_min_side=64,
         console=QUIET,
-    )
+    )  # the recipe: a network per crop view (0 and 64 px), their mean calibrated
     card = load_card(model_dir)
     assert card.thresholds is not None and card.thresholds.target_fnr == 0.001
-    assert card.crop_min_side == 64  # serving (and evaluate below) cut crops as training did
-    assert load_classifier(model_dir).crop_min_side == 64
+    assert card.views == (0, 64)  # serving (and evaluate below) cut crops as training did
+    assert load_classifier(model_dir).crop_sides == (0, 64)
     assert card.metrics["val_groups"] == ["group22000"]
-    prior = card.topology()  # log p(signature | class), counted on the training crops
-    assert prior is not None and prior.shape == (9, 7)
-    np.testing.assert_allclose(np.exp(prior).sum(0), 1.0, rtol=1e-5)
+    assert set(card.metrics["views"]) == {"view0", "view64"}
+    assert {"val", "val_int8"} <= set(card.metrics)  # the INT8 model of views was scored
+    for side in (0, 64):
+        member = load_card(model_dir / f"view{side}")
+        assert member.crop_min_side == side and (model_dir / f"view{side}/model_int8.xml").is_file()
+        prior = member.topology()  # log p(signature | class), counted on the training crops
+        assert prior is not None and prior.shape == (9, 7)
+        np.testing.assert_allclose(np.exp(prior).sum(0), 1.0, rtol=1e-5)
     assert {"f_score", "map", "board_fnr", "review_rate"} <= set(card.metrics["val"])
 
     th, rates = calibrate_model(model_dir, tiny_deeppcb, split, target_fnr=0.0, console=QUIET)
@@ -319,7 +322,8 @@ def test_a_boosted_tree_head_on_the_cnn_features_is_registered_and_served(
         )
     )
     cnn = train_deeppcb(tmp_path / "models", tiny_deeppcb, split, epochs=2, threads=2,
-                        version="tiny-cnn", cache_dir=None, int8=False, console=QUIET)  # fmt: skip
+                        version="tiny-cnn", cache_dir=None, int8=False, views=(0,),
+                        console=QUIET)  # fmt: skip
     model_dir = train_gbdt_head(
         cnn, tiny_deeppcb, split, threads=2, rounds=30, cache_dir=None, console=QUIET
     )
@@ -360,7 +364,7 @@ def test_leave_one_group_out_cross_validation_never_measures_on_a_choosing_group
     on_disk = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert on_disk["folds"].keys() == folds.keys()
     assert not list((tmp_path / "cv").glob("cv-*"))  # the fold models are cleaned up
-    assert on_disk["topology_prior"] is True
+    assert on_disk["topology_prior"] is True and on_disk["crop_views"] == [0, 64]
     from linecheck.cli import app
 
     unknown = CliRunner().invoke(app, ["train", "--data", str(data), "--cv", "groups",
@@ -368,6 +372,8 @@ def test_leave_one_group_out_cross_validation_never_measures_on_a_choosing_group
                                        "--cv-out", str(tmp_path / "cv2")])  # fmt: skip
     assert unknown.exit_code == 2 and "group99999" in unknown.output
     assert not (tmp_path / "cv2" / "group11000").exists()  # refused before any fold ran
+    bad = CliRunner().invoke(app, ["train", "--data", str(data), "--crop-views", "0,x"])
+    assert bad.exit_code == 2 and "--crop-views" in bad.output and "'0,x'" in bad.output
 
 
 def test_classification_metrics_count_and_leave_undefined_rates_undefined() -> None:

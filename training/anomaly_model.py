@@ -252,7 +252,7 @@ def train_anomaly(
     import openvino as ov
     import torch
 
-    from inspection.model.registry import _VERSION_RE, ModelCard, _assembled, data_hash
+    from inspection.model.registry import _VERSION_RE, ModelCard, assembled, data_hash
     from training.calibration import calibrate_thresholds
 
     console = console or Console(stderr=True)
@@ -281,7 +281,7 @@ def train_anomaly(
         raise FileExistsError(f"model version {version!r} already exists: {final}")
     final.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    with _assembled(final) as tmp:
+    with assembled(final) as tmp:
         dim = export_features(patch_feature_net(layers), tmp)
         params = AnomalyParams(
             views=tuple(views), blur_sigma=blur_sigma, pixel_threshold=0.5,

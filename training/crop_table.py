@@ -28,7 +28,7 @@ import numpy as np
 
 from board_data.deeppcb import DeepPcbSample
 from board_data.scan import simulate_good_board
-from inspection.crops import CROP_MIN_SIDE, CROP_SIZE, label_candidates, make_crops
+from inspection.crops import CROP_SIZE, label_candidates, make_crops
 from inspection.roi import RoiParams, find_regions_aligned
 from schemas.events import Box, GroundTruth
 from training.splits import samples_of
@@ -111,7 +111,7 @@ def pair_rows(
     jitters: int = 2,
     random_negatives: int = 2,
     params: RoiParams = RoiParams(),
-    min_side: int = CROP_MIN_SIDE,
+    min_side: int = 0,
 ) -> tuple[np.ndarray, list[int], list[int], list[Box]]:
     """(crops, labels, kinds, boxes) of one DeepPCB pair (see the module's docstring)."""
     image, template = sample.load()
@@ -185,7 +185,7 @@ def build_table(
     seed: int = 0,
     cache_dir: Path | None = Path(".linecheck/cache"),
     progress: Callable[[int, int], None] | None = None,
-    min_side: int = CROP_MIN_SIDE,
+    min_side: int = 0,
 ) -> CropTable:
     """The crop table of ``samples`` (default: every pair under ``root``), from the cache
     when it holds the same pairs, crop size and smallest square, seed and ROI parameters."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich.console import Console
 
-from inspection.crops import CROP_MIN_SIDE
+from inspection.crops import CROP_VIEWS
 from training.splits import samples_of
 
 if TYPE_CHECKING:
@@ -78,12 +78,13 @@ def cross_validate(
     threads: int | None = None,
     groups: list[str] | None = None,
     topology: bool = True,
-    crop_min_side: int = CROP_MIN_SIDE,
+    views: tuple[int, ...] = CROP_VIEWS,
     cache_dir: Path | None = Path(".linecheck/cache"),
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the folds (all groups, or ``groups``); write ``out/cv.json`` and each fold's
-    ``metrics.json``; return the report. ``topology``: the recipe's topology prior on/off."""
+    ``metrics.json``; return the report. ``topology``: the recipe's topology prior on/off;
+    ``views``: the crop geometry of each network of a fold's model."""
     from training.deeppcb_model import train_deeppcb
     from training.evaluation import evaluate_model
 
@@ -107,7 +108,7 @@ def cross_validate(
                 work / "models", data, split_file(work, data, inner),
                 arch=arch, epochs=epochs, seed=seed, threads=threads, version=f"cv-{test}",
                 int8=False, cache_dir=cache_dir, exclude_groups=(test,), topology=topology,
-                crop_min_side=crop_min_side, console=console,
+                views=views, console=console,
             )  # fmt: skip
             metrics = evaluate_model(
                 model_dir, data, split_file(work, data, test), out / test,
@@ -127,8 +128,8 @@ def cross_validate(
             f"ROI recall {folds[test]['roi_recall']:.4f}"
         )
         # each fold on disk when done
-        _write(out, data, arch, epochs, seed, topology, crop_min_side, folds)
-    return _write(out, data, arch, epochs, seed, topology, crop_min_side, folds)
+        _write(out, data, arch, epochs, seed, topology, views, folds)
+    return _write(out, data, arch, epochs, seed, topology, views, folds)
 
 
 def _write(
@@ -138,7 +139,7 @@ def _write(
     epochs: int,
     seed: int,
     topology: bool,
-    crop_min_side: int,
+    views: tuple[int, ...],
     folds: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     from training.evaluation import json_ready
@@ -150,7 +151,7 @@ def _write(
         "epochs": epochs,
         "seed": seed,
         "topology_prior": topology,
-        "crop_min_side": crop_min_side,
+        "crop_views": list(views),
         "folds": folds,
         "summary": summarise(folds),
     }

@@ -2,24 +2,32 @@
 (``training.crop_table``), the CNN trained with the best epoch kept by validation loss,
 the model registered, board-level thresholds calibrated on the held-out groups (each pair's
 template, misregistered and scanned, stands in for a good board), the INT8 IR made with
-NNCF, and the validation metrics written in the model card."""
+NNCF, and the validation metrics written in the model card. A model of several views
+(``--crop-views``) trains one network per crop geometry and calibrates their mean."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from rich.console import Console
 
+from board_data.deeppcb import DeepPcbSample
 from infra.progress import progress_bar
-from inspection.crops import CROP_MIN_SIDE, CROP_SIZE
+from inspection.crops import CROP_SIZE, CROP_VIEWS
 from training.evaluation import card_metrics_row, evaluation_metrics
 from training.scoring import board_arrays, score_pairs
 from training.splits import samples_of, split_deeppcb
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from inspection.model.nets import Arch
+    from inspection.model.registry import ModelCard
 
 
 def train_deeppcb(
@@ -39,7 +47,7 @@ def train_deeppcb(
     cache_dir: Path | None = Path(".linecheck/cache"),
     exclude_groups: tuple[str, ...] = (),
     topology: bool = True,
-    crop_min_side: int = CROP_MIN_SIDE,
+    views: tuple[int, ...] = CROP_VIEWS,
     console: Console | None = None,
 ) -> Path:
     """Train on the training groups, keep the best epoch by validation loss, register the
@@ -47,71 +55,51 @@ def train_deeppcb(
     and record validation metrics in the card. ``exclude_groups``: board groups left out
     altogether (the fold being measured, in cross-validation). ``topology``: count the
     topology prior on the training crops (:mod:`inspection.model.topology`).
-    ``crop_min_side``: the smallest square a crop is cut from (recorded in the card, so
-    serving cuts the same). Returns the model folder."""
+    ``views``: the smallest square each network's crops are cut from (recorded in the card,
+    so serving cuts the same); with two or more, one network is trained for each
+    (:mod:`inspection.model.views`) and the thresholds are calibrated on their mean.
+    Returns the model folder."""
     import torch
 
     from inspection.backends import load_classifier
-    from inspection.model.labels import CLASSES
     from inspection.model.registry import ModelCard, data_hash, save_model, update_card
-    from inspection.model.topology import as_rows, likelihood_bias, signatures
+    from inspection.model.views import save_views, view_dirs
     from training.calibration import calibrate_thresholds
-    from training.crop_table import build_table
-    from training.trainer import train_with_progress
 
+    if not views or len(set(views)) != len(views) or min(views) < 0:
+        raise ValueError(f"views must be one or more distinct crop sides >= 0, got {views}")
     console = console or Console(stderr=True)
     started = time.monotonic()
     every = samples_of(data)
     samples = [s for s in every if s.group not in exclude_groups]  # e.g. a CV fold's test group
     train_s, val_s = split_deeppcb(samples, data, split_file)
-    # crops of every pair, cached once: each fold of a cross-validation selects from them
-    with progress_bar(console, "cropping DeepPCB pairs", len(every)) as step:
-        table = build_table(
-            data, every, CROP_SIZE, seed, cache_dir, lambda i, n: step(), crop_min_side
-        )
-    train_t = table.select(table.in_images([s.image_id for s in train_s]))
-    val_t = table.select(table.in_images([s.image_id for s in val_s]))
     val_groups = sorted({s.group for s in val_s})
-    console.log(
-        f"{len(train_s)} training pairs ({len(train_t.labels)} crops), {len(val_s)} validation "
-        f"pairs in {', '.join(val_groups)} ({len(val_t.labels)} crops)"
-    )
-    result = train_with_progress(
-        console,
-        train_t.crops,
-        train_t.labels,
-        val_t.crops,
-        val_t.labels,
-        arch=arch,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        threads=threads,
-    )
-    bias = None
-    if topology:
-        with console.status("topology signatures of the training crops"):
-            bias = likelihood_bias(signatures(train_t.crops), train_t.labels, len(CLASSES))
     version = version or time.strftime(f"deeppcb-{arch}-%Y%m%d-%H%M%S", time.gmtime())
-    card = ModelCard(
-        version=version,
-        arch=arch,
-        input_size=CROP_SIZE,
-        crop_min_side=crop_min_side,
-        metrics={
-            "region_val": result.metrics,
-            "data": str(data),
-            "train_groups": sorted({s.group for s in train_s}),
-            "val_groups": val_groups,
-            "train_pairs": len(train_s),
-            "val_pairs": len(val_s),
-        },
-        topology_bias=as_rows(bias),
-        training_data_hash=data_hash(f"deeppcb:{s.group}/{s.image_id}" for s in train_s),
-        torch_version=torch.__version__,
-    )
-    model_dir = save_model(result.module, card, models_dir)
+    common: dict[str, Any] = {
+        "data": str(data),
+        "train_groups": sorted({s.group for s in train_s}),
+        "val_groups": val_groups,
+        "train_pairs": len(train_s),
+        "val_pairs": len(val_s),
+    }
+    members = [
+        _train_view(data, every, train_s, val_s, side, version, common, console, arch=arch,
+                    epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads,
+                    cache_dir=cache_dir, topology=topology)
+        for side in views
+    ]  # fmt: skip
+    hashed = data_hash(f"deeppcb:{s.group}/{s.image_id}" for s in train_s)
+    if len(views) > 1:
+        card = ModelCard(
+            version=version, arch=arch, input_size=CROP_SIZE, crop_min_side=views[0],
+            views=views, metrics={**common, "views": {f"view{m.card.crop_min_side}":
+            m.card.metrics["region_val"] for m in members}},
+            training_data_hash=hashed, torch_version=torch.__version__,
+        )  # fmt: skip
+        model_dir = save_views([(m.module, m.card) for m in members], card, models_dir)
+    else:
+        card = members[0].card.model_copy(update={"training_data_hash": hashed})
+        model_dir = save_model(members[0].module, card, models_dir)
     classifier = load_classifier(model_dir, backend="openvino", threads=threads)
     results = score_pairs(val_s, classifier, console, seed=seed)
     thresholds = calibrate_thresholds(*board_arrays(results), target_fnr=target_fnr)
@@ -120,7 +108,8 @@ def train_deeppcb(
     if int8:
         from training.quantize import quantize_int8
 
-        quantize_int8(model_dir, train_t.crops, seed=seed, validation=(val_t.crops, val_t.labels))
+        for member, folder in zip(members, view_dirs(model_dir, card), strict=True):
+            quantize_int8(folder, member.train_crops, seed=seed, validation=member.validation)
         q = load_classifier(model_dir, backend="openvino", threads=threads, variant="int8")
         card_metrics["val_int8"] = card_metrics_row(
             evaluation_metrics(score_pairs(val_s, q, console, seed=seed), thresholds)
@@ -135,3 +124,72 @@ def train_deeppcb(
         f"fail≥{thresholds.fail_at_or_above:.4f} · {time.monotonic() - started:.0f}s"
     )
     return model_dir
+
+
+@dataclass
+class _View:
+    """One trained network of a model, with the crops its INT8 copy is calibrated on."""
+
+    module: nn.Module
+    card: ModelCard
+    train_crops: np.ndarray
+    validation: tuple[np.ndarray, np.ndarray]
+
+
+def _train_view(
+    data: Path,
+    every: Sequence[DeepPcbSample],
+    train_s: Sequence[DeepPcbSample],
+    val_s: Sequence[DeepPcbSample],
+    side: int,
+    version: str,
+    common: dict[str, Any],
+    console: Console,
+    *,
+    arch: Arch,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    threads: int | None,
+    cache_dir: Path | None,
+    topology: bool,
+) -> _View:
+    """The network of crops cut from at least ``side`` px, trained on ``train_s`` with the
+    epoch chosen on ``val_s``, and its card (no thresholds yet)."""
+    import torch
+
+    from inspection.model.labels import CLASSES
+    from inspection.model.registry import ModelCard
+    from inspection.model.topology import as_rows, likelihood_bias, signatures
+    from training.crop_table import build_table
+    from training.trainer import train_with_progress
+
+    # crops of every pair, cached once: each fold of a cross-validation selects from them
+    with progress_bar(console, f"cropping DeepPCB pairs ({side} px)", len(every)) as step:
+        table = build_table(data, every, CROP_SIZE, seed, cache_dir, lambda i, n: step(), side)
+    train_t = table.select(table.in_images([s.image_id for s in train_s]))
+    val_t = table.select(table.in_images([s.image_id for s in val_s]))
+    console.log(
+        f"{len(train_s)} training pairs ({len(train_t.labels)} crops), {len(val_s)} validation "
+        f"pairs in {', '.join(common['val_groups'])} ({len(val_t.labels)} crops)"
+        + (f", crops from ≥ {side} px" if side else "")
+    )
+    result = train_with_progress(
+        console, train_t.crops, train_t.labels, val_t.crops, val_t.labels, arch=arch,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads,
+    )  # fmt: skip
+    bias = None
+    if topology:
+        with console.status("topology signatures of the training crops"):
+            bias = likelihood_bias(signatures(train_t.crops), train_t.labels, len(CLASSES))
+    card = ModelCard(
+        version=version,
+        arch=arch,
+        input_size=CROP_SIZE,
+        crop_min_side=side,
+        metrics={"region_val": result.metrics, **common},
+        topology_bias=as_rows(bias),
+        torch_version=torch.__version__,
+    )
+    return _View(result.module, card, train_t.crops, (val_t.crops, val_t.labels))

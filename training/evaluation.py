@@ -174,7 +174,7 @@ def json_ready(value: Any) -> Any:
 def _draw(model_dir: Path, results: Sequence[PairResult], folder: Path, card: Any) -> None:
     from inspection.explain import Explainer, save_explanation
 
-    explainer = Explainer(model_dir)
+    explainer = Explainer(model_dir)  # a model of views: its first view
     for r in results:
         assert r.image is not None and r.crops is not None
         regions = region_verdicts(r.boxes, r.probs)

@@ -69,6 +69,9 @@ def train_gbdt_head(
     console = console or Console(stderr=True)
     started = time.monotonic()
     cnn_card = load_card(cnn_dir)
+    if cnn_card.views:
+        raise ValueError(f"model {cnn_card.version} is of {len(cnn_card.views)} views; a "
+                         "boosted-tree head learns on one network's features")  # fmt: skip
     samples = samples_of(data)
     train_s, val_s = split_deeppcb(samples, data, split_file)
     with progress_bar(console, "cropping DeepPCB pairs", len(samples)) as step:

@@ -115,3 +115,27 @@ def _validation(
         return float(np.mean(hits)), hits
 
     return items, accuracy
+
+
+def quantize_deeppcb(
+    model_dir: Path, data: Path, split: Path | None, seed: int, cache_dir: Path | None
+) -> list[Path]:
+    """:func:`quantize_int8` of a DeepPCB model from its training pairs' crops, validated on
+    its validation pairs' (``split``, as in training); each network of a model of views on
+    the crops of its own geometry. Returns the INT8 xml of each."""
+    from inspection.model.views import view_dirs
+    from training.crop_table import build_table
+    from training.splits import samples_of, split_deeppcb
+
+    samples = samples_of(data)
+    train_s, val_s = split_deeppcb(samples, data, split)
+    out = []
+    for folder in view_dirs(model_dir):
+        side = load_card(folder).crop_min_side
+        table = build_table(data, samples, seed=seed, cache_dir=cache_dir, min_side=side)
+        train_t = table.select(table.in_images([s.image_id for s in train_s]))
+        val_t = table.select(table.in_images([s.image_id for s in val_s]))
+        out.append(
+            quantize_int8(folder, train_t.crops, seed=seed, validation=(val_t.crops, val_t.labels))
+        )
+    return out

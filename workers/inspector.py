@@ -332,7 +332,7 @@ class Inspector:
 
             self.shadow_decisions += score_shadows(
                 p.event.event_id, self.worker, shadows, p.image, p.template, p.boxes, p.crops,
-                p.model.require_classifier().crop_min_side,
+                p.model.require_classifier().crop_sides,
             )  # fmt: skip
         classify_ms += p.crop_ms
         return self.make_verdict(

@@ -44,18 +44,18 @@ def score_shadows(
     template: np.ndarray | None,
     boxes: list[Box],
     crops: np.ndarray,
-    crop_min_side: int = 0,
+    crop_sides: tuple[int, ...] = (0,),
 ) -> list[ShadowDecision]:
-    """Each shadow's decision on the regions the active model saw (``crops``, cut with
-    ``crop_min_side``; remade only for a shadow whose model cuts them otherwise)."""
+    """Each shadow's decision on the regions the active model saw (``crops``, cut from
+    ``crop_sides``, one per view; remade only for a shadow whose model cuts them otherwise)."""
     out = []
     for model in shadows:
         t0 = time.perf_counter()
         try:
             classifier = model.require_classifier()  # an anomaly shadow cannot type regions
-            same = (classifier.input_size, classifier.crop_min_side) == (
+            same = (classifier.input_size, classifier.crop_sides) == (
                 crops.shape[-1],
-                crop_min_side,
+                crop_sides,
             )
             own = crops if same else crops_for(classifier, image, template, boxes)
             regions = region_verdicts(boxes, classifier.predict_proba(own))

@@ -43,7 +43,8 @@ def load_classifier(
     per compiled model; torch: process-wide ``torch.set_num_threads``). ``hint``: OpenVINO's
     performance hint (ignored by torch). ``variant``: "fp32" (default) or "int8", the NNCF
     post-training-quantized IR saved beside it (OpenVINO only). ``features``: OpenVINO also
-    returns the last feature maps (for heatmaps; the torch backend always can).
+    returns the last feature maps (for heatmaps; the torch backend always can). A model of
+    several views (``ModelCard.views``) loads each view's network the same way.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {list(VARIANTS)}")
@@ -51,7 +52,17 @@ def load_classifier(
         raise ValueError(f"threads must be >= 1, got {threads}")
     from inspection.model.registry import load_card
 
-    if load_card(model_dir).head == "gbdt":
+    card = load_card(model_dir)
+    if card.views:  # one classifier per view, averaged
+        from inspection.backends.views_backend import ViewsClassifier
+        from inspection.model.views import view_dirs
+
+        members = [
+            load_classifier(d, backend, device, threads, hint, variant, features)
+            for d in view_dirs(model_dir, card)
+        ]
+        return ViewsClassifier(card, members)
+    if card.head == "gbdt":
         if backend != "openvino" or variant != "fp32":
             raise ValueError("a boosted-tree head is served on OpenVINO FP32 features only")
         from inspection.backends.gbdt_backend import GbdtClassifier

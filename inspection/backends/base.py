@@ -11,16 +11,18 @@ import numpy as np
 class Classifier(Protocol):
     """A loaded region classifier.
 
-    ``predict_proba`` takes uint8 crops shaped (N, 3, S, S) with S == ``input_size``
-    (channels: board crop, aligned template crop, absolute difference), cut by
-    :func:`inspection.crops.make_crops` with ``min_side=crop_min_side``, and returns float32
+    ``predict_proba`` takes uint8 crops shaped (N, 3·V, S, S) with S == ``input_size``
+    and V == ``len(crop_sides)`` (channels of each view: board crop, aligned template crop,
+    absolute difference), cut by :func:`inspection.crops.crops_for`, and returns float32
     softmax probabilities shaped (N, NUM_CLASSES), in the order of
     :data:`inspection.model.labels.CLASSES`. N may be 0 (returns shape (0, NUM_CLASSES)).
+    ``crop_min_side`` is the first view's (where a heatmap of its crops lies on the board).
     """
 
     version: str
     input_size: int
     crop_min_side: int
+    crop_sides: tuple[int, ...]
 
     def predict_proba(self, crops: np.ndarray) -> np.ndarray: ...
 

@@ -58,6 +58,7 @@ class GbdtClassifier:
         self.version: str = card.version
         self.input_size: int = card.input_size
         self.crop_min_side: int = card.crop_min_side
+        self.crop_sides: tuple[int, ...] = card.crop_sides
         self.classes: tuple[str, ...] = card.classes
         self._features = FeatureExtractor(model_dir, device, threads)
         self._booster = lightgbm.Booster(model_file=str(path))

@@ -39,6 +39,7 @@ class TorchClassifier:
         self.version: str = card.version
         self.input_size: int = card.input_size
         self.crop_min_side: int = card.crop_min_side
+        self.crop_sides: tuple[int, ...] = card.crop_sides
         self.classes: tuple[str, ...] = card.classes
         self.topology_bias = card.topology()
         dev = torch.device(device)

@@ -10,6 +10,9 @@ A model is ``<models_dir>/<version>/`` holding
   quantization (:mod:`training.quantize`), served with ``load_classifier(...,
   variant="int8")``.
 
+A model of several *views* (``ModelCard.views``) holds no network of its own: each view is a
+complete model folder ``view<side>/`` inside it (:mod:`inspection.model.views`).
+
 Reading cards and resolving versions needs neither torch nor OpenVINO; saving and exporting
 import them lazily.
 """
@@ -90,6 +93,12 @@ class ModelCard(BaseModel):
         "resized to input_size (inspection.crops.make_crops); 0: the box plus its context "
         "alone, as in models made before this field",
     )
+    views: tuple[int, ...] = Field(
+        default=(),
+        description="a model of several views: the crop_min_side of each member network, "
+        "each a model folder view<side>/ inside this one, their probabilities averaged "
+        "(heatmaps from the first); empty: the one network of this folder",
+    )
     classes: tuple[str, ...] = CLASSES
     preprocessing: str = PREPROCESSING
     thresholds: Thresholds | None = None
@@ -140,6 +149,11 @@ class ModelCard(BaseModel):
     def _to_utc(cls, v: datetime) -> datetime:
         return v.astimezone(UTC)
 
+    @property
+    def crop_sides(self) -> tuple[int, ...]:
+        """The smallest square of each view's crops (one entry for a one-network model)."""
+        return self.views or (self.crop_min_side,)
+
     def topology(self) -> np.ndarray | None:
         """The topology bias as a (9, classes) float32 array, or None."""
         if self.topology_bias is None:
@@ -154,6 +168,19 @@ class ModelCard(BaseModel):
         if len(v) < 2 or len(set(v)) != len(v):
             raise ValueError(f"classes must be at least two distinct names, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _views_fit(self) -> ModelCard:
+        v = self.views
+        if v and (len(v) < 2 or len(set(v)) != len(v) or min(v) < 0):
+            raise ValueError(f"views must be two or more distinct crop sides >= 0, got {v}")
+        if v and (self.crop_min_side != v[0] or self.head != "cnn" or self.mode == "anomaly"):
+            raise ValueError(
+                "a model of views is CNN-headed, not an anomaly model, and its crop_min_side "
+                f"is its first view's ({v[0]}), got {self.crop_min_side}, {self.head}, "
+                f"{self.mode}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _topology_fits(self) -> ModelCard:
@@ -236,7 +263,7 @@ def save_model(module: nn.Module, card: ModelCard, models_dir: Path) -> Path:
     card = card.model_copy(
         update={"torch_version": torch.__version__, "openvino_version": ov.get_version()}
     )
-    with _assembled(final) as tmp:
+    with assembled(final) as tmp:
         state = {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}
         torch.save(state, tmp / WEIGHTS_FILE)
         cpu_module = module if _on_cpu(module) else _cpu_copy(module)
@@ -252,7 +279,7 @@ def clone_model(model_dir: Path, version: str, into: Path | None = None) -> Path
     if final.exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _assembled(final) as tmp:
+    with assembled(final) as tmp:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
         card = load_card(tmp).model_copy(update={"version": version})
         (tmp / CARD_FILE).write_text(card.model_dump_json(indent=2) + "\n", encoding="utf-8")
@@ -260,7 +287,7 @@ def clone_model(model_dir: Path, version: str, into: Path | None = None) -> Path
 
 
 @contextlib.contextmanager
-def _assembled(final: Path) -> Iterator[Path]:
+def assembled(final: Path) -> Iterator[Path]:
     """A temporary folder beside ``final``, renamed into place when the block succeeds, so
     that readers never see half a model (and removed when it fails)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))

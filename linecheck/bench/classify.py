@@ -90,13 +90,18 @@ def ensure_int8(
     """A folder with the model and its INT8 IR: the model's own when it has one, else a copy
     in ``work_dir`` quantized with NNCF on the crops (as ``model`` takes them) of ``boards``
     synthetic training boards, with accuracy control on as many boards of another
-    generator seed (the registry is left as it is)."""
+    generator seed (the registry is left as it is); each network of a model of views on its
+    own view of the crops."""
     from inspection.model.registry import IR_INT8_XML, clone_model
+    from inspection.model.views import view_dirs
 
-    if (model_dir / IR_INT8_XML).is_file():
+    def quantized(folder: Path) -> bool:
+        return folder.is_dir() and all((d / IR_INT8_XML).is_file() for d in view_dirs(folder))
+
+    if quantized(model_dir):
         return model_dir
     copy = work_dir / "bench-models" / model_dir.name
-    if not (copy / IR_INT8_XML).is_file():
+    if not quantized(copy):
         from training.quantize import quantize_int8
 
         if not copy.is_dir():
@@ -111,7 +116,11 @@ def ensure_int8(
         )
         # NNCF draws progress bars on stdout: keep `linecheck bench --json`'s stdout JSON only
         with contextlib.redirect_stdout(sys.stderr):
-            quantize_int8(copy, calibration, validation=validation)
+            for k, folder in enumerate(view_dirs(copy)):
+                view = slice(3 * k, 3 * k + 3)
+                quantize_int8(
+                    folder, calibration[:, view], validation=(validation[0][:, view], validation[1])
+                )
     return copy
 
 

@@ -109,12 +109,12 @@ def train(
         bool,
         typer.Option(help="DeepPCB: add log p(connectivity change | class) to the logits"),
     ] = True,
-    crop_min_side: Annotated[
-        Optional[int],  # noqa: UP045
+    crop_views: Annotated[
+        Optional[str],  # noqa: UP045
         typer.Option(
-            min=0,
-            help="DeepPCB: the smallest square (px) a region's crop is cut from (default "
-            "inspection.crops.CROP_MIN_SIDE, 0: the box and its context alone)",
+            help="DeepPCB: one network per crop geometry, their probabilities averaged: the "
+            "smallest square (px) each one's crops are cut from, comma-separated (default "
+            "0,64; 0: the box and its context alone; one value: one network)",
         ),
     ] = None,
     base_model: Annotated[
@@ -163,11 +163,12 @@ def train(
         )
         print(model_dir)
         return
-    from inspection.crops import CROP_MIN_SIDE
     from training.deeppcb_model import train_deeppcb
     from training.image_folder_model import train_image_folder
 
-    crop_min_side = CROP_MIN_SIDE if crop_min_side is None else crop_min_side
+    sides = _crop_views(crop_views)
+    if head == "gbdt" and crop_views is None:
+        sides = sides[:1]  # a boosted-tree head learns on one network's features
 
     if cv is not None:
         if cv != "groups" or task != "detect":
@@ -185,7 +186,7 @@ def train(
                 threads=threads,
                 groups=[g.strip() for g in cv_groups.split(",")] if cv_groups else None,
                 topology=topology,
-                crop_min_side=crop_min_side,
+                views=sides,
                 cache_dir=settings.work_dir / "cache",
                 console=err,
             )
@@ -228,7 +229,7 @@ def train(
             int8=int8,
             cache_dir=settings.work_dir / "cache",
             topology=topology,
-            crop_min_side=crop_min_side,
+            views=sides,
             console=err,
         )
         if head == "gbdt":
@@ -382,27 +383,29 @@ def quantize(
 ) -> None:
     """(Re)make a DeepPCB model's INT8 IR (NNCF post-training quantization) from crops of the
     training pairs, keeping region accuracy on the validation pairs within 0.5 points of
-    FP32 (NNCF accuracy control)."""
-    from inspection.model.registry import load_card
-    from training.crop_table import build_table
-    from training.quantize import quantize_int8
-    from training.splits import samples_of, split_deeppcb
+    FP32 (NNCF accuracy control); each network of a model of views on its own crops."""
+    from training.quantize import quantize_deeppcb
 
     settings = settings_or_exit(config)
     model_dir = _model_dir(settings, model)
-    samples = samples_of(data)
-    train_s, val_s = split_deeppcb(samples, data, split)
-    table = build_table(
-        data,
-        samples,
-        seed=seed,
-        cache_dir=settings.work_dir / "cache",
-        min_side=load_card(model_dir).crop_min_side,
-    )
-    train_t = table.select(table.in_images([s.image_id for s in train_s]))
-    val_t = table.select(table.in_images([s.image_id for s in val_s]))
-    validation = (val_t.crops, val_t.labels)
-    print(quantize_int8(model_dir, train_t.crops, seed=seed, validation=validation))
+    for xml in quantize_deeppcb(model_dir, data, split, seed, settings.work_dir / "cache"):
+        print(xml)
+
+
+def _crop_views(text: str | None) -> tuple[int, ...]:
+    """``--crop-views``: distinct sides ≥ 0, comma-separated; exits 2 naming a bad one."""
+    from inspection.crops import CROP_VIEWS
+
+    if text is None:
+        return CROP_VIEWS
+    try:
+        views = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        views = ()
+    if not views or min(views) < 0 or len(set(views)) != len(views):
+        err.print(f"[red]--crop-views must be distinct sides ≥ 0 in px, e.g. 0,64; got {text!r}")
+        raise typer.Exit(2)
+    return views
 
 
 def register(app: typer.Typer) -> None:
