@@ -123,3 +123,17 @@ def test_a_shadow_of_views_cuts_its_own_crops(model_dir: Path, views_dir: Path) 
     expected = shadow.predict_proba(crops_for(shadow, image, aligned, boxes))
     assert decision.model_version == "test-views"
     assert decision.board_score == pytest.approx(float((1 - expected[:, 0]).max()), abs=1e-5)
+
+
+def test_a_model_of_views_travels_as_one_archive(views_dir: Path, tmp_path: Path) -> None:
+    from inspection.model.archive import export_model, import_model
+
+    manifest = export_model(views_dir, tmp_path / "views.tar.gz")
+    names = set(manifest["files"])  # type: ignore[arg-type]
+    assert {"model.json", "view0/model.xml", "view64/weights.pt"} <= names
+    imported = import_model(tmp_path / "views.tar.gz", tmp_path / "line-pc")
+    image, aligned, boxes = _board_crops()
+    here, there = load_classifier(views_dir), load_classifier(imported)
+    crops = crops_for(there, image, aligned, boxes)
+    assert there.crop_sides == SIDES
+    np.testing.assert_array_equal(there.predict_proba(crops), here.predict_proba(crops))
