@@ -246,3 +246,8 @@ def test_a_shadow_scores_every_board_beside_the_active_model_and_is_never_publis
     assert report["boards"] == 10 and report["agreement"] == 1.0 and report["disagreements"] == 0
     assert report["rates"][model_dir.name] == report["rates"][shadow.name]
     assert report["rates"][shadow.name]["reviewed_defective"] == 1
+    listed = CliRunner().invoke(app, ["models", "list", "--json"], env=settings_env(settings))
+    assert listed.exit_code == 0, listed.output
+    rows_ = {m["version"]: m for m in _json.loads(listed.stdout.strip().splitlines()[-1])["models"]}
+    assert rows_[shadow.name]["crop_views"] == [0]  # one network, crops of the box alone
+    assert [s.split()[0] for s in rows_[shadow.name]["stages"]] == ["shadow"]

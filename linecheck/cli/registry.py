@@ -106,6 +106,7 @@ def models_list(
                 "mode": card.mode,
                 "arch": card.arch,
                 "head": card.head,
+                "crop_views": list(card.crop_sides),  # px; two or more: a model of views
                 "created_at": card.created_at.isoformat(),
                 "stages": staged.pop(version, []),
             }
@@ -114,11 +115,12 @@ def models_list(
         print(json.dumps({"models": models, "not_here": staged}))
         return
     table = Table(title=f"models in {settings.model.models_dir}")
-    for column in ("version", "mode", "arch", "head", "created", "stages"):
+    for column in ("version", "mode", "arch", "head", "crop views", "created", "stages"):
         table.add_column(column)
     for m in models:
         table.add_row(
             *(m[k] for k in ("version", "mode", "arch", "head")),
+            "+".join(f"{side}" for side in m["crop_views"]) + " px",
             m["created_at"][:19],
             ", ".join(m["stages"]) or "—",
         )
