@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from board_data.deeppcb import DeepPcbSample
@@ -169,6 +170,7 @@ def _cache_key(
                 seed,
                 repr(RoiParams()),
                 _roi_source_digest(),
+                cv2.__version__,  # its alignment and resizing cut the crops
             ]
         ).encode()
     )
