@@ -96,7 +96,9 @@ def train_deeppcb(
             m.card.metrics["region_val"] for m in members}},
             training_data_hash=hashed, torch_version=torch.__version__,
         )  # fmt: skip
-        model_dir = save_views([(m.module, m.card) for m in members], card, models_dir)
+        hashed_members = [(m.module, m.card.model_copy(update={"training_data_hash": hashed}))
+                          for m in members]  # fmt: skip
+        model_dir = save_views(hashed_members, card, models_dir)
     else:
         card = members[0].card.model_copy(update={"training_data_hash": hashed})
         model_dir = save_model(members[0].module, card, models_dir)
