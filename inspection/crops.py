@@ -37,8 +37,9 @@ train --crop-views``): the smallest square its crops are cut from. 0 cuts the bo
 context alone, magnified to fill the crop when the box is small; 64 px shows a small box at
 the board's own scale with its surroundings (whether a bite is in a pad or a trace). The two
 err on different board designs: over the seven designs' cross-validation one network of
-each, probabilities averaged, gives mean F 0.9892 and mAP 0.9915 against 0.9876 / 0.9899 at
-0 px alone and 0.9871 / 0.9893 at 64 px alone (BENCHMARKS.md)."""
+each, probabilities averaged, gives mean F 0.9876 ± 0.0086 (weakest design 0.9720) against
+0.9840 ± 0.0150 (0.9547) for 0 px alone on the same installation (BENCHMARKS.md, "The two
+views served, and the recipe")."""
 
 
 def crop_square(box: Box, context: float = CONTEXT, min_side: int = 0) -> tuple[int, int, int]:
