@@ -18,10 +18,12 @@ __all__ = [
     "CROP_SIZE",
     "CROP_VIEWS",
     "CropGeometry",
+    "check_crop_views",
     "crop_square",
     "crops_for",
     "label_candidates",
     "make_crops",
+    "split_views",
 ]
 
 CROP_SIZE = 64
@@ -121,6 +123,22 @@ def crops_for(
     views = [make_crops(image, reference, boxes, size, aligned=True, min_side=side)
              for side in model.crop_sides]  # fmt: skip
     return views[0] if len(views) == 1 else np.concatenate(views, axis=1)
+
+
+def split_views(crops: np.ndarray, views: int) -> list[np.ndarray]:
+    """The (N, 3, S, S) crops of each of ``views`` views in :func:`crops_for`'s (N, 3·V, S, S);
+    a ``ValueError`` naming the shape when the crops hold another number of views."""
+    if crops.ndim != 4 or crops.shape[1] != 3 * views:
+        raise ValueError(f"crops of {views} views are (N, {3 * views}, S, S), got {crops.shape}")
+    return [crops[:, 3 * k : 3 * k + 3] for k in range(views)]
+
+
+def check_crop_views(views: Sequence[int]) -> tuple[int, ...]:
+    """``views`` as a tuple when they are one or more distinct crop sides ≥ 0 (px), else a
+    ``ValueError`` saying so."""
+    if not views or min(views) < 0 or len(set(views)) != len(views):
+        raise ValueError(f"crop views must be distinct sides >= 0 in px, e.g. 0,64; got {views}")
+    return tuple(views)
 
 
 def label_candidates(

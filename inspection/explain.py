@@ -188,7 +188,7 @@ def save_explanation(
     model of views (3·V channels) are drawn, and explained, by their first view. Returns the
     path, or None (nothing written) when no region needs explaining.
     """
-    crops = crops[:, :3]
+    crops = crops[:, :3]  # the first view's channels (crops_for's layout)
     if len(crops) != len(regions):
         raise ValueError(f"{len(crops)} crops for {len(regions)} regions")
     chosen = explained_indices(regions, thresholds)

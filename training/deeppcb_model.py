@@ -18,7 +18,7 @@ from rich.console import Console
 
 from board_data.deeppcb import DeepPcbSample
 from infra.progress import progress_bar
-from inspection.crops import CROP_SIZE, CROP_VIEWS
+from inspection.crops import CROP_SIZE, CROP_VIEWS, check_crop_views
 from training.evaluation import card_metrics_row, evaluation_metrics
 from training.scoring import board_arrays, score_pairs
 from training.splits import samples_of, split_deeppcb
@@ -66,8 +66,7 @@ def train_deeppcb(
     from inspection.model.views import save_views, view_dirs
     from training.calibration import calibrate_thresholds
 
-    if not views or len(set(views)) != len(views) or min(views) < 0:
-        raise ValueError(f"views must be one or more distinct crop sides >= 0, got {views}")
+    views = check_crop_views(views)
     console = console or Console(stderr=True)
     started = time.monotonic()
     every = samples_of(data)

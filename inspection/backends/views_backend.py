@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from inspection.backends.base import Classifier, FeatureClassifier
+from inspection.crops import split_views
 from inspection.model.registry import ModelCard
 
 
@@ -35,12 +36,10 @@ class ViewsClassifier:
         )
 
     def _views(self, crops: np.ndarray) -> list[np.ndarray]:
-        if crops.ndim != 4 or crops.shape[1] != 3 * len(self.members):
-            raise ValueError(
-                f"model {self.version} of {len(self.members)} views takes crops shaped "
-                f"(N, {3 * len(self.members)}, S, S), got {crops.shape}"
-            )
-        return [crops[:, 3 * k : 3 * k + 3] for k in range(len(self.members))]
+        try:
+            return split_views(crops, len(self.members))
+        except ValueError as exc:
+            raise ValueError(f"model {self.version}: {exc}") from exc
 
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:
         probs = [m.predict_proba(v) for m, v in zip(self.members, self._views(crops), strict=True)]

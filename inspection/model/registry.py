@@ -252,17 +252,9 @@ def save_model(module: nn.Module, card: ModelCard, models_dir: Path) -> Path:
     see a half-written model. An existing version is never overwritten (``FileExistsError``).
     The torch and OpenVINO versions are recorded in the card.
     """
-    import openvino as ov
     import torch
 
-    models_dir = Path(models_dir)
-    final = models_dir / card.version
-    if final.exists():
-        raise FileExistsError(f"model version {card.version!r} already exists: {final}")
-    models_dir.mkdir(parents=True, exist_ok=True)
-    card = card.model_copy(
-        update={"torch_version": torch.__version__, "openvino_version": ov.get_version()}
-    )
+    final, card = new_model(models_dir, card)
     with assembled(final) as tmp:
         state = {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}
         torch.save(state, tmp / WEIGHTS_FILE)
@@ -270,6 +262,20 @@ def save_model(module: nn.Module, card: ModelCard, models_dir: Path) -> Path:
         export_openvino(cpu_module, card.input_size, tmp)
         (tmp / CARD_FILE).write_text(card.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return final
+
+
+def new_model(models_dir: Path, card: ModelCard) -> tuple[Path, ModelCard]:
+    """The folder a new model ``card`` is saved as (``FileExistsError`` when that version
+    exists; ``models_dir`` made), and the card with the torch and OpenVINO versions."""
+    import openvino as ov
+    import torch
+
+    final = Path(models_dir) / card.version
+    if final.exists():
+        raise FileExistsError(f"model version {card.version!r} already exists: {final}")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    versions = {"torch_version": torch.__version__, "openvino_version": ov.get_version()}
+    return final, card.model_copy(update=versions)
 
 
 def clone_model(model_dir: Path, version: str, into: Path | None = None) -> Path:

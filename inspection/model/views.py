@@ -14,7 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from inspection.model.registry import CARD_FILE, ModelCard, assembled, load_card, save_model
+from inspection.model.registry import (
+    CARD_FILE,
+    ModelCard,
+    assembled,
+    load_card,
+    new_model,
+    save_model,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -34,22 +41,12 @@ def save_views(
     """Write a model of views as ``<models_dir>/<card.version>/``: each (module, card) of
     ``members`` saved as ``view<side>/`` (in ``card.views``' order) beside the top ``card``;
     assembled under a temporary name like :func:`save_model`. Returns the folder."""
-    import openvino as ov
-    import torch
-
-    models_dir = Path(models_dir)
-    final = models_dir / card.version
-    if final.exists():
-        raise FileExistsError(f"model version {card.version!r} already exists: {final}")
     sides = tuple(m.crop_min_side for _, m in members)
     if sides != card.views:
         raise ValueError(
             f"the members cut crops from {sides} px, the card's views are {card.views}"
         )
-    models_dir.mkdir(parents=True, exist_ok=True)
-    card = card.model_copy(
-        update={"torch_version": torch.__version__, "openvino_version": ov.get_version()}
-    )
+    final, card = new_model(models_dir, card)
     with assembled(final) as tmp:
         for module, member in members:
             save_model(

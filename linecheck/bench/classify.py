@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from inspection.backends import Classifier, load_classifier
-from inspection.crops import CropGeometry, crops_for, label_candidates
+from inspection.crops import CropGeometry, crops_for, label_candidates, split_views
 from inspection.roi import find_regions_aligned
 from schemas.events import Box, GroundTruth
 from training.detection_metrics import ImageResult, detection_metrics
@@ -116,11 +116,11 @@ def ensure_int8(
         )
         # NNCF draws progress bars on stdout: keep `linecheck bench --json`'s stdout JSON only
         with contextlib.redirect_stdout(sys.stderr):
-            for k, folder in enumerate(view_dirs(copy)):
-                view = slice(3 * k, 3 * k + 3)
-                quantize_int8(
-                    folder, calibration[:, view], validation=(validation[0][:, view], validation[1])
-                )
+            folders = view_dirs(copy)
+            views = zip(split_views(calibration, len(folders)),
+                        split_views(validation[0], len(folders)), strict=True)  # fmt: skip
+            for folder, (calibrate, control) in zip(folders, views, strict=True):
+                quantize_int8(folder, calibrate, validation=(control, validation[1]))
     return copy
 
 

@@ -394,18 +394,15 @@ def quantize(
 
 def _crop_views(text: str | None) -> tuple[int, ...]:
     """``--crop-views``: distinct sides ≥ 0, comma-separated; exits 2 naming a bad one."""
-    from inspection.crops import CROP_VIEWS
+    from inspection.crops import CROP_VIEWS, check_crop_views
 
     if text is None:
         return CROP_VIEWS
     try:
-        views = tuple(int(v) for v in text.split(","))
+        return check_crop_views([int(v) for v in text.split(",")])
     except ValueError:
-        views = ()
-    if not views or min(views) < 0 or len(set(views)) != len(views):
         err.print(f"[red]--crop-views must be distinct sides ≥ 0 in px, e.g. 0,64; got {text!r}")
-        raise typer.Exit(2)
-    return views
+        raise typer.Exit(2) from None
 
 
 def register(app: typer.Typer) -> None:
