@@ -1,0 +1,106 @@
+"""The learned locator alone (no classifier): train its network as `linecheck train --roi
+locator` does, then measure its ROI recall on the held-out board groups — for trying target
+and training settings in minutes instead of a whole locator-mode model.
+
+    python benchmarks/locator_trial.py [--data ../shared/datasets/deeppcb] [--epochs 24]
+        [--shrink 0.2] [--crops-per-board 2] [--thresholds 0.3,0.5] [--seed 0] [--threads 2]
+
+Training groups and held-out groups as `linecheck train` splits them (held out: 13000 and
+92000). The held-out boards' maps come from the torch network
+(`training.locator_train.torch_region_map`, what the served IR computes); regions as served
+(`inspection.locator.regions_from_map`: components above the threshold, grown back by the
+shrink, 5 % margins). Prints one JSON object: the settings, training seconds and last-epoch
+losses, and per threshold the recall at IoU > 0.33 (type-blind, as
+`training.detection_metrics.roi_recall`), per held-out group too, and candidates per board
+(mean, max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from board_data.deeppcb import read_gray  # noqa: E402
+from inspection.locator import LocatorParams, regions_from_map  # noqa: E402
+from training.detection_metrics import roi_recall  # noqa: E402
+from training.locator_train import torch_region_map, train_locator_net  # noqa: E402
+from training.splits import samples_of, split_deeppcb  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "deeppcb"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--epochs", type=int, default=24)
+    ap.add_argument("--shrink", type=float, default=LocatorParams().target_shrink)
+    ap.add_argument("--crops-per-board", type=int, default=2)
+    ap.add_argument("--thresholds", default="0.3,0.5")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if not args.data.is_dir():
+        ap.error(f"no DeepPCB folder at {args.data}")
+    if not 0 <= args.shrink < 0.5:
+        ap.error(f"--shrink must be in [0, 0.5), got {args.shrink}")
+    levels = [float(t) for t in args.thresholds.split(",") if t.strip()]
+    train_s, val_s = split_deeppcb(samples_of(args.data), args.data, None)
+    started = time.monotonic()
+    net, history = train_locator_net(
+        [read_gray(s.test_path) for s in train_s],
+        [[t.box for t in s.truths] for s in train_s],
+        epochs=args.epochs,
+        crops_per_board=args.crops_per_board,
+        target_shrink=args.shrink,
+        seed=args.seed,
+        threads=args.threads,
+        progress=lambda e, n, row: print(
+            f"epoch {e}/{n}: area loss {row['area_loss']:.3f} ({row['seconds']:.0f}s)",
+            file=sys.stderr,
+        ),
+    )
+    train_s_taken = time.monotonic() - started
+    images = [read_gray(s.test_path) for s in val_s]
+    maps = [torch_region_map(net, im) for im in images]
+    out: dict[str, object] = {
+        "epochs": args.epochs,
+        "shrink": args.shrink,
+        "crops_per_board": args.crops_per_board,
+        "seed": args.seed,
+        "train_boards": len(train_s),
+        "held_out_boards": len(val_s),
+        "train_seconds": round(train_s_taken, 1),
+        "last_epoch": history[-1],
+    }
+    groups = sorted({s.group for s in val_s})
+    for level in levels:
+        params = LocatorParams(threshold=level, target_shrink=args.shrink)
+        found = [
+            regions_from_map(m, im.shape[:2], params) for m, im in zip(maps, images, strict=True)
+        ]
+        counts = [len(f) for f in found]
+        out[f"threshold_{level}"] = {
+            "recall": roi_recall(found, [s.truths for s in val_s]),
+            "by_group": {
+                g: roi_recall(
+                    [f for f, s in zip(found, val_s, strict=True) if s.group == g],
+                    [s.truths for s in val_s if s.group == g],
+                )
+                for g in groups
+            },
+            "candidates_per_board": float(np.mean(counts)),
+            "max_candidates": int(max(counts)),
+        }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
