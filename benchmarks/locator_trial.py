@@ -3,7 +3,8 @@ locator` does, then measure its ROI recall on the held-out board groups — for 
 and training settings in minutes instead of a whole locator-mode model.
 
     python benchmarks/locator_trial.py [--data ../shared/datasets/deeppcb] [--epochs 24]
-        [--shrink 0.2] [--crops-per-board 2] [--thresholds 0.3,0.5] [--seed 0] [--threads 2]
+        [--shrink 0.2] [--crops-per-board 2] [--widths 16,32,64,96] [--thresholds 0.3,0.5]
+        [--seed 0] [--threads 2]
 
 Training groups and held-out groups as `linecheck train` splits them (held out: 13000 and
 92000). The held-out boards' maps come from the torch network
@@ -11,8 +12,8 @@ Training groups and held-out groups as `linecheck train` splits them (held out: 
 (`inspection.locator.regions_from_map`: components above the threshold, grown back by the
 shrink, 5 % margins). Prints one JSON object: the settings, training seconds and last-epoch
 losses, and per threshold the recall at IoU > 0.33 (type-blind, as
-`training.detection_metrics.roi_recall`), per held-out group too, and candidates per board
-(mean, max).
+`training.detection_metrics.roi_recall`), per held-out group too, candidates per board
+(mean, max) and the missed boxes by kind (:func:`miss_kinds`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +32,43 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from board_data.deeppcb import read_gray  # noqa: E402
 from inspection.locator import LocatorParams, regions_from_map  # noqa: E402
+from schemas.events import Box  # noqa: E402
 from training.detection_metrics import roi_recall  # noqa: E402
 from training.locator_train import torch_region_map, train_locator_net  # noqa: E402
 from training.splits import samples_of, split_deeppcb  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "deeppcb"
+IOU = 0.33
+
+
+def _inter(a: Box, b: Box) -> int:
+    w = min(a.x2, b.x2) - max(a.x1, b.x1)
+    h = min(a.y2, b.y2) - max(a.y1, b.y1)
+    return max(0, w) * max(0, h)
+
+
+def miss_kinds(found: Sequence[Sequence[Box]], truths: Sequence[Sequence[Box]]) -> dict[str, int]:
+    """The truth boxes no candidate matches (IoU <= 0.33), by kind: ``merged`` (a candidate
+    covers >= 60 % of it and of another truth of the board: neighbours in one region),
+    ``misfit`` (some candidate overlaps it, IoU >= 0.1, but too loosely or only in part),
+    ``not_found`` (no candidate with IoU >= 0.1)."""
+    kinds = {"merged": 0, "misfit": 0, "not_found": 0}
+    for boxes, ts in zip(found, truths, strict=True):
+        for t in ts:
+            if any(b.iou(t) > IOU for b in boxes):
+                continue
+            merged = any(
+                _inter(b, t) >= 0.6 * t.area
+                and any(o is not t and _inter(b, o) >= 0.6 * o.area for o in ts)
+                for b in boxes
+            )
+            if merged:
+                kinds["merged"] += 1
+            elif any(b.iou(t) >= 0.1 for b in boxes):
+                kinds["misfit"] += 1
+            else:
+                kinds["not_found"] += 1
+    return kinds
 
 
 def main() -> None:
@@ -46,12 +80,18 @@ def main() -> None:
     ap.add_argument("--thresholds", default="0.3,0.5")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--widths", default="", help="the network's four stage widths, e.g. 32,64,128,192"
+    )
     args = ap.parse_args()
     if not args.data.is_dir():
         ap.error(f"no DeepPCB folder at {args.data}")
     if not 0 <= args.shrink < 0.5:
         ap.error(f"--shrink must be in [0, 0.5), got {args.shrink}")
     levels = [float(t) for t in args.thresholds.split(",") if t.strip()]
+    widths = tuple(int(w) for w in args.widths.split(",") if w.strip())
+    if widths and len(widths) != 4:
+        ap.error(f"--widths takes four stage widths, got {args.widths!r}")
     train_s, val_s = split_deeppcb(samples_of(args.data), args.data, None)
     started = time.monotonic()
     net, history = train_locator_net(
@@ -60,6 +100,7 @@ def main() -> None:
         epochs=args.epochs,
         crops_per_board=args.crops_per_board,
         target_shrink=args.shrink,
+        widths=widths or None,  # type: ignore[arg-type]
         seed=args.seed,
         threads=args.threads,
         progress=lambda e, n, row: print(
@@ -73,6 +114,7 @@ def main() -> None:
     out: dict[str, object] = {
         "epochs": args.epochs,
         "shrink": args.shrink,
+        "widths": list(net.widths),
         "crops_per_board": args.crops_per_board,
         "seed": args.seed,
         "train_boards": len(train_s),
@@ -98,6 +140,7 @@ def main() -> None:
             },
             "candidates_per_board": float(np.mean(counts)),
             "max_candidates": int(max(counts)),
+            "misses": miss_kinds(found, [[t.box for t in s.truths] for s in val_s]),
         }
     print(json.dumps(out))
 

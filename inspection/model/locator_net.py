@@ -39,6 +39,7 @@ class LocatorNet(nn.Module):
 
     def __init__(self, widths: tuple[int, int, int, int] = (16, 32, 64, 96)) -> None:
         super().__init__()
+        self.widths = widths
         a, b, c, d = widths
         self.stem = _cbr(IN_CHANNELS, a, 2)
         self.enc1 = nn.Sequential(_cbr(a, b, 2), _cbr(b, b))
