@@ -17,7 +17,7 @@ from inspection.model.locator_net import LocatorNet
 from inspection.model.registry import load_card
 from schemas.events import Box
 from training.locator_model import LOCATOR_WEIGHTS
-from training.locator_train import area_loss, target_mask, torch_region_map
+from training.locator_train import area_loss, target_mask, torch_region_map, train_locator_net
 from training.splits import samples_of
 
 from .test_training_pipelines import _deeppcb_folder
@@ -154,3 +154,16 @@ def test_area_loss_weighs_missed_area_twice_excess() -> None:
     flooded = torch.full((1, 1, 4, 4), 30.0)  # predicts everything: 12 excess cells
     assert area_loss(missed, target).item() == pytest.approx(2.0)
     assert area_loss(flooded, target).item() == pytest.approx(3.0)
+
+
+def test_locator_training_takes_the_network_widths() -> None:
+    rng = np.random.default_rng(0)
+    boards = [(rng.random((64, 64)) > 0.5).astype(np.uint8) * 255 for _ in range(2)]
+    boxes = [[Box(x1=8, y1=8, x2=24, y2=20)], []]
+    net, history = train_locator_net(
+        boards, boxes, epochs=1, crop=64, batch_size=2, widths=(8, 8, 16, 16)
+    )
+    assert net.widths == (8, 8, 16, 16)
+    assert net.stem[0].out_channels == 8 and net.head.in_channels == 8
+    assert len(history) == 1 and np.isfinite(history[0]["area_loss"])
+    assert torch_region_map(net, boards[0]).shape == (16, 16)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from inspection.locator import OUTPUT_STRIDE, PAD_MULTIPLE, input_planes, planes_to_input
-from inspection.model.locator_net import LocatorNet
+from inspection.model.locator_net import DEFAULT_WIDTHS, LocatorNet
 from schemas.events import Box
 
 MISSED_WEIGHT = 2.0
@@ -127,7 +127,8 @@ def train_locator_net(
             target_mask(im.shape, bs, target_shrink) for im, bs in zip(images, boxes, strict=True)
         ]
         planes = [input_planes(im) for im in images]
-        net = LocatorNet(*([widths] if widths else [])).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        net = LocatorNet(widths or DEFAULT_WIDTHS)
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
         n = len(images) * crops_per_board
         steps = max(1, n // batch_size)

@@ -22,6 +22,7 @@ from inspection.locator import LOCATOR_XML
 IN_CHANNELS = 3  # the board and two median differences (inspection.locator.input_planes)
 LOCATOR_INPUT_NAME = "board"
 LOCATOR_OUTPUT_NAME = "region_logits"
+DEFAULT_WIDTHS = (16, 32, 64, 96)  # channels of the stem and the three encoder stages
 
 
 def _cbr(in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -37,7 +38,7 @@ class LocatorNet(nn.Module):
     /4 (1×1 lateral projections added, then a 3×3 conv), one-channel logit map. About 0.2 M
     parameters and 1.5 G multiply-adds for a 640×640 board."""
 
-    def __init__(self, widths: tuple[int, int, int, int] = (16, 32, 64, 96)) -> None:
+    def __init__(self, widths: tuple[int, int, int, int] = DEFAULT_WIDTHS) -> None:
         super().__init__()
         self.widths = widths
         a, b, c, d = widths
