@@ -48,6 +48,10 @@ def test_bench_measures_every_ratio_in_one_run(settings: Settings, model_dir: Pa
     assert 0 < result["p50_to_decided_ms"] <= result["p50_ms"]
     assert 0 < result["p99_to_decided_ms"] <= result["p99_ms"]
     assert result["p99_sinks_ms"] > 0
+    # publish → decided = waiting + the board's own inspection
+    assert 0 < result["p50_waiting_ms"] < result["p50_to_decided_ms"]
+    assert 0 < result["p99_waiting_ms"] < result["p99_to_decided_ms"]
+    assert 0 < result["p99_own_ms"] < result["p99_to_decided_ms"]
     # open-loop arrivals at half the saturation rate: the line ran slower than saturated
     assert result["latency_rate"] < result["e2e_boards_per_s"] * (LATENCY_AT + 0.4)
     assert result["e2e_boards_per_s_1_workers"] > 0

@@ -87,6 +87,7 @@ def run_bench(
                 live, events, workers, live.kafka.batch_size, f"{tag}-batched", LATENCY_AT
             )
         assert paced is not None
+        waiting = [d - o for d, o in zip(paced.to_decided_ms, paced.own_ms, strict=True)]
         with console.status(f"end to end: {workers} workers, batch 1"):
             single, _ = e2e_runs(live, events, workers, 1, f"{tag}-unbatched")
         out.update(
@@ -104,6 +105,11 @@ def run_bench(
             p99_sinks_ms=_percentile(
                 [a - b for a, b in zip(paced.latency_ms, paced.to_decided_ms, strict=True)], 99
             ),
+            # until the board's own inspection began: the broker, the poll and the queue of
+            # boards in front of it on its worker (its partitions' boards wait for it alone)
+            p50_waiting_ms=_percentile(waiting, 50),
+            p99_waiting_ms=_percentile(waiting, 99),
+            p99_own_ms=_percentile(paced.own_ms, 99),
             saturated_p50_ms=_percentile(batched.latency_ms, 50),
         )
         for n in scale:

@@ -39,6 +39,7 @@ class E2eRun:
     boards_per_s: float  # first publish → last verdict
     latency_ms: list[float]  # publish → verdict, per board
     to_decided_ms: list[float]  # publish → the verdict made (waiting, polling, inspection)
+    own_ms: list[float]  # the board's own inspection (its verdict's timings.total_ms)
 
 
 def with_new_ids(events: list[bytes]) -> list[tuple[str, bytes]]:
@@ -70,6 +71,7 @@ class VerdictWatch:
         self._consumer.assign([TopicPartition(self.topic, p, 0) for p in meta.partitions])
         self.seen: dict[str, float] = {}  # event id → verdict timestamp (s)
         self.decided: dict[str, float] = {}  # event id → the verdict's decided_at (s)
+        self.own: dict[str, float] = {}  # event id → its inspection's total ms
 
     def wait_for(self, ids: set[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -93,6 +95,7 @@ class VerdictWatch:
                     self.decided[event_id] = datetime.fromisoformat(
                         verdict["decided_at"]
                     ).timestamp()
+                    self.own[event_id] = float(verdict["timings"]["total_ms"])
 
     def close(self) -> None:
         self._consumer.close()
@@ -161,9 +164,11 @@ def worker_group(
 
 def measure(
     settings: Settings, watch: VerdictWatch, events: list[bytes], rate: float | None
-) -> tuple[float, list[float], list[float]]:
-    """Boards/s (first publish → last verdict), each board's publish → verdict ms, and its
-    publish → decided ms (the rest is the sinks: the batch's audit insert, then the send)."""
+) -> tuple[float, list[float], list[float], list[float]]:
+    """Boards/s (first publish → last verdict), each board's publish → verdict ms, its
+    publish → decided ms (the rest is the sinks: the batch's audit insert, then the send)
+    and its own inspection's ms (decided minus that: the broker, the poll and the boards
+    inspected before it)."""
     batch = with_new_ids(events)
     sent = publish(settings, batch, rate)
     watch.wait_for(set(sent), timeout=120 + 2.0 * len(batch))
@@ -171,7 +176,8 @@ def measure(
     elapsed = max(done) - min(sent.values())
     latency = [(watch.seen[i] - t) * 1e3 for i, t in sent.items()]
     to_decided = [(watch.decided[i] - t) * 1e3 for i, t in sent.items()]
-    return len(batch) / elapsed, latency, to_decided
+    own = [watch.own[i] for i in sent]
+    return len(batch) / elapsed, latency, to_decided, own
 
 
 def e2e_runs(
