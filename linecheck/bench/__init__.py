@@ -4,7 +4,8 @@ boards and the same machine (see BENCHMARKS.md for what each figure means).
 1. raw: the worker's per-board code in N processes, no Kafka (explanations on, then off);
 2. end to end: N `linecheck worker` processes on the embedded (or configured) servers,
    saturation throughput with the default batch and with batches of one, then
-   publish-to-verdict latency at a fraction of saturation with open-loop Poisson arrivals;
+   publish-to-verdict latency at a fraction of saturation with open-loop Poisson arrivals
+   (split into the wait before each board's own inspection, the inspection, the sinks);
 3. the classify stage alone: OpenVINO vs torch eager, INT8 vs FP32, in the worker's batches
    and per board or per crop;
 4. optionally (`--scale 1,2,4`): end-to-end saturation with each number of workers.

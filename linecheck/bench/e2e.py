@@ -167,8 +167,8 @@ def measure(
 ) -> tuple[float, list[float], list[float], list[float]]:
     """Boards/s (first publish → last verdict), each board's publish → verdict ms, its
     publish → decided ms (the rest is the sinks: the batch's audit insert, then the send)
-    and its own inspection's ms (decided minus that: the broker, the poll and the boards
-    inspected before it)."""
+    and its own inspection's ms (publish → decided less this is its wait: the broker, the
+    poll and the boards inspected before it)."""
     batch = with_new_ids(events)
     sent = publish(settings, batch, rate)
     watch.wait_for(set(sent), timeout=120 + 2.0 * len(batch))
