@@ -32,19 +32,13 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from board_data.deeppcb import read_gray  # noqa: E402
 from inspection.locator import LocatorParams, regions_from_map  # noqa: E402
+from inspection.model.locator_net import DEFAULT_WIDTHS  # noqa: E402
 from schemas.events import Box  # noqa: E402
-from training.detection_metrics import roi_recall  # noqa: E402
+from training.detection_metrics import IOU_THRESHOLD, roi_recall  # noqa: E402
 from training.locator_train import torch_region_map, train_locator_net  # noqa: E402
 from training.splits import samples_of, split_deeppcb  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "deeppcb"
-IOU = 0.33
-
-
-def _inter(a: Box, b: Box) -> int:
-    w = min(a.x2, b.x2) - max(a.x1, b.x1)
-    h = min(a.y2, b.y2) - max(a.y1, b.y1)
-    return max(0, w) * max(0, h)
 
 
 def miss_kinds(found: Sequence[Sequence[Box]], truths: Sequence[Sequence[Box]]) -> dict[str, int]:
@@ -55,11 +49,11 @@ def miss_kinds(found: Sequence[Sequence[Box]], truths: Sequence[Sequence[Box]]) 
     kinds = {"merged": 0, "misfit": 0, "not_found": 0}
     for boxes, ts in zip(found, truths, strict=True):
         for t in ts:
-            if any(b.iou(t) > IOU for b in boxes):
+            if any(b.iou(t) > IOU_THRESHOLD for b in boxes):
                 continue
             merged = any(
-                _inter(b, t) >= 0.6 * t.area
-                and any(o is not t and _inter(b, o) >= 0.6 * o.area for o in ts)
+                b.intersection(t) >= 0.6 * t.area
+                and any(o is not t and b.intersection(o) >= 0.6 * o.area for o in ts)
                 for b in boxes
             )
             if merged:
@@ -100,7 +94,7 @@ def main() -> None:
         epochs=args.epochs,
         crops_per_board=args.crops_per_board,
         target_shrink=args.shrink,
-        widths=widths or None,  # type: ignore[arg-type]
+        widths=widths or DEFAULT_WIDTHS,  # type: ignore[arg-type]
         seed=args.seed,
         threads=args.threads,
         progress=lambda e, n, row: print(
@@ -108,7 +102,7 @@ def main() -> None:
             file=sys.stderr,
         ),
     )
-    train_s_taken = time.monotonic() - started
+    train_seconds = time.monotonic() - started
     images = [read_gray(s.test_path) for s in val_s]
     maps = [torch_region_map(net, im) for im in images]
     out: dict[str, object] = {
@@ -119,7 +113,7 @@ def main() -> None:
         "seed": args.seed,
         "train_boards": len(train_s),
         "held_out_boards": len(val_s),
-        "train_seconds": round(train_s_taken, 1),
+        "train_seconds": round(train_seconds, 1),
         "last_epoch": history[-1],
     }
     groups = sorted({s.group for s in val_s})

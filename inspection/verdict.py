@@ -63,11 +63,7 @@ def board_score(regions: Sequence[RegionVerdict]) -> float:
 
 def overlap_of_smaller(a: Box, b: Box) -> float:
     """The area the two boxes share, as a fraction of the smaller box (0 when disjoint)."""
-    w = min(a.x2, b.x2) - max(a.x1, b.x1)
-    h = min(a.y2, b.y2) - max(a.y1, b.y1)
-    if w <= 0 or h <= 0:
-        return 0.0
-    return w * h / max(1, min(a.area, b.area))
+    return a.intersection(b) / max(1, min(a.area, b.area))
 
 
 def split_groups(

@@ -92,10 +92,14 @@ class Box(_Message):
     def area(self) -> int:
         return (self.x2 - self.x1) * (self.y2 - self.y1)
 
-    def iou(self, other: Box) -> float:
+    def intersection(self, other: Box) -> int:
+        """The area (px²) the two boxes share; 0 when disjoint."""
         ix = max(0, min(self.x2, other.x2) - max(self.x1, other.x1))
         iy = max(0, min(self.y2, other.y2) - max(self.y1, other.y1))
-        inter = ix * iy
+        return ix * iy
+
+    def iou(self, other: Box) -> float:
+        inter = self.intersection(other)
         union = self.area + other.area - inter
         return inter / union if union else 0.0
 

@@ -59,8 +59,6 @@ def train_deeppcb(
     so serving cuts the same); with two or more, one network is trained for each
     (:mod:`inspection.model.views`) and the thresholds are calibrated on their mean.
     Returns the model folder."""
-    import torch
-
     from inspection.backends import load_classifier
     from inspection.model.registry import ModelCard, data_hash, save_model, update_card
     from inspection.model.views import save_views, view_dirs
@@ -93,7 +91,7 @@ def train_deeppcb(
             version=version, arch=arch, input_size=CROP_SIZE, crop_min_side=views[0],
             views=views, metrics={**common, "views": {f"view{m.card.crop_min_side}":
             m.card.metrics["region_val"] for m in members}},
-            training_data_hash=hashed, torch_version=torch.__version__,
+            training_data_hash=hashed,
         )  # fmt: skip
         hashed_members = [(m.module, m.card.model_copy(update={"training_data_hash": hashed}))
                           for m in members]  # fmt: skip

@@ -102,7 +102,7 @@ def train_locator_net(
     batch_size: int = 16,
     lr: float = 3e-3,
     target_shrink: float = 0.2,
-    widths: tuple[int, int, int, int] | None = None,
+    widths: tuple[int, int, int, int] = DEFAULT_WIDTHS,
     seed: int = 0,
     threads: int | None = None,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
@@ -110,7 +110,7 @@ def train_locator_net(
     """Train a locator on boards (2-D uint8) and their defect boxes; returns the network
     (eval mode, CPU) and one history row per epoch. AdamW with a one-cycle schedule; the
     last epoch's weights are kept (nothing of the held-out groups chooses them).
-    ``widths``: the network's stage widths (default :class:`LocatorNet`'s)."""
+    ``widths``: the network's stage widths."""
     if not images or len(images) != len(boxes):
         raise ValueError(f"need boards with boxes, got {len(images)} boards / {len(boxes)}")
     crop = min(crop, *(min(im.shape) for im in images))
@@ -127,7 +127,7 @@ def train_locator_net(
             target_mask(im.shape, bs, target_shrink) for im, bs in zip(images, boxes, strict=True)
         ]
         planes = [input_planes(im) for im in images]
-        net = LocatorNet(widths or DEFAULT_WIDTHS)
+        net = LocatorNet(widths)
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
         n = len(images) * crops_per_board
