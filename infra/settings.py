@@ -170,6 +170,15 @@ class WorkerSettings(_Section):
         "OpenVINO release the GIL): a burst on one worker's partitions can use cores the "
         "other workers leave idle",
     )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="child processes that inspect this worker's boards, taking them from one "
+        "queue (1: the worker inspects them itself): one consumer feeding N processes lets a "
+        "board wait only while all N are busy, where N single-process workers pin each "
+        "partition's boards to one of them",
+    )
     fault_slow_file: Path | None = Field(
         default=None,
         description="fault injection (linecheck chaos): while this file exists, each board "

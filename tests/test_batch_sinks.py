@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
 from workers.batch_sinks import BatchResult, SinkPipeline, earliest_offsets
 from workers.delivery import Backoff
 
@@ -60,16 +58,19 @@ def test_sinks_run_behind_the_next_batch_and_store_offsets_only_after_them() -> 
 
     async def run() -> None:
         pipeline = SinkPipeline(sink, Backoff())
-        pipeline.start(_batch(consumer, (0, 0), (0, 1)))
-        events.append("inspect next")  # the handler returns; the next batch is inspected
+        first = _batch(consumer, (0, 0), (0, 1))
+        pipeline.submit(first, first.records, consumer)
+        await pipeline.room(2)  # only the batch just submitted: the handler returns
+        events.append("inspect next")  # the next batch is inspected
         await asyncio.sleep(0.01)
         events.append("inspected next")
         assert consumer.calls == []  # nothing stored while the sinks are in flight
-        with pytest.raises(RuntimeError, match="in flight"):
-            pipeline.start(_batch(consumer, (0, 2)))
-        assert await pipeline.wait() is None
-        pipeline.start(_batch(consumer, (0, 2)))
-        assert await pipeline.wait() is None
+        second = _batch(consumer, (0, 2))
+        pipeline.submit(second, second.records, consumer)
+        await pipeline.room(1)  # the first batch's sinks are done
+        events.append("room")
+        await pipeline.wait()
+        assert pipeline.take_failure() is None
         assert pipeline.drain_blocking(0.0)
 
     asyncio.run(run())
@@ -79,25 +80,82 @@ def test_sinks_run_behind_the_next_batch_and_store_offsets_only_after_them() -> 
         "inspected next",
         "sink 0 done",
         "sink 2 start",
+        "room",
         "sink 2 done",
     ]
     assert consumer.calls == [("store", [(0, 2)]), ("store", [(0, 3)])]
 
 
-def test_a_failed_batch_is_rewound_and_not_stored() -> None:
+def test_batches_inspected_meanwhile_are_sunk_together_in_poll_order() -> None:
+    """Child processes inspect several polled batches at once: when the oldest is inspected,
+    it goes to the sinks with the ones behind it already inspected (one insert, one publish
+    round), never with or before one still being inspected."""
+    consumer = Consumer()
+    sunk: list[list[int]] = []
+
+    async def sink(batch: BatchResult) -> None:
+        sunk.append([r.offset() for r in batch.records])
+
+    async def run() -> None:
+        pipeline = SinkPipeline(sink, Backoff())
+        first_gate, last_gate = asyncio.Event(), asyncio.Event()
+
+        async def inspected(batch: BatchResult, gate: asyncio.Event | None) -> BatchResult:
+            if gate is not None:
+                await gate.wait()
+            return batch
+
+        polled = [
+            (_batch(consumer, (0, 0)), first_gate),
+            (_batch(consumer, (0, 1), (0, 2)), None),
+            (_batch(consumer, (1, 7)), None),
+            (_batch(consumer, (0, 3)), last_gate),
+        ]
+        for batch, gate in polled:
+            pipeline.submit(inspected(batch, gate), batch.records, consumer)
+        await asyncio.sleep(0.01)
+        assert pipeline.boards == 5 and sunk == []  # the oldest is still being inspected
+        first_gate.set()
+        await pipeline.room(1)
+        assert sunk == [[0, 1, 2, 7]]
+        last_gate.set()
+        await pipeline.wait()
+        assert pipeline.boards == 0
+
+    asyncio.run(run())
+    assert sunk == [[0, 1, 2, 7], [3]]
+    assert consumer.calls == [("store", [(0, 3), (1, 8)]), ("store", [(0, 4)])]
+
+
+def test_a_failed_batch_is_rewound_with_the_batches_behind_it_and_not_stored() -> None:
     consumer = Consumer()
 
     async def sink(batch: BatchResult) -> None:
         raise ConnectionError("database down")
 
-    async def run() -> tuple[BatchResult, float] | None:
+    async def run() -> tuple[tuple[Any, ...], float] | None:
         pipeline = SinkPipeline(sink, Backoff())
-        pipeline.start(_batch(consumer, (0, 4), (1, 9), (0, 5)))
-        return await pipeline.wait()
+        slow = asyncio.Event()
+
+        async def later(batch: BatchResult) -> BatchResult:
+            await slow.wait()  # still being inspected when the first batch's sinks fail
+            return batch
+
+        first = _batch(consumer, (0, 4), (1, 9), (0, 5))
+        second = _batch(consumer, (0, 6), (2, 3))
+        pipeline.submit(first, first.records, consumer)
+        pipeline.submit(later(second), second.records, consumer)
+        await pipeline.wait()
+        assert pipeline.boards == 0
+        return pipeline.take_failure()
 
     failed = asyncio.run(run())
     assert failed is not None
-    batch, pause = failed
-    assert [r.offset() for r in batch.records] == [4, 9, 5] and pause == 0.25
-    assert ("store", [(0, 6), (1, 10)]) not in consumer.calls
-    assert sorted(c for c in consumer.calls) == [("seek", (0, 4)), ("seek", (1, 9))]
+    records, pause = failed
+    assert [r.offset() for r in records] == [4, 9, 5, 6, 3] and pause == 0.25
+    assert not any(c[0] == "store" for c in consumer.calls)
+    assert sorted(c for c in consumer.calls) == [
+        ("seek", (0, 4)),
+        ("seek", (1, 9)),
+        ("seek", (2, 3)),
+    ]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from pathlib import Path
 
+import pytest
 import redis
 import sqlalchemy as sa
 
@@ -37,9 +39,16 @@ def _audit_rows(settings: Settings, ids: list[str]) -> list[tuple[str, str]]:
         engine.dispose()
 
 
+@pytest.mark.parametrize(
+    ("workers", "processes"), [(2, 1), (1, 2)], ids=["2-workers", "1-worker-2-processes"]
+)
 def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_lettered(
-    settings: Settings,
+    settings: Settings, workers: int, processes: int
 ) -> None:
+    """Two workers that inspect their boards themselves, and one worker whose boards are
+    inspected by two child processes (worker.processes): the same flow, the same guarantees."""
+    settings.worker.processes = processes
+    dup_id = f"dup-{uuid.uuid4().hex[:8]}"  # the audit store is shared by the test session
     topics = settings.topics
     ensure_topics(settings.kafka.bootstrap_servers, topics, settings.kafka.partitions)
     store = ObjectStore(settings.images.object_store)
@@ -49,7 +58,7 @@ def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_let
     claim_check = BoardPublisher(
         settings.kafka.bootstrap_servers, topics.flagged, store, inline_max_bytes=0
     )
-    workers = start_workers(settings, 2, settings.work_dir / "logs")
+    procs = start_workers(settings, workers, settings.work_dir / "logs")
     try:
         boards = publish_boards(inline, store, synthetic_samples(seed=7), 6)
         # One more board by claim check, published twice with the same event id (a retry).
@@ -61,7 +70,7 @@ def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_let
             product=board.product,
             board_serial="DUP-1",
             template_id=board.template_id,
-            event_id="dup-event-1",
+            event_id=dup_id,
         )
         first = claim_check.publish(encode_png(board.image), **twice)  # type: ignore[arg-type]
         claim_check.send(first)  # the line machine's retry: the same event again
@@ -84,7 +93,7 @@ def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_let
         inline.flush()
         claim_check.flush()
 
-        ids = [b.event_id for b in boards] + ["dup-event-1"]
+        ids = [b.event_id for b in boards] + [dup_id]
         wait_until(lambda: len(_audit_rows(settings, ids)) == len(ids), 120, "audit rows")
         dead = [
             DeadLetter.model_validate_json(v)
@@ -96,8 +105,8 @@ def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_let
             )
         ]
     finally:
-        stop_workers(workers)
-    for w in workers:
+        stop_workers(procs)
+    for w in procs:
         assert w.proc.returncode == 0, w.tail()
 
     rows = _audit_rows(settings, ids)
@@ -115,7 +124,7 @@ def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_let
     ]
     assert {v.event_id for v in out} == set(ids)
     assert all(v.model_version == settings.model.version for v in out)
-    assert {v.worker for v in out} <= {"worker-1", "worker-2"}
+    assert {v.worker for v in out} <= {f"worker-{i + 1}" for i in range(workers)}
     # Failed boards carry the heatmaps of their regions, in the object store.
     from urllib.parse import urlparse
 
@@ -126,10 +135,10 @@ def test_each_board_gets_one_verdict_and_one_audit_row_and_bad_input_is_dead_let
     assert len(dead) == 3
     by_stage = {d.stage: d for d in dead}
     assert set(by_stage) == {"decode", "image", "conflict"}
-    assert by_stage["conflict"].event_id == "dup-event-1"
+    assert by_stage["conflict"].event_id == dup_id
     assert "already decided for another payload" in by_stage["conflict"].reason
-    assert [v.board_serial for v in out if v.event_id == "dup-event-1"] == ["DUP-1"] * len(
-        [v for v in out if v.event_id == "dup-event-1"]
+    assert [v.board_serial for v in out if v.event_id == dup_id] == ["DUP-1"] * len(
+        [v for v in out if v.event_id == dup_id]
     )
     assert "json" in by_stage["decode"].reason.lower()
     assert base64.b64decode(by_stage["decode"].original_b64).startswith(b'{"line": "L1"')

@@ -23,7 +23,7 @@ from inspection.model.archive import ArchiveError, export_model, import_model
 from inspection.model.registry import clone_model
 from inspection.model.stages import StageError, StageStore
 from schemas.events import FlaggedBoard, ImageRef
-from workers.inspection_app import build_inspector
+from workers.inspection_processes import build_inspector
 from workers.model_swap import ModelSwapper, load_served
 
 

@@ -17,7 +17,7 @@ from infra.settings import Settings, settings_env
 from linecheck.cli import app
 from schemas.events import FlaggedBoard, ImageRef
 from workers.audit_sink import AuditStore
-from workers.inspection_app import build_inspector
+from workers.inspection_processes import build_inspector
 
 
 def test_reviewed_boards_become_pairs_with_the_boxes_people_confirmed(

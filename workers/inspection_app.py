@@ -1,15 +1,16 @@
 """The worker: a FastStream (confluent) application around `Inspector`.
 
 Delivery is at least once, with idempotent sinks. The worker consumes batches (up to
-`kafka.batch_size` events, whatever the poll returned) and inspects each event. The batch's
-sinks then run in the background while the next batch is inspected
-(:mod:`workers.batch_sinks`): its audit rows in one statement (a redelivered event gets its
-audited verdict, a reused id with another payload is a `conflict` dead letter), then its
-verdicts and dead letters (waiting for the broker's acks), then its offsets are stored, and
-FastStream's next commit takes them. Sinks run one batch at a time in poll order; a batch
-whose sinks fail is rewound with the batch inspected behind it, after a backoff, so an outage
-stops the commit, not the data. Bad input never raises: it becomes a dead letter and the
-offset moves on. Redis is a cache: its failures are logged and counted, never fatal.
+`kafka.batch_size` events, whatever the poll returned) and inspects each event, itself or in
+`worker.processes` child processes (:mod:`workers.inspection_processes`: the next batches
+are polled while they work). A batch's sinks run in the background while the next one is
+inspected (:mod:`workers.batch_sinks`): its audit rows in one statement (a redelivered event
+gets its audited verdict, a reused id with another payload is a `conflict` dead letter),
+then its verdicts and dead letters (waiting for the broker's acks), then its offsets are
+stored, and FastStream's next commit takes them. Sinks run in poll order; a batch whose
+sinks fail is rewound with the batches behind it, after a backoff, so an outage stops the
+commit, not the data. Bad input never raises: it becomes a dead letter and the offset moves
+on. Redis is a cache: its failures are logged and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,6 @@ from faststream.confluent import KafkaBroker, KafkaMessage
 from faststream.message import StreamMessage
 from faststream.specification import AsyncAPI
 
-from infra.object_store import ObjectStore
 from infra.settings import Settings
 from schemas.events import DeadLetter, Verdict
 from workers import metrics
@@ -45,13 +47,19 @@ from workers.delivery import (
     poll_budget_s,
     poll_ready_batches,
 )
+from workers.inspection_processes import (
+    InspectionProcesses,
+    Letters,
+    build_serving,
+    letter_writer,
+)
 from workers.inspector import Inspector, SourceInfo
-from workers.messages import default_worker_name
-from workers.model_swap import ModelSwapper, load_served
+from workers.model_swap import ModelSwapper
 from workers.shadow import record_shadows
 
 log = logging.getLogger("linecheck.worker")
 EXIT_EVICTED = 75  # EX_TEMPFAIL: evicted from the consumer group, start again
+EXIT_CHILD_DIED = 70  # EX_SOFTWARE: an inspection process died, start again
 
 
 async def _raw_bodies(msg: StreamMessage[Any]) -> list[bytes]:
@@ -61,66 +69,36 @@ async def _raw_bodies(msg: StreamMessage[Any]) -> list[bytes]:
 
 @dataclass
 class WorkerContext:
-    inspector: Inspector
+    inspector: Inspector | None  # None: boards are inspected in `processes`
+    letters: Letters  # writes a dead letter as this worker does
     audit: AuditStore
     stats: LiveStats
     swapper: ModelSwapper | None = None  # follows promote/rollback between batches
     pool: ThreadPoolExecutor | None = None  # worker.inspect_threads > 1: boards at once
-
-
-def build_inspector(settings: Settings) -> Inspector:
-    """The per-event code with the configured model, explainer, store and image policy
-    (heavy: once per process). `linecheck inspect` runs it without any server."""
-    from inspection.model.registry import resolve_model
-
-    if settings.model.threads is not None:
-        import cv2
-
-        # OpenCV's own thread pool gains nothing on the ROI stage and, with one worker per
-        # core, makes the workers fight over the cores (2 workers on 2 cores: 25 boards/s
-        # with OpenCV's default threads, 43 with one each; benchmarks/pipeline.py).
-        cv2.setNumThreads(settings.model.threads)
-    served = load_served(settings, resolve_model(settings.model.models_dir, settings.model.version))
-    inspector = Inspector(
-        served.classifier,
-        served.thresholds,
-        ObjectStore(settings.images.object_store),
-        worker=settings.worker.name or default_worker_name(),
-        explainer=served.explainer,
-        policy=settings.images.policy,
-        review_products=frozenset(settings.worker.review_products),
-        dead_letter_inline_max=settings.images.inline_max_bytes,
-        audit_rate=settings.quality.audit_rate,
-        anomaly=served.anomaly,
-    )
-    inspector.default = served  # with its locator, if any
-    return inspector
+    processes: InspectionProcesses | None = None  # worker.processes > 1: child processes
 
 
 def build_context(settings: Settings) -> WorkerContext:
-    """Check the audit store's schema, load the model and connect the sinks."""
+    """Check the audit store's schema, load the model (here, or in ``worker.processes``
+    child processes) and connect the sinks."""
     from infra.db import prepare
 
     prepare(settings.postgres.url.get_secret_value(), settings.worker.migrate)
-    inspector = build_inspector(settings)
-    from infra.db import make_engine
-    from inspection.products import ProductStore, ProductView
-
-    engine = make_engine(
-        settings.postgres.url.get_secret_value(),
-        settings.postgres.connect_timeout_s,
-        settings.postgres.statement_timeout_ms,
-    )
-    # the product registry: how each product is inspected (unregistered: dead letters)
-    inspector.products = ProductView(ProductStore(engine))
-    swapper = None
-    if settings.model.refresh_s > 0:
-        swapper = ModelSwapper.for_settings(settings, engine)
-        swapper.adopt(inspector.default.version, inspector.default)
+    inspector: Inspector | None = None
+    swapper: ModelSwapper | None = None
+    processes: InspectionProcesses | None = None
+    if settings.worker.processes > 1:
+        processes = InspectionProcesses(settings, settings.worker.processes)
+        letters = letter_writer(settings)
+    else:
+        inspector, swapper = build_serving(settings)
+        letters = inspector.dead_letter
     return WorkerContext(
         inspector=inspector,
+        letters=letters,
         swapper=swapper,
         pool=inspection_pool(settings.worker.inspect_threads),
+        processes=processes,
         audit=AuditStore(
             settings.postgres.url.get_secret_value(),
             settings.quality.audit_rate,
@@ -164,7 +142,7 @@ def refused_letter(
                 "the audit row and its verdict stand; publish the new board under a new id"
             ),
         )
-    return ctx.inspector.dead_letter(body, source, stage, reason, verdict.event_id)
+    return ctx.letters(body, source, stage, reason, verdict.event_id)
 
 
 def create_inspection_app(settings: Settings, context: WorkerContext | None = None) -> FastStream:
@@ -251,12 +229,14 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             for r in records
         ]
         delay = injected_delay(settings.worker.fault_slow_file)
+        consumer = confluent_consumer(msg)
 
-        def inspect_all() -> list[Verdict | DeadLetter]:
+        def inspect_all() -> BatchResult:
+            assert ctx.inspector is not None
             if ctx.swapper is not None:  # between batches: a whole batch has one model set
                 ctx.swapper.refresh(ctx.inspector)
             # the crops of up to boards_per_call boards go to the classifier in one call
-            return inspect_batch(
+            results = inspect_batch(
                 ctx.inspector,
                 bodies,
                 sources,
@@ -264,25 +244,41 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
                 boards_per_call=settings.model.boards_per_call,
                 pool=ctx.pool,
             )
+            return BatchResult(
+                results, sources, bodies, records, consumer, ctx.inspector.take_shadow_decisions()
+            )
 
-        results = await anyio.to_thread.run_sync(inspect_all)
-        batch = BatchResult(
-            results,
-            sources,
-            bodies,
-            records,
-            confluent_consumer(msg),
-            ctx.inspector.take_shadow_decisions(),
-        )
-        # the previous batch's sinks ran while this one was inspected
-        failed = await pipeline.wait()
-        if failed is not None:
-            # this batch comes after the one that failed: consume both again, after a pause
-            previous, pause = failed
-            await rewind(batch.consumer, previous.records, batch.records)
+        async def in_processes(processes: InspectionProcesses) -> BatchResult:
+            try:
+                results, shadowed = await processes.inspect(bodies, sources, delay)
+            except BrokenProcessPool:
+                # a child died (killed, out of memory): start again, as an in-process worker
+                # that died would; the batch is redone from the committed offsets
+                log.critical("an inspection process died: exiting for a restart")
+                os._exit(EXIT_CHILD_DIED)
+            return BatchResult(results, sources, bodies, records, consumer, shadowed)
+
+        batch: BatchResult | Awaitable[BatchResult]
+        if ctx.processes is None:
+            # this batch is inspected here before the next poll: at most two in flight
+            batch = await anyio.to_thread.run_sync(inspect_all)
+            window = len(records)
+        else:
+            # the children take it while the next batches are polled, up to a batch's worth
+            batch = in_processes(ctx.processes)
+            window = settings.kafka.batch_size
+        if (failed := pipeline.take_failure()) is not None:
+            # sinks failed while this batch was inspected: consume it again with the failed
+            # one (never store its offsets past theirs), after a pause
+            failed_records, pause = failed
+            await rewind(consumer, failed_records, records)
             await anyio.sleep(pause)
             return
-        pipeline.start(batch)
+        pipeline.submit(batch, records, consumer)
+        await pipeline.room(window)
+        if (failed := pipeline.take_failure()) is not None:
+            await anyio.sleep(failed[1])  # this batch was rewound with the one that failed
+            return
         took = time.monotonic() - began
         if took * 1e3 > settings.kafka.max_poll_interval_ms:
             # The group has evicted this consumer mid-batch (its partitions went to others,
@@ -291,7 +287,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             log.critical(
                 "a batch of %d took %.1fs, over kafka.max_poll_interval_ms (%.0fs): this "
                 "consumer left the group; exiting for a restart",
-                len(results),
+                len(records),
                 took,
                 settings.kafka.max_poll_interval_ms / 1e3,
             )
@@ -382,7 +378,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
 
     @app.on_shutdown
     async def _drain() -> None:
-        await pipeline.wait()  # the last batch's sinks, before the broker closes
+        await pipeline.wait()  # the last batches' sinks, before the broker closes
 
     @app.after_shutdown
     async def _close() -> None:
@@ -390,5 +386,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
         if ctx is not None:
             ctx.audit.close()
             ctx.stats.close()
+            if ctx.processes is not None:
+                ctx.processes.close()
 
     return app

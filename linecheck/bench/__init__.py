@@ -1,7 +1,8 @@
 """`linecheck bench`: every throughput ratio of the pipeline from one run, on the same
 boards and the same machine (see BENCHMARKS.md for what each figure means).
 
-1. raw: the worker's per-board code in N processes, no Kafka (explanations on, then off);
+1. raw: the worker's per-board code in as many processes as the workers inspect in (N, or
+   N × ``worker.processes``), no Kafka (explanations on, then off);
 2. end to end: N `linecheck worker` processes on the embedded (or configured) servers,
    saturation throughput with the default batch and with batches of one, then
    publish-to-verdict latency at a fraction of saturation with open-loop Poisson arrivals
@@ -62,6 +63,7 @@ def run_bench(
         "model": model_dir.name,
         "boards": boards,
         "workers": workers,
+        "processes_per_worker": settings.worker.processes,
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "backend": settings.model.backend,
@@ -70,10 +72,11 @@ def run_bench(
     with services(settings, external, console) as live:
         with console.status(f"making {boards} boards"):
             events = bench_events(live, boards, seed)
-        with console.status(f"raw: {workers} processes, explanations on"):
-            on = raw_run(live, events, workers)
-        with console.status(f"raw: {workers} processes, explanations off"):
-            off = raw_run(live, events, workers, LINECHECK_WORKER__EXPLAIN="false")
+        inspecting = workers * live.worker.processes  # the raw side gets as many processes
+        with console.status(f"raw: {inspecting} processes, explanations on"):
+            on = raw_run(live, events, inspecting)
+        with console.status(f"raw: {inspecting} processes, explanations off"):
+            off = raw_run(live, events, inspecting, LINECHECK_WORKER__EXPLAIN="false")
         out.update(
             raw_boards_per_s=on.boards_per_s,
             raw_boards_per_s_no_explain=off.boards_per_s,

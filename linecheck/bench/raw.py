@@ -63,7 +63,7 @@ def _child(
 ) -> None:  # pragma: no cover - runs in a child process
     os.environ.update(env)
     from workers.batch_inspection import inspect_batch, inspection_pool
-    from workers.inspection_app import build_inspector
+    from workers.inspection_processes import build_inspector
     from workers.inspector import SourceInfo
 
     settings = load_settings()

@@ -13,7 +13,13 @@ from linecheck.cli.common import ConfigOption, err, settings_or_exit
 
 def bench(
     boards: Annotated[int, typer.Option(min=8, help="synthetic boards per measurement")] = 400,
-    workers: Annotated[int, typer.Option(min=1, help="raw processes and worker processes")] = 2,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes (consumers)")] = 2,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1, help="inspection processes per worker (worker.processes; 1: the worker itself)"
+        ),
+    ] = 1,
     seed: Annotated[int, typer.Option(help="board generator seed (0 = the training boards)")] = 11,
     scale: Annotated[
         str, typer.Option(help="also run end to end with each of these worker counts, e.g. 1,2,4")
@@ -31,6 +37,7 @@ def bench(
     from linecheck.bench import run_bench
 
     settings = settings_or_exit(config)
+    settings.worker.processes = processes
     try:
         counts = tuple(int(n) for n in scale.split(",") if n.strip())
     except ValueError as exc:

@@ -92,7 +92,7 @@ def inspect(
     """Run the worker's exact per-event code on one raw message, with the configured model
     and store; print the Verdict or DeadLetter JSON. Exit 0: a verdict; 3: a dead letter."""
     from schemas.events import Verdict
-    from workers.inspection_app import build_inspector
+    from workers.inspection_processes import build_inspector
     from workers.inspector import SourceInfo
 
     settings = settings_or_exit(config)
