@@ -51,13 +51,13 @@ def test_sinks_run_behind_the_next_batch_and_store_offsets_only_after_them() -> 
     events: list[str] = []
     consumer = Consumer()
 
-    async def sink(batch: BatchResult) -> None:
+    async def sink(batch: BatchResult, _: object) -> None:
         events.append(f"sink {batch.records[0].offset()} start")
         await asyncio.sleep(0.05)
         events.append(f"sink {batch.records[0].offset()} done")
 
     async def run() -> None:
-        pipeline = SinkPipeline(sink, Backoff())
+        pipeline = SinkPipeline([sink], Backoff())
         first = _batch(consumer, (0, 0), (0, 1))
         pipeline.submit(first, first.records, consumer)
         await pipeline.room(2)  # only the batch just submitted: the handler returns
@@ -93,11 +93,11 @@ def test_batches_inspected_meanwhile_are_sunk_together_in_poll_order() -> None:
     consumer = Consumer()
     sunk: list[list[int]] = []
 
-    async def sink(batch: BatchResult) -> None:
+    async def sink(batch: BatchResult, _: object) -> None:
         sunk.append([r.offset() for r in batch.records])
 
     async def run() -> None:
-        pipeline = SinkPipeline(sink, Backoff())
+        pipeline = SinkPipeline([sink], Backoff())
         first_gate, last_gate = asyncio.Event(), asyncio.Event()
 
         async def inspected(batch: BatchResult, gate: asyncio.Event | None) -> BatchResult:
@@ -130,11 +130,11 @@ def test_batches_inspected_meanwhile_are_sunk_together_in_poll_order() -> None:
 def test_a_failed_batch_is_rewound_with_the_batches_behind_it_and_not_stored() -> None:
     consumer = Consumer()
 
-    async def sink(batch: BatchResult) -> None:
+    async def sink(batch: BatchResult, _: object) -> None:
         raise ConnectionError("database down")
 
     async def run() -> tuple[tuple[Any, ...], float] | None:
-        pipeline = SinkPipeline(sink, Backoff())
+        pipeline = SinkPipeline([sink], Backoff())
         slow = asyncio.Event()
 
         async def later(batch: BatchResult) -> BatchResult:
@@ -159,3 +159,72 @@ def test_a_failed_batch_is_rewound_with_the_batches_behind_it_and_not_stored() -
         ("seek", (1, 9)),
         ("seek", (2, 3)),
     ]
+
+
+def test_the_next_rounds_audit_overlaps_this_rounds_publishes_in_poll_order() -> None:
+    """Two stages (audit, then publish): round 2's audit runs while round 1 publishes; each
+    stage and the stored offsets keep the poll order."""
+    consumer = Consumer()
+    log: list[str] = []
+    publishing = asyncio.Event()
+
+    async def audit(batch: BatchResult, _: object) -> int:
+        first = batch.records[0].offset()
+        log.append(f"audit {first}")
+        if first == 1:
+            assert publishing.is_set()  # round 1 is publishing meanwhile
+        return first
+
+    async def publish(batch: BatchResult, first: int) -> None:
+        log.append(f"publish {first} start")
+        if first == 0:
+            publishing.set()
+            await asyncio.sleep(0.05)
+        log.append(f"publish {first} done")
+
+    async def run() -> None:
+        pipeline = SinkPipeline([audit, publish], Backoff())
+        for b in (_batch(consumer, (0, 0)), _batch(consumer, (0, 1))):
+            pipeline.submit(b, b.records, consumer)
+            await asyncio.sleep(0.01)  # the second arrives while the first publishes
+        await pipeline.wait()
+        assert pipeline.take_failure() is None
+
+    asyncio.run(run())
+    assert log == [
+        "audit 0",
+        "publish 0 start",
+        "audit 1",
+        "publish 0 done",
+        "publish 1 start",
+        "publish 1 done",
+    ]
+    assert consumer.calls == [("store", [(0, 1)]), ("store", [(0, 2)])]
+
+
+def test_a_round_behind_a_failed_publish_is_dropped_after_its_audit() -> None:
+    consumer = Consumer()
+    published: list[int] = []
+
+    async def audit(batch: BatchResult, _: object) -> int:
+        return batch.records[0].offset()
+
+    async def publish(batch: BatchResult, first: int) -> None:
+        await asyncio.sleep(0.03)
+        if first == 0:
+            raise ConnectionError("broker down")
+        published.append(first)
+
+    async def run() -> tuple[tuple[Any, ...], float] | None:
+        pipeline = SinkPipeline([audit, publish], Backoff())
+        for b in (_batch(consumer, (0, 0)), _batch(consumer, (0, 1)), _batch(consumer, (1, 5))):
+            pipeline.submit(b, b.records, consumer)
+            await asyncio.sleep(0.01)
+        await pipeline.wait()
+        return pipeline.take_failure()
+
+    failed = asyncio.run(run())
+    assert failed is not None and sorted(r.offset() for r in failed[0]) == [0, 1, 5]
+    assert published == []  # nothing behind the failed round was sent
+    assert not any(c[0] == "store" for c in consumer.calls)
+    assert sorted(c for c in consumer.calls) == [("seek", (0, 0)), ("seek", (1, 5))]

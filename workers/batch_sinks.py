@@ -60,18 +60,31 @@ class BatchResult:
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class _Queued:
     done: asyncio.Future[BatchResult]
     records: tuple[Any, ...]
     consumer: Any
 
 
+@dataclass(eq=False)
+class _Round:
+    batch: BatchResult
+    left: list[asyncio.Event]  # set when this round has left stage k (or was dropped)
+    dropped: bool = False
+
+
+async def _store_offsets(batch: BatchResult, carry: Any) -> None:
+    """The last stage: the offsets after the batch's records, for FastStream's commit."""
+    await store_processed(batch.consumer, batch.records)
+
+
 def _ready(done: asyncio.Future[BatchResult]) -> bool:
     return done.done() and not done.cancelled() and done.exception() is None
 
 
-SinkFn = Callable[[BatchResult], Awaitable[None]]
+# A sink stage: the batch and what the stage before it returned (None for the first).
+Stage = Callable[[BatchResult, Any], Awaitable[Any]]
 
 
 def earliest_offsets(records: Sequence[Any]) -> dict[tuple[str, int], int]:
@@ -105,20 +118,27 @@ async def rewind(consumer: Any, *batches: Sequence[Any]) -> None:
 
 
 class SinkPipeline:
-    """Inspected batches waiting for their sinks, run one at a time in poll order.
+    """Inspected batches through the sink stages, in poll order.
 
-    The handler submits (:meth:`submit`) each polled batch (inspected, or still being inspected
-    in ``worker.processes`` child processes) and then waits for :meth:`room`; a runner task
-    awaits the oldest batch's results, joins to it the batches behind it that are already
-    inspected (one audit insert and one publish round for all of them), runs the sinks and
-    stores the offsets. When sinks fail, every queued batch is rewound and dropped, and the
-    handler finds the failure with :meth:`take_failure` (it then rewinds its own batch and
-    sleeps the backoff). The revoke callback and shutdown drain it."""
+    The handler submits (:meth:`submit`) each polled batch (inspected, or still being
+    inspected in ``worker.processes`` child processes) and then waits for :meth:`room`. A
+    runner awaits the oldest batch's inspection and joins to it the batches behind it that
+    are already inspected: a *round* (one audit insert and one publish round for all of
+    them). Each round goes through ``stages`` (e.g. the audit insert, then the publishes),
+    then its offsets are stored; a round enters a stage only after the round before it has
+    left that stage, so the next round's audit insert overlaps this one's publishes, and the
+    order of every stage and of the stored offsets is the poll order.
 
-    def __init__(self, sink: SinkFn, backoff: Backoff) -> None:
-        self._sink = sink
+    When a stage fails, that round, every round behind it and every queued batch are rewound
+    and dropped, and the handler finds the failure with :meth:`take_failure` (it then rewinds
+    its own batch and sleeps the backoff). The revoke callback and shutdown drain it."""
+
+    def __init__(self, stages: Sequence[Stage], backoff: Backoff) -> None:
+        self._stages: list[Stage] = [*stages, _store_offsets]
         self.backoff = backoff
-        self._queue: deque[_Queued] = deque()
+        self._queue: deque[_Queued] = deque()  # submitted, not yet in a round
+        self._rounds: list[_Round] = []  # in the stages
+        self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._failure: tuple[tuple[Any, ...], float] | None = None
         self._changed = asyncio.Event()
@@ -127,8 +147,10 @@ class SinkPipeline:
 
     @property
     def boards(self) -> int:
-        """Boards submitted whose sinks have not finished."""
-        return sum(len(q.records) for q in self._queue)
+        """Boards submitted whose offsets are not stored yet (nor dropped by a failure)."""
+        return sum(len(q.records) for q in self._queue) + sum(
+            len(r.batch.records) for r in self._rounds
+        )
 
     def submit(
         self, batch: BatchResult | Awaitable[BatchResult], records: tuple[Any, ...], consumer: Any
@@ -147,9 +169,8 @@ class SinkPipeline:
             self._runner = asyncio.get_running_loop().create_task(self._run())
 
     def take_failure(self) -> tuple[tuple[Any, ...], float] | None:
-        """The records of the batch whose sinks failed (rewound already, with every batch
-        submitted behind it) and the backoff to sleep before the next poll; None if none
-        failed since the last call."""
+        """The records of the batches a failure dropped (rewound already) and the backoff to
+        sleep before the next poll; None if nothing failed since the last call."""
         failure, self._failure = self._failure, None
         return failure
 
@@ -169,40 +190,76 @@ class SinkPipeline:
         return self._idle.wait(timeout_s)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._queue:
             head = self._queue[0]
-            taken = 1
             try:
                 batch = await head.done
-                while taken < len(self._queue) and _ready(self._queue[taken].done):
-                    batch = batch.joined(self._queue[taken].done.result())
-                    taken += 1
-                await self._sink(batch)
-                await store_processed(batch.consumer, batch.records)
-            except Exception as exc:
-                await self._failed(exc)
-            else:
-                self.backoff.reset()
-                for _ in range(taken):
-                    self._queue.popleft()
-            self._changed.set()
-        self._idle.set()
+            except BaseException as exc:
+                if head not in self._queue:  # dropped (and cancelled) by a failure meanwhile
+                    continue
+                if not isinstance(exc, Exception):
+                    raise
+                # the inspection itself raised: retry it too
+                await rewind(head.consumer, self._failed(exc, None))
+                continue
+            self._queue.popleft()
+            while self._queue and _ready(self._queue[0].done):
+                batch = batch.joined(self._queue.popleft().done.result())
+            ahead = self._rounds[-1] if self._rounds else None
+            round_ = _Round(batch, [asyncio.Event() for _ in self._stages])
+            self._rounds.append(round_)
+            task = loop.create_task(self._through(round_, ahead))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            # the next round is formed once this one has left the first stage: what has
+            # been inspected by then joins it
+            await round_.left[0].wait()
+        self._check_idle()
 
-    async def _failed(self, exc: Exception) -> None:
-        """Rewind now, not at the next poll (an idle line must get its boards again), every
-        queued batch with the failed one; the handler sleeps the backoff."""
+    async def _through(self, round_: _Round, ahead: _Round | None) -> None:
+        carry: Any = None
+        try:
+            for k, stage in enumerate(self._stages):
+                if ahead is not None:
+                    await ahead.left[k].wait()
+                if round_.dropped:
+                    return
+                carry = await stage(round_.batch, carry)
+                round_.left[k].set()
+            self.backoff.reset()
+        except Exception as exc:
+            if not round_.dropped:
+                await rewind(round_.batch.consumer, self._failed(exc, round_))
+        finally:
+            for event in round_.left:  # the rounds behind never wait for a dropped one
+                event.set()
+            self._rounds.remove(round_)
+            self._changed.set()
+            self._check_idle()
+
+    def _failed(self, exc: Exception, at: _Round | None) -> tuple[Any, ...]:
+        """Drop ``at``, the rounds behind it and every queued batch, and record the failure
+        (before any await: a batch the handler submits from now on sees it); their records,
+        which the caller rewinds now, not at the next poll (an idle line must get its
+        boards again)."""
+        dropped = self._rounds[self._rounds.index(at) :] if at is not None else []
+        for r in dropped:
+            r.dropped = True
         queued = list(self._queue)
         self._queue.clear()
         for q in queued:
             q.done.cancel()
-        delay = self.backoff.failed()
-        log.error(
-            "sinks failed for %d board(s) (%s); retrying in %.1fs",
-            sum(len(q.records) for q in queued),
-            exc,
-            delay,
+        records = tuple(r for d in dropped for r in d.batch.records) + tuple(
+            r for q in queued for r in q.records
         )
+        delay = self.backoff.failed()
+        log.error("sinks failed for %d board(s) (%s); retrying in %.1fs", len(records), exc, delay)
         metrics.SINK_FAILURES.inc()
-        records = tuple(r for q in queued for r in q.records)
-        await rewind(queued[0].consumer, records)
         self._failure = (records, delay)
+        self._changed.set()
+        return records
+
+    def _check_idle(self) -> None:
+        if not self._queue and not self._rounds:
+            self._idle.set()

@@ -15,7 +15,6 @@ on. Redis is a cache: its failures are logged and counted, never fatal.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -35,7 +34,7 @@ from faststream.specification import AsyncAPI
 from infra.settings import Settings
 from schemas.events import DeadLetter, Verdict
 from workers import metrics
-from workers.audit_sink import AuditBatch, AuditStore, LiveStats
+from workers.audit_sink import AuditStore, LiveStats
 from workers.batch_inspection import inspect_batch, inspection_pool
 from workers.batch_sinks import BatchResult, SinkPipeline, rewind
 from workers.delivery import (
@@ -55,7 +54,7 @@ from workers.inspection_processes import (
 )
 from workers.inspector import Inspector, SourceInfo
 from workers.model_swap import ModelSwapper
-from workers.shadow import record_shadows
+from workers.verdict_sinks import VerdictSinks
 
 log = logging.getLogger("linecheck.worker")
 EXIT_EVICTED = 75  # EX_TEMPFAIL: evicted from the consumer group, start again
@@ -122,27 +121,6 @@ def injected_delay(path: Path | None) -> float:
         return max(0.0, float(path.read_text().strip() or 0))
     except (OSError, ValueError):
         return 0.0
-
-
-def refused_letter(
-    body: bytes, source: SourceInfo, verdict: Verdict, audit: AuditBatch, ctx: WorkerContext
-) -> DeadLetter:
-    """The dead letter of an event the audit store did not take: its id was already decided
-    for another payload (``conflict``), or the database refused its row (``sink``)."""
-    refused = audit.rejected.get(verdict.event_id)
-    if refused is not None:
-        stage, reason = "sink", refused
-    else:
-        stored, _ = audit.stored.get(verdict.event_id, (None, None))
-        stage, reason = (
-            "conflict",
-            (
-                f"event id {verdict.event_id!r} was already decided for another payload "
-                f"(sha256 {str(stored)[:16]}…, this one {str(verdict.event_sha256)[:16]}…): "
-                "the audit row and its verdict stand; publish the new board under a new id"
-            ),
-        )
-    return ctx.letters(body, source, stage, reason, verdict.event_id)
 
 
 def create_inspection_app(settings: Settings, context: WorkerContext | None = None) -> FastStream:
@@ -294,70 +272,17 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             metrics.POLL_OVERRUNS.inc()
             os._exit(EXIT_EVICTED)
 
-    async def sink(batch: BatchResult) -> None:
-        """Audit rows, then verdicts and dead letters, then the live counters (raises when
-        a sink fails: the pipeline rewinds the batch)."""
+    def parts() -> tuple[AuditStore, LiveStats, Letters]:
         ctx = state["ctx"]
-        decided = [
-            (r, s, b)
-            for r, s, b in zip(batch.results, batch.sources, batch.bodies, strict=True)
-            if isinstance(r, Verdict)
-        ]
-        dead = [
-            (r, s)
-            for r, s in zip(batch.results, batch.sources, strict=True)
-            if isinstance(r, DeadLetter)
-        ]
-        # Audit rows first: while the database is down nothing is published, so a retried
-        # batch does not flood the MES with copies of its verdicts.
-        audit = await anyio.to_thread.run_sync(
-            ctx.audit.record_batch, [(v, s.partition, s.offset) for v, s, _ in decided]
-        )
-        publish: list[Verdict] = []
-        for verdict, source, body in decided:
-            chosen = audit.resolve(verdict)
-            if chosen is None:  # a conflict, or a row the database refused: never retried
-                dead.append((refused_letter(body, source, verdict, audit, ctx), source))
-            else:
-                publish.append(chosen)  # a redelivery gets the verdict already audited
-        if batch.shadowed:  # beside the audit rows of the boards they shadow; never published
-            kept = {v.event_id for v in publish}
-            await anyio.to_thread.run_sync(
-                record_shadows, ctx.audit.engine, [d for d in batch.shadowed if d.event_id in kept]
-            )
-        # The same event twice in one batch is new once: counters count each event once.
-        first_seen = {v.event_id: v for v in publish if v.event_id in audit.new}
-        await asyncio.gather(
-            *(verdicts.publish(v, key=f"{v.line}:{v.board_serial}".encode()) for v in publish),
-            *(deadletters.publish(letter, key=s.key) for letter, s in dead),
-        )
-        for letter, source in dead:
-            log.warning(
-                "dead-lettered %s/%s at %s: %s",
-                source.partition,
-                source.offset,
-                letter.stage,
-                letter.reason,
-            )
-        # Live counters are a cache: Redis down must not stop the line (repair them with
-        # `linecheck stats rebuild`).
-        try:
-            await anyio.to_thread.run_sync(
-                ctx.stats.record_many,
-                list(first_seen.values()),
-                [letter.stage for letter, _ in dead],
-            )
-        except Exception as exc:
-            metrics.REDIS_FAILURES.inc()
-            log.error("live counters not updated for a batch of %d: %s", len(batch.results), exc)
-        for verdict in publish:
-            metrics.observe(verdict, first_seen.pop(verdict.event_id, None) is not None)
-        for letter, _ in dead:
-            metrics.DEADLETTERS.labels(letter.stage).inc()
-            if letter.stage == "conflict":
-                metrics.CONFLICTS.inc()
+        return ctx.audit, ctx.stats, ctx.letters
 
-    pipeline = SinkPipeline(sink, Backoff())
+    sinks = VerdictSinks(
+        parts,
+        lambda v: verdicts.publish(v, key=f"{v.line}:{v.board_serial}".encode()),
+        lambda letter, key: deadletters.publish(letter, key=key),
+    )
+    # a round's audit insert overlaps the publishes of the round before it
+    pipeline = SinkPipeline([sinks.record, sinks.send], Backoff())
 
     app = FastStream(
         broker,

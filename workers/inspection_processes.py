@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -114,9 +116,16 @@ def letter_writer(settings: Settings) -> Letters:
 _child: dict[str, Any] = {}
 
 
-def _start_child(settings: Settings, ready: Any, timeout_s: float) -> None:
+def _start_child(settings: Settings, ready: Any, timeout_s: float, parent: int) -> None:
     """A child's start: load what inspects (``ready``: the barrier that every child and the
-    worker pass once all are loaded; broken at once when this one cannot load)."""
+    worker pass once all are loaded; broken at once when this one cannot load).
+
+    The worker decides when its children stop (after its last batch's sinks): a Ctrl-C or a
+    SIGTERM sent to the whole process group is left to it. A child whose worker is gone
+    (killed outright) exits by itself instead of waiting for boards forever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     try:
         inspector, swapper = build_serving(settings)
     except BaseException:
@@ -124,6 +133,12 @@ def _start_child(settings: Settings, ready: Any, timeout_s: float) -> None:
         raise
     _child.update(inspector=inspector, swapper=swapper)
     ready.wait(timeout_s)
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _inspect_one(body: bytes, source: SourceInfo, delay_s: float) -> tuple[Result, list[Any]]:
@@ -149,7 +164,7 @@ class InspectionProcesses:
             count,
             mp_context=context,
             initializer=_start_child,
-            initargs=(settings, ready, start_timeout_s),
+            initargs=(settings, ready, start_timeout_s, os.getpid()),
         )
         # the executor starts its children with the first task; each waits at the barrier
         for _ in range(count):
