@@ -86,10 +86,10 @@ def test_sinks_run_behind_the_next_batch_and_store_offsets_only_after_them() -> 
     assert consumer.calls == [("store", [(0, 2)]), ("store", [(0, 3)])]
 
 
-def test_batches_inspected_meanwhile_are_sunk_together_in_poll_order() -> None:
-    """Child processes inspect several polled batches at once: when the oldest is inspected,
-    it goes to the sinks with the ones behind it already inspected (one insert, one publish
-    round), never with or before one still being inspected."""
+def test_what_is_inspected_is_sunk_at_once_and_offsets_are_stored_in_poll_order() -> None:
+    """Child processes inspect several polled batches at once: those inspected go to the
+    sinks together as one round without waiting for an older batch still in a child, but
+    no offset is stored past a batch whose sinks have not finished."""
     consumer = Consumer()
     sunk: list[list[int]] = []
 
@@ -114,16 +114,19 @@ def test_batches_inspected_meanwhile_are_sunk_together_in_poll_order() -> None:
         for batch, gate in polled:
             pipeline.submit(inspected(batch, gate), batch.records, consumer)
         await asyncio.sleep(0.01)
-        assert pipeline.boards == 5 and sunk == []  # the oldest is still being inspected
+        assert sunk == [[1, 2, 7]]  # the two inspected batches, as one round
+        assert consumer.calls == []  # nothing stored: the oldest is still being inspected
+        assert pipeline.boards == 5
         first_gate.set()
         await pipeline.room(1)
-        assert sunk == [[0, 1, 2, 7]]
+        assert sunk == [[1, 2, 7], [0]]
+        assert consumer.calls == [("store", [(0, 3), (1, 8)])]  # the three oldest at once
         last_gate.set()
         await pipeline.wait()
         assert pipeline.boards == 0
 
     asyncio.run(run())
-    assert sunk == [[0, 1, 2, 7], [3]]
+    assert sunk == [[1, 2, 7], [0], [3]]
     assert consumer.calls == [("store", [(0, 3), (1, 8)]), ("store", [(0, 4)])]
 
 

@@ -4,13 +4,15 @@ A worker inspects batch N+1 (or, with ``worker.processes``, several batches in c
 processes) while batch N's audit insert and verdict publishes are in flight, so a core does
 not idle while PostgreSQL and the broker answer. The delivery guarantee stays as it was:
 
-- sinks run one batch at a time, in poll order (batches already inspected when their turn
-  comes are joined into one: one insert, one publish round, one offset store);
-- a batch's offsets are stored only after both sinks acknowledged it, so FastStream's
-  commit never passes an event whose verdict is not in the audit store and on the broker;
-- a batch whose sinks fail is rewound (seek to its earliest record per partition) with every
-  batch submitted behind it, which are dropped: all are consumed again, after a backoff,
-  and the idempotent sinks decide each event once.
+- what has been inspected goes to the sinks as one *round* (one insert, one publish round):
+  a batch inspected before an older one still in a child process does not wait for it;
+  rounds pass each sink stage one after the other, in the order they were formed;
+- offsets are stored in poll order, only for the batches before the oldest one not through
+  both sinks, so FastStream's commit never passes an event whose verdict is not in the audit
+  store and on the broker;
+- when a round's sinks fail, every batch not stored yet is dropped and rewound (seek to its
+  earliest record per partition): all are consumed again, after a backoff, and the
+  idempotent sinks decide each event once (a verdict already sent may be sent again).
 
 :class:`SinkPipeline` holds the batches in flight; the handler :meth:`~SinkPipeline.submit`
 sends each batch and waits for :meth:`~SinkPipeline.room`, and the worker's revoke callback and
@@ -65,22 +67,16 @@ class _Queued:
     done: asyncio.Future[BatchResult]
     records: tuple[Any, ...]
     consumer: Any
+    taken: bool = False  # in a round
+    sunk: bool = False  # through every stage: its offsets may be stored
 
 
 @dataclass(eq=False)
 class _Round:
     batch: BatchResult
+    entries: list[_Queued]
     left: list[asyncio.Event]  # set when this round has left stage k (or was dropped)
     dropped: bool = False
-
-
-async def _store_offsets(batch: BatchResult, carry: Any) -> None:
-    """The last stage: the offsets after the batch's records, for FastStream's commit."""
-    await store_processed(batch.consumer, batch.records)
-
-
-def _ready(done: asyncio.Future[BatchResult]) -> bool:
-    return done.done() and not done.cancelled() and done.exception() is None
 
 
 # A sink stage: the batch and what the stage before it returned (None for the first).
@@ -118,39 +114,40 @@ async def rewind(consumer: Any, *batches: Sequence[Any]) -> None:
 
 
 class SinkPipeline:
-    """Inspected batches through the sink stages, in poll order.
+    """Inspected batches through the sink stages; offsets stored in poll order.
 
     The handler submits (:meth:`submit`) each polled batch (inspected, or still being
     inspected in ``worker.processes`` child processes) and then waits for :meth:`room`. A
-    runner awaits the oldest batch's inspection and joins to it the batches behind it that
-    are already inspected: a *round* (one audit insert and one publish round for all of
-    them). Each round goes through ``stages`` (e.g. the audit insert, then the publishes),
-    then its offsets are stored; a round enters a stage only after the round before it has
-    left that stage, so the next round's audit insert overlaps this one's publishes, and the
-    order of every stage and of the stored offsets is the poll order.
+    runner takes every submitted batch already inspected (in poll order, joined) as a
+    *round*, and the next round when this one has left the first stage: what has been
+    inspected by then joins it. Each round goes through ``stages`` (the audit insert, then
+    the publishes); a round enters a stage only after the round before it has left that
+    stage, so the next round's audit insert overlaps this one's publishes. Then the offsets
+    of the oldest batches, as far as all are through the stages, are stored.
 
-    When a stage fails, that round, every round behind it and every queued batch are rewound
-    and dropped, and the handler finds the failure with :meth:`take_failure` (it then rewinds
-    its own batch and sleeps the backoff). The revoke callback and shutdown drain it."""
+    When a stage fails, every round and batch not stored yet is dropped and rewound, and the
+    handler finds the failure with :meth:`take_failure` (it then rewinds its own batch and
+    sleeps the backoff). The revoke callback and shutdown drain it."""
 
     def __init__(self, stages: Sequence[Stage], backoff: Backoff) -> None:
-        self._stages: list[Stage] = [*stages, _store_offsets]
+        self._stages = list(stages)
         self.backoff = backoff
-        self._queue: deque[_Queued] = deque()  # submitted, not yet in a round
-        self._rounds: list[_Round] = []  # in the stages
+        self._entries: deque[_Queued] = deque()  # submitted, offsets not stored; poll order
+        self._rounds: list[_Round] = []  # in the stages, in the order formed
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
+        self._storing = asyncio.Lock()  # offsets stored one call at a time, never backwards
+        self._storing_boards = 0  # in the store call under way
         self._failure: tuple[tuple[Any, ...], float] | None = None
         self._changed = asyncio.Event()
+        self._arrived = asyncio.Event()
         self._idle = threading.Event()
         self._idle.set()
 
     @property
     def boards(self) -> int:
         """Boards submitted whose offsets are not stored yet (nor dropped by a failure)."""
-        return sum(len(q.records) for q in self._queue) + sum(
-            len(r.batch.records) for r in self._rounds
-        )
+        return sum(len(e.records) for e in self._entries) + self._storing_boards
 
     def submit(
         self, batch: BatchResult | Awaitable[BatchResult], records: tuple[Any, ...], consumer: Any
@@ -163,8 +160,9 @@ class SinkPipeline:
             done.set_result(batch)
         else:
             done = asyncio.ensure_future(batch)
-        self._queue.append(_Queued(done, records, consumer))
+        self._entries.append(_Queued(done, records, consumer))
         self._idle.clear()
+        self._arrived.set()
         if self._runner is None or self._runner.done():
             self._runner = asyncio.get_running_loop().create_task(self._run())
 
@@ -181,8 +179,11 @@ class SinkPipeline:
             await self._changed.wait()
 
     async def wait(self) -> None:
-        """Wait until every submitted batch's sinks have finished (or failed)."""
+        """Wait until every submitted batch's sinks have finished and its offsets are
+        stored, or a failure has dropped and rewound it."""
         await self.room(0)
+        while busy := [t for t in (self._runner, *self._tasks) if t is not None and not t.done()]:
+            await asyncio.gather(*busy, return_exceptions=True)
 
     def drain_blocking(self, timeout_s: float) -> bool:
         """From a thread other than the event loop's (the consumer's revoke callback): wait
@@ -191,29 +192,31 @@ class SinkPipeline:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._queue:
-            head = self._queue[0]
-            try:
-                batch = await head.done
-            except BaseException as exc:
-                if head not in self._queue:  # dropped (and cancelled) by a failure meanwhile
-                    continue
-                if not isinstance(exc, Exception):
-                    raise
-                # the inspection itself raised: retry it too
-                await rewind(head.consumer, self._failed(exc, None))
+        while waiting := [e for e in self._entries if not e.taken]:
+            ready = [e for e in waiting if e.done.done()]
+            if not ready:  # until one is inspected, or another is submitted
+                self._arrived.clear()
+                arrival = loop.create_task(self._arrived.wait())
+                watched: list[asyncio.Future[Any]] = [arrival, *(e.done for e in waiting)]
+                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                arrival.cancel()
                 continue
-            self._queue.popleft()
-            while self._queue and _ready(self._queue[0].done):
-                batch = batch.joined(self._queue.popleft().done.result())
+            broken = next((e for e in ready if e.done.cancelled() or e.done.exception()), None)
+            if broken is not None:  # the inspection itself raised: retry it with the rest
+                exc = broken.done.exception() if not broken.done.cancelled() else None
+                await rewind(broken.consumer, self._failed(exc or RuntimeError("cancelled")))
+                continue
+            batch = ready[0].done.result()
+            for e in ready[1:]:
+                batch = batch.joined(e.done.result())
+            for e in ready:
+                e.taken = True
             ahead = self._rounds[-1] if self._rounds else None
-            round_ = _Round(batch, [asyncio.Event() for _ in self._stages])
+            round_ = _Round(batch, ready, [asyncio.Event() for _ in self._stages])
             self._rounds.append(round_)
             task = loop.create_task(self._through(round_, ahead))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            # the next round is formed once this one has left the first stage: what has
-            # been inspected by then joins it
             await round_.left[0].wait()
         self._check_idle()
 
@@ -227,10 +230,13 @@ class SinkPipeline:
                     return
                 carry = await stage(round_.batch, carry)
                 round_.left[k].set()
+            for e in round_.entries:
+                e.sunk = True
+            await self._store_ready()
             self.backoff.reset()
         except Exception as exc:
             if not round_.dropped:
-                await rewind(round_.batch.consumer, self._failed(exc, round_))
+                await rewind(round_.batch.consumer, self._failed(exc))
         finally:
             for event in round_.left:  # the rounds behind never wait for a dropped one
                 event.set()
@@ -238,21 +244,31 @@ class SinkPipeline:
             self._changed.set()
             self._check_idle()
 
-    def _failed(self, exc: Exception, at: _Round | None) -> tuple[Any, ...]:
-        """Drop ``at``, the rounds behind it and every queued batch, and record the failure
-        (before any await: a batch the handler submits from now on sees it); their records,
-        which the caller rewinds now, not at the next poll (an idle line must get its
-        boards again)."""
-        dropped = self._rounds[self._rounds.index(at) :] if at is not None else []
-        for r in dropped:
+    async def _store_ready(self) -> None:
+        """Store the offsets of the oldest batches, as far as all are through the stages."""
+        async with self._storing:
+            done: list[_Queued] = []
+            while self._entries and self._entries[0].sunk:
+                done.append(self._entries.popleft())
+            if done:
+                records = tuple(r for e in done for r in e.records)
+                self._storing_boards = len(records)
+                try:
+                    await store_processed(done[0].consumer, records)
+                finally:
+                    self._storing_boards = 0
+
+    def _failed(self, exc: BaseException) -> tuple[Any, ...]:
+        """Drop every round and batch not stored yet, and record the failure (before any
+        await: a batch the handler submits from now on sees it); their records, which the
+        caller rewinds now, not at the next poll (an idle line must get its boards again)."""
+        for r in self._rounds:
             r.dropped = True
-        queued = list(self._queue)
-        self._queue.clear()
-        for q in queued:
-            q.done.cancel()
-        records = tuple(r for d in dropped for r in d.batch.records) + tuple(
-            r for q in queued for r in q.records
-        )
+        dropped = list(self._entries)
+        self._entries.clear()
+        for e in dropped:
+            e.done.cancel()
+        records = tuple(r for e in dropped for r in e.records)
         delay = self.backoff.failed()
         log.error("sinks failed for %d board(s) (%s); retrying in %.1fs", len(records), exc, delay)
         metrics.SINK_FAILURES.inc()
@@ -261,5 +277,5 @@ class SinkPipeline:
         return records
 
     def _check_idle(self) -> None:
-        if not self._queue and not self._rounds:
+        if not self._entries and not self._rounds and not self._storing_boards:
             self._idle.set()
