@@ -1,15 +1,17 @@
 """The worker: a FastStream (confluent) application around `Inspector`.
 
 Delivery is at least once, with idempotent sinks. The worker consumes batches (up to
-`kafka.batch_size` events, whatever the poll returned) and inspects each event, itself or in
-`worker.processes` child processes (:mod:`workers.inspection_processes`: the next batches
-are polled while they work). A batch's sinks run in the background while the next one is
-inspected (:mod:`workers.batch_sinks`): its audit rows in one statement (a redelivered event
-gets its audited verdict, a reused id with another payload is a `conflict` dead letter),
-then its verdicts and dead letters (waiting for the broker's acks), then its offsets are
-stored, and FastStream's next commit takes them. Sinks run in poll order; a batch whose
-sinks fail is rewound with the batches behind it, after a backoff, so an outage stops the
-commit, not the data. Bad input never raises: it becomes a dead letter and the offset moves
+`kafka.batch_size` events, whatever the poll returned) and inspects each event, on a thread
+of its own or in `worker.processes` child processes (:mod:`workers.inspection_processes`: the
+next batches are polled while they work). Each board goes to the sinks as soon as it is
+decided, in the background (:mod:`workers.batch_sinks`): what has been decided meanwhile
+joins it in one round, whose audit rows go in one statement (a redelivered event gets its
+audited verdict, a reused id with another payload is a `conflict` dead letter), then its
+verdicts and dead letters (waiting for the broker's acks); then offsets are stored in poll
+order, and FastStream's next commit takes them. A round whose sinks fail is rewound with
+every board behind it, after a backoff, so an outage stops the commit, not the data. (With
+`worker.inspect_threads` or `model.boards_per_call` above 1 a whole batch is inspected, then
+sunk, as one.) Bad input never raises: it becomes a dead letter and the offset moves
 on. Redis is a cache: its failures are logged and counted, never fatal.
 """
 
@@ -18,12 +20,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 from faststream import AckPolicy, FastStream
@@ -47,7 +48,9 @@ from workers.delivery import (
     poll_ready_batches,
 )
 from workers.inspection_processes import (
+    Inspected,
     InspectionProcesses,
+    InspectionThread,
     Letters,
     build_serving,
     letter_writer,
@@ -68,13 +71,16 @@ async def _raw_bodies(msg: StreamMessage[Any]) -> list[bytes]:
 
 @dataclass
 class WorkerContext:
-    inspector: Inspector | None  # None: boards are inspected in `processes`
+    inspector: Inspector | None  # None: boards are inspected in child processes
     letters: Letters  # writes a dead letter as this worker does
     audit: AuditStore
     stats: LiveStats
     swapper: ModelSwapper | None = None  # follows promote/rollback between batches
     pool: ThreadPoolExecutor | None = None  # worker.inspect_threads > 1: boards at once
-    processes: InspectionProcesses | None = None  # worker.processes > 1: child processes
+    # board by board, each to the sinks once decided: on a thread of this process or in
+    # worker.processes child processes (None: whole batches, for inspect_threads or
+    # model.boards_per_call > 1)
+    boards: InspectionThread | InspectionProcesses | None = None
 
 
 def build_context(settings: Settings) -> WorkerContext:
@@ -85,19 +91,21 @@ def build_context(settings: Settings) -> WorkerContext:
     prepare(settings.postgres.url.get_secret_value(), settings.worker.migrate)
     inspector: Inspector | None = None
     swapper: ModelSwapper | None = None
-    processes: InspectionProcesses | None = None
+    boards: InspectionThread | InspectionProcesses | None = None
     if settings.worker.processes > 1:
-        processes = InspectionProcesses(settings, settings.worker.processes)
+        boards = InspectionProcesses(settings, settings.worker.processes)
         letters = letter_writer(settings)
     else:
         inspector, swapper = build_serving(settings)
         letters = inspector.dead_letter
+        if settings.worker.inspect_threads == 1 and settings.model.boards_per_call == 1:
+            boards = InspectionThread(inspector, swapper)
     return WorkerContext(
         inspector=inspector,
         letters=letters,
         swapper=swapper,
         pool=inspection_pool(settings.worker.inspect_threads),
-        processes=processes,
+        boards=boards,
         audit=AuditStore(
             settings.postgres.url.get_secret_value(),
             settings.quality.audit_rate,
@@ -111,6 +119,13 @@ def build_context(settings: Settings) -> WorkerContext:
             settings.redis.timeout_s,
         ),
     )
+
+
+def _child_died() -> NoReturn:
+    """An inspection process died (killed, out of memory): start again, as an in-process
+    worker that died would; its boards are redone from the committed offsets."""
+    log.critical("an inspection process died: exiting for a restart")
+    os._exit(EXIT_CHILD_DIED)
 
 
 def injected_delay(path: Path | None) -> float:
@@ -226,35 +241,45 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
                 results, sources, bodies, records, consumer, ctx.inspector.take_shadow_decisions()
             )
 
-        async def in_processes(processes: InspectionProcesses) -> BatchResult:
+        async def decided(i: int, inspected: Inspected) -> BatchResult:
             try:
-                results, shadowed = await processes.inspect(bodies, sources, delay)
+                result, shadowed = await inspected
             except BrokenProcessPool:
-                # a child died (killed, out of memory): start again, as an in-process worker
-                # that died would; the batch is redone from the committed offsets
-                log.critical("an inspection process died: exiting for a restart")
-                os._exit(EXIT_CHILD_DIED)
-            return BatchResult(results, sources, bodies, records, consumer, shadowed)
+                _child_died()
+            return BatchResult(
+                [result], [sources[i]], [bodies[i]], (records[i],), consumer, shadowed
+            )
 
-        batch: BatchResult | Awaitable[BatchResult]
-        if ctx.processes is None:
-            # this batch is inspected here before the next poll: at most two in flight
-            batch = await anyio.to_thread.run_sync(inspect_all)
+        whole: BatchResult | None = None
+        if ctx.boards is None:
+            # the whole batch is inspected here before the next poll: at most two in flight
+            whole = await anyio.to_thread.run_sync(inspect_all)
             window = len(records)
         else:
-            # the children take it while the next batches are polled, up to 4 batches' worth
-            # in flight (one batch's worth left the children idle at every batch boundary:
-            # 83 → 92 boards/s at saturation, BENCHMARKS "One consumer, N processes")
-            batch = in_processes(ctx.processes)
-            window = 4 * settings.kafka.batch_size
+            # the next batches are polled while these boards are inspected, up to 2 (one
+            # inspecting process) or 4 batches' worth in flight (one batch's worth left the
+            # children idle at every batch boundary: 83 → 92 boards/s at saturation,
+            # BENCHMARKS "One consumer, N processes")
+            in_children = isinstance(ctx.boards, InspectionProcesses)
+            window = (4 if in_children else 2) * settings.kafka.batch_size
         if (failed := pipeline.take_failure()) is not None:
-            # sinks failed while this batch was inspected: consume it again with the failed
-            # one (never store its offsets past theirs), after a pause
+            # sinks failed while this batch was polled or inspected: consume it again with
+            # the failed one (never store its offsets past theirs), after a pause
             failed_records, pause = failed
             await rewind(consumer, failed_records, records)
             await anyio.sleep(pause)
             return
-        pipeline.submit(batch, records, consumer)
+        if whole is not None:
+            pipeline.submit(whole, records, consumer)
+        elif ctx.boards is not None:
+            # each board goes to the sinks as soon as it is decided (its own round, or
+            # joined by the boards decided while the round before it was in the audit insert)
+            try:
+                each = ctx.boards.each(bodies, sources, delay)
+            except BrokenProcessPool:  # a child died since the last batch
+                _child_died()
+            for i, inspected in enumerate(each):
+                pipeline.submit(decided(i, inspected), (records[i],), consumer)
         await pipeline.room(window)
         if (failed := pipeline.take_failure()) is not None:
             await anyio.sleep(failed[1])  # this batch was rewound with the one that failed
@@ -313,7 +338,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
         if ctx is not None:
             ctx.audit.close()
             ctx.stats.close()
-            if ctx.processes is not None:
-                ctx.processes.close()
+            if ctx.boards is not None:
+                ctx.boards.close()
 
     return app
