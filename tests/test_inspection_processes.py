@@ -1,8 +1,6 @@
-"""How a worker's boards are inspected, through the real servers: each board goes to the sinks
-once decided, not held for the rest of its batch; with child processes
-(``worker.processes``), a child that dies restarts the worker and loses no board, and
-children do not outlive a worker killed outright. (The flow itself, in both modes:
-test_flow.py.)"""
+"""A worker whose boards are inspected by child processes (``worker.processes``), through the
+real servers: a child that dies restarts the worker and loses no board; children do not
+outlive a worker killed outright. (The flow itself, in both modes: test_flow.py.)"""
 
 from __future__ import annotations
 
@@ -11,12 +9,9 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
-
 from infra.kafka_admin import ensure_topics, read_topic
 from infra.object_store import ObjectStore
 from infra.settings import Settings
-from linecheck.bench.e2e import VerdictWatch
 from linecheck.processes import start_workers, stop_workers, wait_ready
 from producers.publisher import BoardPublisher
 from producers.simulator import publish_boards, synthetic_samples
@@ -54,38 +49,6 @@ def _inspectors(worker_pid: int) -> list[int]:
         if "resource_tracker"
         not in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace")
     ]
-
-
-@pytest.mark.parametrize("processes", [1, 2], ids=["in-process", "2-processes"])
-def test_a_decided_board_is_not_held_for_the_rest_of_its_batch(
-    settings: Settings, processes: int
-) -> None:
-    settings.worker.processes = processes
-    slow = settings.work_dir / "slow"
-    slow.parent.mkdir(parents=True, exist_ok=True)
-    slow.write_text("0.4")  # each board 0.4 s longer: the batch's boards decided far apart
-    settings.worker.fault_slow_file = slow
-    ensure_topics(settings.kafka.bootstrap_servers, settings.topics, settings.kafka.partitions)
-    store = ObjectStore(settings.images.object_store)
-    publisher = BoardPublisher(
-        settings.kafka.bootstrap_servers, settings.topics.flagged, store, inline_max_bytes=10**7
-    )
-    boards = publish_boards(publisher, store, synthetic_samples(seed=23), 6)
-    publisher.flush()  # all in the topic before the worker polls: one batch, or few
-    watch = VerdictWatch(settings)
-    workers = start_workers(settings, 1, settings.work_dir / "logs")
-    try:
-        wait_ready(workers)
-        watch.wait_for({b.event_id for b in boards}, timeout=120)
-    finally:
-        stop_workers(workers)
-        watch.close()
-    last_decided = max(watch.decided.values())
-    early = [i for i, sent in watch.seen.items() if sent < last_decided - 0.1]
-    # sunk as a whole batch, no verdict of the batch would be out before its last board
-    # was decided; board by board, all but the last one or two are (two children finish
-    # two boards at a time)
-    assert len(early) >= len(boards) - 2, (watch.seen, watch.decided)
 
 
 def test_a_dead_inspection_process_restarts_the_worker_and_loses_no_board(

@@ -1,17 +1,15 @@
 """The worker: a FastStream (confluent) application around `Inspector`.
 
 Delivery is at least once, with idempotent sinks. The worker consumes batches (up to
-`kafka.batch_size` events, whatever the poll returned) and inspects each event, on a thread
-of its own or in `worker.processes` child processes (:mod:`workers.inspection_processes`: the
-next batches are polled while they work). Each board goes to the sinks as soon as it is
-decided, in the background (:mod:`workers.batch_sinks`): what has been decided meanwhile
-joins it in one round, whose audit rows go in one statement (a redelivered event gets its
-audited verdict, a reused id with another payload is a `conflict` dead letter), then its
-verdicts and dead letters (waiting for the broker's acks); then offsets are stored in poll
-order, and FastStream's next commit takes them. A round whose sinks fail is rewound with
-every board behind it, after a backoff, so an outage stops the commit, not the data. (With
-`worker.inspect_threads` or `model.boards_per_call` above 1 a whole batch is inspected, then
-sunk, as one.) Bad input never raises: it becomes a dead letter and the offset moves
+`kafka.batch_size` events, whatever the poll returned) and inspects each event, itself or in
+`worker.processes` child processes (:mod:`workers.inspection_processes`: the next batches
+are polled while they work). A batch's sinks run in the background while the next one is
+inspected (:mod:`workers.batch_sinks`): its audit rows in one statement (a redelivered event
+gets its audited verdict, a reused id with another payload is a `conflict` dead letter),
+then its verdicts and dead letters (waiting for the broker's acks), then its offsets are
+stored, and FastStream's next commit takes them. Sinks run in poll order; a batch whose
+sinks fail is rewound with the batches behind it, after a backoff, so an outage stops the
+commit, not the data. Bad input never raises: it becomes a dead letter and the offset moves
 on. Redis is a cache: its failures are logged and counted, never fatal.
 """
 
@@ -20,11 +18,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import anyio
 from faststream import AckPolicy, FastStream
@@ -48,9 +47,7 @@ from workers.delivery import (
     poll_ready_batches,
 )
 from workers.inspection_processes import (
-    Inspected,
     InspectionProcesses,
-    InspectionThread,
     Letters,
     build_serving,
     letter_writer,
@@ -71,16 +68,13 @@ async def _raw_bodies(msg: StreamMessage[Any]) -> list[bytes]:
 
 @dataclass
 class WorkerContext:
-    inspector: Inspector | None  # None: boards are inspected in child processes
+    inspector: Inspector | None  # None: boards are inspected in `processes`
     letters: Letters  # writes a dead letter as this worker does
     audit: AuditStore
     stats: LiveStats
     swapper: ModelSwapper | None = None  # follows promote/rollback between batches
     pool: ThreadPoolExecutor | None = None  # worker.inspect_threads > 1: boards at once
-    # board by board, each to the sinks once decided: on a thread of this process or in
-    # worker.processes child processes (None: whole batches, for inspect_threads or
-    # model.boards_per_call > 1)
-    boards: InspectionThread | InspectionProcesses | None = None
+    processes: InspectionProcesses | None = None  # worker.processes > 1: child processes
 
 
 def build_context(settings: Settings) -> WorkerContext:
@@ -91,21 +85,19 @@ def build_context(settings: Settings) -> WorkerContext:
     prepare(settings.postgres.url.get_secret_value(), settings.worker.migrate)
     inspector: Inspector | None = None
     swapper: ModelSwapper | None = None
-    boards: InspectionThread | InspectionProcesses | None = None
+    processes: InspectionProcesses | None = None
     if settings.worker.processes > 1:
-        boards = InspectionProcesses(settings, settings.worker.processes)
+        processes = InspectionProcesses(settings, settings.worker.processes)
         letters = letter_writer(settings)
     else:
         inspector, swapper = build_serving(settings)
         letters = inspector.dead_letter
-        if settings.worker.inspect_threads == 1 and settings.model.boards_per_call == 1:
-            boards = InspectionThread(inspector, swapper)
     return WorkerContext(
         inspector=inspector,
         letters=letters,
         swapper=swapper,
         pool=inspection_pool(settings.worker.inspect_threads),
-        boards=boards,
+        processes=processes,
         audit=AuditStore(
             settings.postgres.url.get_secret_value(),
             settings.quality.audit_rate,
@@ -119,13 +111,6 @@ def build_context(settings: Settings) -> WorkerContext:
             settings.redis.timeout_s,
         ),
     )
-
-
-def _child_died() -> NoReturn:
-    """An inspection process died (killed, out of memory): start again, as an in-process
-    worker that died would; its boards are redone from the committed offsets."""
-    log.critical("an inspection process died: exiting for a restart")
-    os._exit(EXIT_CHILD_DIED)
 
 
 def injected_delay(path: Path | None) -> float:
@@ -241,45 +226,35 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
                 results, sources, bodies, records, consumer, ctx.inspector.take_shadow_decisions()
             )
 
-        async def decided(i: int, inspected: Inspected) -> BatchResult:
+        async def in_processes(processes: InspectionProcesses) -> BatchResult:
             try:
-                result, shadowed = await inspected
+                results, shadowed = await processes.inspect(bodies, sources, delay)
             except BrokenProcessPool:
-                _child_died()
-            return BatchResult(
-                [result], [sources[i]], [bodies[i]], (records[i],), consumer, shadowed
-            )
+                # a child died (killed, out of memory): start again, as an in-process worker
+                # that died would; the batch is redone from the committed offsets
+                log.critical("an inspection process died: exiting for a restart")
+                os._exit(EXIT_CHILD_DIED)
+            return BatchResult(results, sources, bodies, records, consumer, shadowed)
 
-        whole: BatchResult | None = None
-        if ctx.boards is None:
-            # the whole batch is inspected here before the next poll: at most two in flight
-            whole = await anyio.to_thread.run_sync(inspect_all)
+        batch: BatchResult | Awaitable[BatchResult]
+        if ctx.processes is None:
+            # this batch is inspected here before the next poll: at most two in flight
+            batch = await anyio.to_thread.run_sync(inspect_all)
             window = len(records)
         else:
-            # the next batches are polled while these boards are inspected, up to 2 (one
-            # inspecting process) or 4 batches' worth in flight (one batch's worth left the
-            # children idle at every batch boundary: 83 → 92 boards/s at saturation,
-            # BENCHMARKS "One consumer, N processes")
-            in_children = isinstance(ctx.boards, InspectionProcesses)
-            window = (4 if in_children else 2) * settings.kafka.batch_size
+            # the children take it while the next batches are polled, up to 4 batches' worth
+            # in flight (one batch's worth left the children idle at every batch boundary:
+            # 83 → 92 boards/s at saturation, BENCHMARKS "One consumer, N processes")
+            batch = in_processes(ctx.processes)
+            window = 4 * settings.kafka.batch_size
         if (failed := pipeline.take_failure()) is not None:
-            # sinks failed while this batch was polled or inspected: consume it again with
-            # the failed one (never store its offsets past theirs), after a pause
+            # sinks failed while this batch was inspected: consume it again with the failed
+            # one (never store its offsets past theirs), after a pause
             failed_records, pause = failed
             await rewind(consumer, failed_records, records)
             await anyio.sleep(pause)
             return
-        if whole is not None:
-            pipeline.submit(whole, records, consumer)
-        elif ctx.boards is not None:
-            # each board goes to the sinks as soon as it is decided (its own round, or
-            # joined by the boards decided while the round before it was in the audit insert)
-            try:
-                each = ctx.boards.each(bodies, sources, delay)
-            except BrokenProcessPool:  # a child died since the last batch
-                _child_died()
-            for i, inspected in enumerate(each):
-                pipeline.submit(decided(i, inspected), (records[i],), consumer)
+        pipeline.submit(batch, records, consumer)
         await pipeline.room(window)
         if (failed := pipeline.take_failure()) is not None:
             await anyio.sleep(failed[1])  # this batch was rewound with the one that failed
@@ -338,7 +313,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
         if ctx is not None:
             ctx.audit.close()
             ctx.stats.close()
-            if ctx.boards is not None:
-                ctx.boards.close()
+            if ctx.processes is not None:
+                ctx.processes.close()
 
     return app

@@ -8,9 +8,7 @@ processes is one M/G/N queue: a board waits only while all N are busy. Threads
 (``worker.inspect_threads``) share the GIL; processes do not. Each child loads the model, the
 product registry and the model-stage follower once, as an in-process worker does; the
 consumer, the sinks and the offsets stay in the worker's process (the same delivery
-guarantee: offsets stored in poll order, only after both sinks). With one process the worker
-inspects on a thread of its own (:class:`InspectionThread`); either way each board's result
-comes back on its own, so it can go to the sinks without waiting for the rest of its batch.
+guarantee: offsets stored in poll order, only after both sinks).
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -143,51 +141,16 @@ def _exit_when_orphaned(parent: int) -> None:
     os._exit(0)
 
 
-def inspect_one(
-    inspector: Inspector,
-    swapper: ModelSwapper | None,
-    body: bytes,
-    source: SourceInfo,
-    delay_s: float = 0.0,
-) -> tuple[Result, list[Any]]:
-    """One board: its result and the shadow models' decisions on it (the model stages
-    followed first, so that each board is decided by the stage current when it starts)."""
+def _inspect_one(body: bytes, source: SourceInfo, delay_s: float) -> tuple[Result, list[Any]]:
+    """One board in a child: its result and the shadow models' decisions on it."""
+    inspector: Inspector = _child["inspector"]
+    swapper: ModelSwapper | None = _child["swapper"]
     if swapper is not None:
         swapper.refresh(inspector)
     (result,) = inspect_batch(
         inspector, [body], [source], (lambda: time.sleep(delay_s)) if delay_s else None
     )
     return result, inspector.take_shadow_decisions()
-
-
-def _inspect_in_child(body: bytes, source: SourceInfo, delay_s: float) -> tuple[Result, list[Any]]:
-    return inspect_one(_child["inspector"], _child["swapper"], body, source, delay_s)
-
-
-Inspected = asyncio.Future[tuple[Result, list[Any]]]
-
-
-class InspectionThread:
-    """The worker's own inspector, one board at a time on one thread that takes them in
-    order: the event loop polls the next batch and sinks each decided board meanwhile."""
-
-    def __init__(self, inspector: Inspector, swapper: ModelSwapper | None) -> None:
-        self.inspector, self.swapper = inspector, swapper
-        self._pool = ThreadPoolExecutor(1, "inspect")
-
-    def each(
-        self, bodies: Sequence[bytes], sources: Sequence[SourceInfo], delay_s: float = 0.0
-    ) -> list[Inspected]:
-        """One future per board, in the order of ``bodies``: its result and shadow decisions."""
-        return [
-            asyncio.wrap_future(
-                self._pool.submit(inspect_one, self.inspector, self.swapper, b, s, delay_s)
-            )
-            for b, s in zip(bodies, sources, strict=True)
-        ]
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class InspectionProcesses:
@@ -216,15 +179,17 @@ class InspectionProcesses:
             ) from exc
         log.info("%d inspection processes ready", count)
 
-    def each(
+    async def inspect(
         self, bodies: Sequence[bytes], sources: Sequence[SourceInfo], delay_s: float = 0.0
-    ) -> list[Inspected]:
-        """Each board on the first free child: one future per board, in the order of
-        ``bodies`` (a dead child fails them with ``BrokenProcessPool``)."""
-        return [
-            asyncio.wrap_future(self._pool.submit(partial(_inspect_in_child, b, s, delay_s)))
+    ) -> tuple[list[Result], list[Any]]:
+        """Each board on the first free child; results in the order of ``bodies``, and the
+        shadow models' decisions."""
+        futures = [
+            asyncio.wrap_future(self._pool.submit(partial(_inspect_one, b, s, delay_s)))
             for b, s in zip(bodies, sources, strict=True)
         ]
+        done = await asyncio.gather(*futures)
+        return [r for r, _ in done], [d for _, ds in done for d in ds]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
