@@ -97,6 +97,9 @@ def run_bench(
         out.update(
             e2e_boards_per_s=batched.boards_per_s,
             e2e_over_raw=batched.boards_per_s / on.boards_per_s,
+            # the broker's intake in that run (publisher, broker and workers on the same
+            # cores): end to end cannot pass it
+            e2e_published_boards_per_s=batched.published_per_s,
             e2e_unbatched_boards_per_s=single.boards_per_s,
             batched_over_unbatched=batched.boards_per_s / single.boards_per_s,
             latency_rate=paced.boards_per_s,

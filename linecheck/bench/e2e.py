@@ -40,6 +40,7 @@ class E2eRun:
     latency_ms: list[float]  # publish → verdict, per board
     to_decided_ms: list[float]  # publish → the verdict made (waiting, polling, inspection)
     own_ms: list[float]  # the board's own inspection (its verdict's timings.total_ms)
+    published_per_s: float  # first publish → the broker's last ack: the ceiling of the above
 
 
 def with_new_ids(events: list[bytes]) -> list[tuple[str, bytes]]:
@@ -103,10 +104,10 @@ class VerdictWatch:
 
 def publish(
     settings: Settings, events: list[tuple[str, bytes]], rate: float | None, seed: int = 0
-) -> dict[str, float]:
+) -> tuple[dict[str, float], float]:
     """Hand ``events`` to a producer, as fast as possible or at Poisson arrivals of mean
     ``rate`` boards/s (open loop: the schedule does not wait for the workers); returns each
-    event's publish time."""
+    event's publish time and when the broker had acknowledged them all."""
     producer = warm_producer(settings)
     gaps = (
         np.random.default_rng(seed).exponential(1.0 / rate, len(events))
@@ -130,7 +131,7 @@ def publish(
         producer.poll(0)
     if producer.flush(60):
         raise RuntimeError("the broker did not acknowledge every bench board")
-    return sent
+    return sent, time.time()
 
 
 def warm_producer(settings: Settings) -> Producer:
@@ -164,20 +165,22 @@ def worker_group(
 
 def measure(
     settings: Settings, watch: VerdictWatch, events: list[bytes], rate: float | None
-) -> tuple[float, list[float], list[float], list[float]]:
+) -> tuple[float, list[float], list[float], list[float], float]:
     """Boards/s (first publish → last verdict), each board's publish → verdict ms, its
-    publish → decided ms (the rest is the sinks: the batch's audit insert, then the send)
-    and its own inspection's ms (publish → decided less this is its wait: the broker, the
-    poll and the boards inspected before it)."""
+    publish → decided ms (the rest is the sinks: the audit insert, then the send), its own
+    inspection's ms (publish → decided less this is its wait: the broker, the poll and the
+    boards inspected before it), and boards/s from the first publish to the broker's last
+    ack (the workers cannot decide boards faster than the broker takes them)."""
     batch = with_new_ids(events)
-    sent = publish(settings, batch, rate)
+    sent, acked = publish(settings, batch, rate)
     watch.wait_for(set(sent), timeout=120 + 2.0 * len(batch))
     done = [watch.seen[i] for i in sent]
     elapsed = max(done) - min(sent.values())
     latency = [(watch.seen[i] - t) * 1e3 for i, t in sent.items()]
     to_decided = [(watch.decided[i] - t) * 1e3 for i, t in sent.items()]
     own = [watch.own[i] for i in sent]
-    return len(batch) / elapsed, latency, to_decided, own
+    published = len(batch) / max(1e-9, acked - min(sent.values()))
+    return len(batch) / elapsed, latency, to_decided, own, published
 
 
 def e2e_runs(
