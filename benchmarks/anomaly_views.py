@@ -5,7 +5,7 @@ and test parts never in a memory bank).
 
     python benchmarks/anomaly_views.py [--data ../shared/datasets/magnetic-tile]
         [--views 48,64,96,128,192,256,64a,96a,128a,192a,64as,96as] [--bank 4000] [--top 10]
-        [--scores max,top0.5] [--bank-flips]
+        [--scores max,top0.5] [--bank-flips] [--backbone lite2 --layers 6,14]
 
 A view is written SIZE[a][s]: SIZE² square; ``a`` keeps the aspect ratio at SIZE² of area;
 ``s`` standardises the grey levels (:class:`inspection.anomaly.AnomalyView`). Per view:
@@ -23,6 +23,8 @@ Q % of pixels), each reported as ``calibration_<score>`` / ``test_<score>``.
 ``--bank-flips``: the memory banks also hold the patches of each training image mirrored
 left-right, upside down and both (more of the good surface's variation; the pooled patches
 are then subsampled at random to ``--pool`` before the coreset, as the trainer caps them).
+``--backbone``/``--layers``: the patch features from another EfficientNet-Lite (lite1, lite2:
+deeper and, lite2, wider; the same stages end at blocks 6 and 14 there).
 """
 
 from __future__ import annotations
@@ -56,11 +58,13 @@ def view_maps(
     bank_size: int,
     flips: bool = False,
     pool: int = 100_000,
+    backbone: tuple[str, tuple[int, ...]] = ("lite0", (4, 10)),
 ) -> dict[str, list[np.ndarray]]:
     """Raw maps (a quarter of each image's size) of the calibration and test images."""
     import torch
 
-    net = patch_feature_net()
+    variant, layers = backbone
+    net = patch_feature_net(layers, variant)
 
     def features(image: np.ndarray) -> torch.Tensor:
         return net(torch.from_numpy(model_input(image, view)))[0]
@@ -124,7 +128,10 @@ def main() -> None:
     ap.add_argument("--scores", default="max", help="image scores compared: max, topQ")
     ap.add_argument("--bank-flips", action="store_true", help="mirrored training images too")
     ap.add_argument("--pool", type=int, default=100_000, help="--bank-flips: patches pooled")
+    ap.add_argument("--backbone", default="lite0", choices=("lite0", "lite1", "lite2"))
+    ap.add_argument("--layers", default="4,10", help="the backbone's blocks the patches come from")
     args = ap.parse_args()
+    backbone = (args.backbone, tuple(int(x) for x in args.layers.split(",")))
     import torch
 
     torch.set_num_threads(2)
@@ -141,7 +148,9 @@ def main() -> None:
         image_score(np.zeros((2, 2)), score)  # a bad name fails now, not after the maps
     scaled: dict[str, dict[str, list[np.ndarray]]] = {}
     for spec in specs:
-        raw = view_maps(images, AnomalyView.parse(spec), args.bank, args.bank_flips, args.pool)
+        raw = view_maps(
+            images, AnomalyView.parse(spec), args.bank, args.bank_flips, args.pool, backbone
+        )
         good = [m for m, bad in zip(raw["calibration"], labels["calibration"], strict=True)
                 if not bad]  # fmt: skip
         lo = float(np.median(np.concatenate([m.ravel() for m in good])))
@@ -184,6 +193,7 @@ def main() -> None:
         "data": str(args.data),
         "bank": args.bank,
         "bank_flips": args.bank_flips,
+        "backbone": {"variant": backbone[0], "layers": list(backbone[1])},
         "split": {k: len(v) for k, v in parts.items()},
         "single": [measure((v,), "mean", True) for v in specs],
         "combined_by_calibration": [measure(v, how, True) for _, v, how in ranked[: args.top]],

