@@ -51,6 +51,8 @@ _LITE_STEM = 32
 
 def lite_stages(variant: LiteVariant) -> tuple[tuple[int, int, int, int, int, int], ...]:
     """The variant's stages: (repeats, kernel, stride, expand ratio, in, out)."""
+    if variant not in _LITE_REPEATS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}: {sorted(_LITE_REPEATS)}")
     ins = (_LITE_STEM, *_LITE_WIDTHS[variant][:-1])
     return tuple(
         (r, k, s, e, cin, cout)
@@ -77,7 +79,7 @@ def lite_block_strides(variant: LiteVariant) -> tuple[int, ...]:
 # TensorFlow's batch-norm settings, as in the checkpoint (momentum 0.99 in TF terms).
 _BN_MOMENTUM = 0.01
 _BN_EPS = 1e-3
-_LITE0_HEAD_FEATURES = 1280
+_LITE_HEAD_FEATURES = 1280
 
 
 class ClassifierNet(nn.Module):
@@ -211,10 +213,10 @@ class EfficientNetLite(ClassifierNet):
             MBConvBlock(cin, cout, k, s, e, drop_connect_rate * idx / len(specs))
             for idx, (cin, cout, k, s, e) in enumerate(specs)
         )
-        self._conv_head = Conv2dSame(_LITE_WIDTHS[variant][-1], _LITE0_HEAD_FEATURES, 1)
-        self._bn1 = _bn(_LITE0_HEAD_FEATURES)
+        self._conv_head = Conv2dSame(_LITE_WIDTHS[variant][-1], _LITE_HEAD_FEATURES, 1)
+        self._bn1 = _bn(_LITE_HEAD_FEATURES)
         self.dropout = nn.Dropout(dropout)
-        self._fc = nn.Linear(_LITE0_HEAD_FEATURES, num_classes)
+        self._fc = nn.Linear(_LITE_HEAD_FEATURES, num_classes)
         self._init_weights()
         if pretrained:
             load_lite_pretrained(self)
