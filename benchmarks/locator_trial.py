@@ -4,13 +4,14 @@ and training settings in minutes instead of a whole locator-mode model.
 
     python benchmarks/locator_trial.py [--data ../shared/datasets/deeppcb] [--epochs 24]
         [--shrink 0.2] [--crops-per-board 2] [--widths 16,32,64,96] [--thresholds 0.3,0.5]
-        [--seed 0] [--threads 2]
+        [--head region|centre] [--seed 0] [--threads 2]
 
 Training groups and held-out groups as `linecheck train` splits them (held out: 13000 and
 92000). The held-out boards' maps come from the torch network
-(`training.locator_train.torch_region_map`, what the served IR computes); regions as served
-(`inspection.locator.regions_from_map`: components above the threshold, grown back by the
-shrink, 5 % margins). Prints one JSON object: the settings, training seconds and last-epoch
+(`training.locator_train.torch_locator_maps`, what the served IR computes); regions as served
+(`inspection.locator.regions_from_outputs`: for the region head components above the
+threshold, grown back by the shrink; for the centre head one box per local maximum; 5 %
+margins). Prints one JSON object: the settings, training seconds and last-epoch
 losses, and per threshold the recall at IoU > 0.33 (type-blind, as
 `training.detection_metrics.roi_recall`), per held-out group too, candidates per board
 (mean, max) and the missed boxes by kind (:func:`miss_kinds`).
@@ -31,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from board_data.deeppcb import read_gray  # noqa: E402
-from inspection.locator import LocatorParams, regions_from_map  # noqa: E402
+from inspection.locator import HEAD_OUTPUTS, LocatorParams, regions_from_outputs  # noqa: E402
 from inspection.model.locator_net import DEFAULT_WIDTHS  # noqa: E402
 from schemas.events import Box  # noqa: E402
 from training.detection_metrics import IOU_THRESHOLD, roi_recall  # noqa: E402
-from training.locator_train import torch_region_map, train_locator_net  # noqa: E402
+from training.locator_train import torch_locator_maps, train_locator_net  # noqa: E402
 from training.splits import samples_of, split_deeppcb  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "deeppcb"
@@ -72,6 +73,7 @@ def main() -> None:
     ap.add_argument("--shrink", type=float, default=LocatorParams().target_shrink)
     ap.add_argument("--crops-per-board", type=int, default=2)
     ap.add_argument("--thresholds", default="0.3,0.5")
+    ap.add_argument("--head", choices=sorted(HEAD_OUTPUTS), default="region")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument(
@@ -95,18 +97,21 @@ def main() -> None:
         crops_per_board=args.crops_per_board,
         target_shrink=args.shrink,
         widths=widths or DEFAULT_WIDTHS,  # type: ignore[arg-type]
+        head=args.head,
         seed=args.seed,
         threads=args.threads,
         progress=lambda e, n, row: print(
-            f"epoch {e}/{n}: area loss {row['area_loss']:.3f} ({row['seconds']:.0f}s)",
+            f"epoch {e}/{n}: area loss {row['area_loss']:.3f} map loss {row['map_loss']:.3f} "
+            f"({row['seconds']:.0f}s)",
             file=sys.stderr,
         ),
     )
     train_seconds = time.monotonic() - started
     images = [read_gray(s.test_path) for s in val_s]
-    maps = [torch_region_map(net, im) for im in images]
+    maps = [torch_locator_maps(net, im) for im in images]
     out: dict[str, object] = {
         "epochs": args.epochs,
+        "head": args.head,
         "shrink": args.shrink,
         "widths": list(net.widths),
         "crops_per_board": args.crops_per_board,
@@ -118,9 +123,10 @@ def main() -> None:
     }
     groups = sorted({s.group for s in val_s})
     for level in levels:
-        params = LocatorParams(threshold=level, target_shrink=args.shrink)
+        params = LocatorParams(threshold=level, target_shrink=args.shrink, head=args.head)
         found = [
-            regions_from_map(m, im.shape[:2], params) for m, im in zip(maps, images, strict=True)
+            regions_from_outputs(m, im.shape[:2], params)
+            for m, im in zip(maps, images, strict=True)
         ]
         counts = [len(f) for f in found]
         out[f"threshold_{level}"] = {

@@ -1,11 +1,17 @@
 """Template-free ROI: the learned locator (a locator-mode model folder's ``locator.xml``)
 served on OpenVINO.
 
-The network maps a grayscale board to a defect-region map at 1/4 resolution
-(:mod:`inspection.model.locator_net`); regions are the connected components of the map above
-a threshold, boxed, grown back by what training shrank the targets by, then given 5 %
-margins and clipped to the board. ``locator.json`` beside the IR holds those parameters.
-No torch here: serving needs OpenVINO only.
+The network (:mod:`inspection.model.locator_net`) maps a grayscale board to maps at 1/4
+resolution. Two heads:
+
+- ``region``: one defect-region map; regions are its connected components above a
+  threshold, boxed, grown back by what training shrank the targets by;
+- ``centre``: a defect-centre heat map and, per cell, the box of a defect centred there
+  (offset and log size); each local maximum of the heat above a threshold is one box, so
+  touching defects stay apart instead of merging into one region.
+
+Either way boxes get 5 % margins and are clipped to the board. ``locator.json`` beside the
+IR holds those parameters. No torch here: serving needs OpenVINO only.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import json
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -25,6 +31,8 @@ LOCATOR_XML = "locator.xml"
 LOCATOR_PARAMS = "locator.json"
 OUTPUT_STRIDE = 4  # the network's map is 1/4 of its input
 PAD_MULTIPLE = 16  # the network's deepest stride: inputs are padded up to a multiple
+LocatorHead = Literal["region", "centre"]
+HEAD_OUTPUTS: dict[str, int] = {"region": 1, "centre": 5}  # heat, dx, dy, log w, log h
 
 
 @dataclass(frozen=True)
@@ -33,8 +41,10 @@ class LocatorParams:
 
     input_scale: float = 1.0
     """the board is resized by this before the network (1.0: native resolution)"""
+    head: LocatorHead = "region"
+    """what the network outputs: a region map, or defect centres with their boxes"""
     threshold: float = 0.5
-    """map probability above which a cell belongs to a region"""
+    """map probability above which a cell belongs to a region (a centre is kept)"""
     target_shrink: float = 0.2
     """training targets were the boxes shrunk by this share of their size on each side (so
     that neighbouring defects stay apart in the map) ..."""
@@ -44,6 +54,8 @@ class LocatorParams:
     """a region's box is at least this wide and high (before the margin)"""
     max_candidates: int = 32
     """most confident regions kept (by peak probability)"""
+    nms_iou: float = 0.5
+    """``centre`` head: of two boxes overlapping more than this, the weaker is dropped"""
 
     def save(self, model_dir: Path) -> None:
         (Path(model_dir) / LOCATOR_PARAMS).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -54,7 +66,10 @@ class LocatorParams:
         if not path.is_file():
             raise FileNotFoundError(f"no {LOCATOR_PARAMS} in {model_dir}: not a locator model")
         raw: dict[str, Any] = json.loads(path.read_text())
-        return cls(**raw)
+        params = cls(**raw)
+        if params.head not in HEAD_OUTPUTS:
+            raise ValueError(f"{path}: unknown locator head {params.head!r}")
+        return params
 
 
 def input_planes(image: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -99,13 +114,25 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-np.clip(x, -30.0, 30.0)))).astype(np.float32)
 
 
+def _clipped(
+    x1: float, y1: float, x2: float, y2: float, margin: float, shape: tuple[int, int]
+) -> Box:
+    """The box grown by ``margin`` of its size on each side, in whole pixels, on the board."""
+    height, width = shape
+    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
+    bx1 = int(np.clip(np.floor(x1 - dx), 0, width - 1))
+    by1 = int(np.clip(np.floor(y1 - dy), 0, height - 1))
+    bx2 = int(np.clip(np.ceil(x2 + dx), bx1 + 1, width))
+    by2 = int(np.clip(np.ceil(y2 + dy), by1 + 1, height))
+    return Box(x1=bx1, y1=by1, x2=bx2, y2=by2)
+
+
 def regions_from_map(
     prob: np.ndarray, image_shape: tuple[int, int], params: LocatorParams
 ) -> list[Box]:
     """Boxes in board pixels from a (h, w) probability map at 1/(4·scale) of the board:
     connected components above the threshold, grown back by the target shrink, with
     ``margin`` of their size on each side, clipped to the board; most confident first."""
-    height, width = image_shape
     mask = (prob >= params.threshold).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     cell = OUTPUT_STRIDE / params.input_scale
@@ -118,17 +145,53 @@ def regions_from_map(
         bw = max((x2 - x1) * (1 + 2 * grow), params.min_side_px)
         bh = max((y2 - y1) * (1 + 2 * grow), params.min_side_px)
         mx, my = (x1 + x2) / 2, (y1 + y2) / 2
-        half_w, half_h = bw * (0.5 + params.margin), bh * (0.5 + params.margin)
-        bx1 = int(np.clip(np.floor(mx - half_w), 0, width - 1))
-        by1 = int(np.clip(np.floor(my - half_h), 0, height - 1))
-        bx2 = int(np.clip(np.ceil(mx + half_w), bx1 + 1, width))
-        by2 = int(np.clip(np.ceil(my + half_h), by1 + 1, height))
+        box = _clipped(
+            mx - bw / 2, my - bh / 2, mx + bw / 2, my + bh / 2, params.margin, image_shape
+        )
         peak = float(
             prob[cy : cy + ch, cx : cx + cw][labels[cy : cy + ch, cx : cx + cw] == k].max()
         )
-        found.append((peak, Box(x1=bx1, y1=by1, x2=bx2, y2=by2)))
+        found.append((peak, box))
     found.sort(key=lambda f: -f[0])
     return [b for _, b in found[: params.max_candidates]]
+
+
+def boxes_from_centres(
+    maps: np.ndarray, image_shape: tuple[int, int], params: LocatorParams
+) -> list[Box]:
+    """Boxes in board pixels from a ``centre`` head's (5, h, w) maps (centre probability,
+    then the cell's box: centre offset x, y in cells, log width, log height in cells): each
+    3×3 local maximum of the probability at or above the threshold is one box; boxes
+    overlapping a stronger one by more than ``nms_iou`` are dropped; then margins, clipping
+    and ``max_candidates``, most confident first."""
+    heat = np.ascontiguousarray(maps[0], np.float32)
+    peaks = (heat >= cv2.dilate(heat, np.ones((3, 3), np.uint8))) & (heat >= params.threshold)
+    ys, xs = np.nonzero(peaks)
+    if len(ys) == 0:
+        return []
+    scores = heat[ys, xs]
+    cell = OUTPUT_STRIDE / params.input_scale
+    cx = (xs + 0.5 + maps[1, ys, xs]) * cell
+    cy = (ys + 0.5 + maps[2, ys, xs]) * cell
+    bw = np.maximum(np.exp(np.clip(maps[3, ys, xs], -4.0, 6.0)) * cell, params.min_side_px)
+    bh = np.maximum(np.exp(np.clip(maps[4, ys, xs], -4.0, 6.0)) * cell, params.min_side_px)
+    rects = [[float(x - w / 2), float(y - h / 2), float(w), float(h)]
+             for x, y, w, h in zip(cx, cy, bw, bh, strict=True)]  # fmt: skip
+    keep = cv2.dnn.NMSBoxes(rects, scores.tolist(), params.threshold, params.nms_iou)
+    order = sorted(np.asarray(keep, int).ravel(), key=lambda k: -scores[k])
+    return [
+        _clipped(x, y, x + w, y + h, params.margin, image_shape)
+        for x, y, w, h in (rects[k] for k in order[: params.max_candidates])
+    ]
+
+
+def regions_from_outputs(
+    maps: np.ndarray, image_shape: tuple[int, int], params: LocatorParams
+) -> list[Box]:
+    """Boxes from the network's (C, h, w) maps (channel 0 a probability) by its head."""
+    if params.head == "centre":
+        return boxes_from_centres(maps, image_shape, params)
+    return regions_from_map(maps[0], image_shape, params)
 
 
 class Locator:
@@ -154,16 +217,23 @@ class Locator:
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
 
-    def region_map(self, image: np.ndarray) -> np.ndarray:
-        """(h, w) float32 region probabilities at 1/(4·scale) of the board."""
+    def maps(self, image: np.ndarray) -> np.ndarray:
+        """(C, h, w) float32 maps at 1/(4·scale) of the board, channel 0 a probability
+        (the region or the centre map), the others as the head outputs them."""
         x, (h, w) = normalise(image, self.params.input_scale)
         with self._lock:
             self._request.infer({0: x})
-            logits = self._request.output_tensors[0].data.copy()
+            out = self._request.output_tensors[0].data.copy()
         cells_h, cells_w = -(-h // OUTPUT_STRIDE), -(-w // OUTPUT_STRIDE)
-        return sigmoid(logits[0, 0, :cells_h, :cells_w])
+        out = out[0, :, :cells_h, :cells_w]
+        out[0] = sigmoid(out[0])
+        return out
 
-    def find_regions(self, image: np.ndarray) -> list[Box]:
-        """Candidate defect boxes on a 2-D uint8 grayscale board of any size (no template)."""
-        prob = self.region_map(image)
-        return regions_from_map(prob, image.shape[:2], self.params)
+    def region_map(self, image: np.ndarray) -> np.ndarray:
+        """(h, w) float32 region (or centre) probabilities at 1/(4·scale) of the board."""
+        return self.maps(image)[0]
+
+    def find_regions(self, image: np.ndarray, params: LocatorParams | None = None) -> list[Box]:
+        """Candidate defect boxes on a 2-D uint8 grayscale board of any size (no template);
+        ``params`` overrides the model's own (e.g. a lower threshold)."""
+        return regions_from_outputs(self.maps(image), image.shape[:2], params or self.params)

@@ -18,15 +18,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from inspection.locator import OUTPUT_STRIDE, PAD_MULTIPLE, input_planes, planes_to_input
+from inspection.locator import (
+    HEAD_OUTPUTS,
+    OUTPUT_STRIDE,
+    PAD_MULTIPLE,
+    LocatorHead,
+    input_planes,
+    planes_to_input,
+)
 from inspection.model.locator_net import DEFAULT_WIDTHS, LocatorNet
 from schemas.events import Box
+from training.locator_losses import area_loss, box_area_loss, centre_targets, focal_heat_loss
 
-MISSED_WEIGHT = 2.0
-EXCESS_WEIGHT = 1.0
 # the BCE's weight on defect cells: with ~1 % of cells positive, an unweighted BCE (and the
 # area loss alike) first settles on an empty map; this pulls it out sooner
 POS_WEIGHT = torch.tensor(4.0)
+Rect = tuple[float, float, float, float]  # x1, y1, x2, y2
 
 
 def target_mask(shape: tuple[int, int], boxes: Sequence[Box], shrink: float) -> np.ndarray:
@@ -40,17 +47,50 @@ def target_mask(shape: tuple[int, int], boxes: Sequence[Box], shrink: float) -> 
     return mask
 
 
-def area_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    missed: float = MISSED_WEIGHT,
-    excess: float = EXCESS_WEIGHT,
-) -> torch.Tensor:
-    """(missed · Σ t(1 − p) + excess · Σ (1 − t)p) / Σ t over the batch (soft areas)."""
-    p = torch.sigmoid(logits)
-    lost = (target * (1.0 - p)).sum()
-    extra = ((1.0 - target) * p).sum()
-    return (missed * lost + excess * extra) / target.sum().clamp_min(1.0)
+def _dihedral(a: np.ndarray, op: int) -> np.ndarray:
+    """One of the 8 dihedral transforms of an (H, W[, C]) array: transpose (op & 4), then
+    flip rows (op & 2), then columns (op & 1)."""
+    if op & 4:
+        a = a.swapaxes(0, 1)
+    if op & 2:
+        a = a[::-1]
+    if op & 1:
+        a = a[:, ::-1]
+    return a
+
+
+def crop_rects(boxes: Sequence[Box], x0: int, y0: int, crop: int, op: int) -> list[Rect]:
+    """The boxes in a ``crop``-px square window at (x0, y0), clipped to it, then moved as
+    :func:`_dihedral` moves the window's pixels; boxes outside it are left out."""
+    rects: list[Rect] = []
+    for b in boxes:
+        x1, y1 = max(b.x1 - x0, 0), max(b.y1 - y0, 0)
+        x2, y2 = min(b.x2 - x0, crop), min(b.y2 - y0, crop)
+        if x2 <= x1 or y2 <= y1:
+            continue
+        if op & 4:
+            x1, y1, x2, y2 = y1, x1, y2, x2
+        if op & 2:
+            y1, y2 = crop - y2, crop - y1
+        if op & 1:
+            x1, x2 = crop - x2, crop - x1
+        rects.append((float(x1), float(y1), float(x2), float(y2)))
+    return rects
+
+
+def _window(
+    boxes: Sequence[Box], shape: tuple[int, int], crop: int, rng: np.random.Generator
+) -> tuple[int, int]:
+    """(x0, y0) of a random crop window, half of the time around a random defect (defects
+    cover ~1 % of a board: uniform crops alone teach "nothing here" first)."""
+    h, w = shape
+    if boxes and rng.random() < 0.5:
+        b = boxes[int(rng.integers(len(boxes)))]
+        cx, cy = (b.x1 + b.x2) // 2, (b.y1 + b.y2) // 2
+        x0 = int(np.clip(cx - rng.integers(crop // 8, crop - crop // 8), 0, w - crop))
+        y0 = int(np.clip(cy - rng.integers(crop // 8, crop - crop // 8), 0, h - crop))
+        return x0, y0
+    return int(rng.integers(0, w - crop + 1)), int(rng.integers(0, h - crop + 1))
 
 
 def _batch(
@@ -60,36 +100,53 @@ def _batch(
     picks: np.ndarray,
     crop: int,
     rng: np.random.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crops of the picked boards' input planes, dihedrally transformed, half of them around
-    a random defect (defects cover ~1 % of a board: uniform crops alone teach "nothing here"
-    first); returns the network input and the area-fraction target at 1/4 resolution."""
-    xs, ts = [], []
-    for i in picks:
-        image, mask = planes[i], masks[i]
-        h, w = mask.shape
-        if boxes[i] and rng.random() < 0.5:
-            b = boxes[i][int(rng.integers(len(boxes[i])))]
-            cx, cy = (b.x1 + b.x2) // 2, (b.y1 + b.y2) // 2
-            x0 = int(np.clip(cx - rng.integers(crop // 8, crop - crop // 8), 0, w - crop))
-            y0 = int(np.clip(cy - rng.integers(crop // 8, crop - crop // 8), 0, h - crop))
-        else:
-            y0, x0 = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
-        im = image[y0 : y0 + crop, x0 : x0 + crop]
-        m = mask[y0 : y0 + crop, x0 : x0 + crop].astype(np.float32)
+    head: LocatorHead,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Crops of the picked boards' input planes, dihedrally transformed; returns the network
+    input and the head's targets at 1/4 resolution: ``region`` the area fraction of the
+    mask; ``centre`` the heat map, the centre cells (crop, i, j) and their boxes in cells."""
+    xs, ts, index, truths = [], [], [], []
+    cells = crop // OUTPUT_STRIDE
+    for n, i in enumerate(picks):
+        x0, y0 = _window(boxes[i], masks[i].shape, crop, rng)
         op = int(rng.integers(0, 8))
-        if op & 4:
-            im, m = im.transpose(1, 0, 2), m.T
-        if op & 2:
-            im, m = im[::-1], m[::-1]
-        if op & 1:
-            im, m = im[:, ::-1], m[:, ::-1]
-        cells = crop // OUTPUT_STRIDE
-        ts.append(cv2.resize(np.ascontiguousarray(m), (cells, cells), interpolation=cv2.INTER_AREA))
-        xs.append(im)
+        xs.append(_dihedral(planes[i][y0 : y0 + crop, x0 : x0 + crop], op))
+        if head == "region":
+            m = _dihedral(masks[i][y0 : y0 + crop, x0 : x0 + crop].astype(np.float32), op)
+            ts.append(
+                cv2.resize(np.ascontiguousarray(m), (cells, cells), interpolation=cv2.INTER_AREA)
+            )
+            continue
+        rects = [
+            tuple(v / OUTPUT_STRIDE for v in r) for r in crop_rects(boxes[i], x0, y0, crop, op)
+        ]
+        heat, where, truth = centre_targets(rects, cells)  # type: ignore[arg-type]
+        ts.append(heat)
+        index.append(np.column_stack([np.full(len(where), n), where]))
+        truths.append(truth)
     x = torch.from_numpy(planes_to_input(np.stack(xs)))
-    t = torch.from_numpy(np.stack(ts)[:, None])
-    return x, t
+    targets = {"map": torch.from_numpy(np.stack(ts)[:, None])}
+    if head == "centre":
+        targets["index"] = torch.from_numpy(np.concatenate(index).astype(np.int64))
+        targets["truth"] = torch.from_numpy(np.concatenate(truths))
+    return x, targets
+
+
+def _losses(
+    out: torch.Tensor, targets: dict[str, torch.Tensor], head: LocatorHead
+) -> dict[str, torch.Tensor]:
+    """The head's two loss terms: ``area_loss`` (of the region map, or of each centre's box)
+    and ``map_loss`` (the region map's pixel BCE, or the centre heat's focal loss)."""
+    if head == "region":
+        logits, t = out[:, :1], targets["map"]
+        return {
+            "area_loss": area_loss(logits, t),
+            "map_loss": F.binary_cross_entropy_with_logits(logits, t, pos_weight=POS_WEIGHT),
+        }
+    return {
+        "area_loss": box_area_loss(out[:, 1:], targets["index"], targets["truth"]),
+        "map_loss": focal_heat_loss(out[:, :1], targets["map"]),
+    }
 
 
 def train_locator_net(
@@ -103,6 +160,7 @@ def train_locator_net(
     lr: float = 3e-3,
     target_shrink: float = 0.2,
     widths: tuple[int, int, int, int] = DEFAULT_WIDTHS,
+    head: LocatorHead = "region",
     seed: int = 0,
     threads: int | None = None,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
@@ -110,7 +168,8 @@ def train_locator_net(
     """Train a locator on boards (2-D uint8) and their defect boxes; returns the network
     (eval mode, CPU) and one history row per epoch. AdamW with a one-cycle schedule; the
     last epoch's weights are kept (nothing of the held-out groups chooses them).
-    ``widths``: the network's stage widths."""
+    ``widths``: the network's stage widths; ``head``: what it outputs
+    (:mod:`inspection.locator`)."""
     if not images or len(images) != len(boxes):
         raise ValueError(f"need boards with boxes, got {len(images)} boards / {len(boxes)}")
     crop = min(crop, *(min(im.shape) for im in images))
@@ -127,7 +186,7 @@ def train_locator_net(
             target_mask(im.shape, bs, target_shrink) for im, bs in zip(images, boxes, strict=True)
         ]
         planes = [input_planes(im) for im in images]
-        net = LocatorNet(widths)
+        net = LocatorNet(widths, HEAD_OUTPUTS[head])
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
         n = len(images) * crops_per_board
@@ -140,24 +199,22 @@ def train_locator_net(
             t0 = time.perf_counter()
             net.train()
             order = rng.permutation(n) % len(images)
-            total_area = total_bce = 0.0
+            totals = {"area_loss": 0.0, "map_loss": 0.0}
             for step in range(steps):
                 picks = order[step * batch_size : (step + 1) * batch_size]
-                x, t = _batch(planes, masks, boxes, picks, crop, rng)
-                logits = net(x.contiguous(memory_format=torch.channels_last))
-                area = area_loss(logits, t)
-                bce = F.binary_cross_entropy_with_logits(logits, t, pos_weight=POS_WEIGHT)
-                loss = area + bce
+                x, targets = _batch(planes, masks, boxes, picks, crop, rng, head)
+                out = net(x.contiguous(memory_format=torch.channels_last))
+                terms = _losses(out, targets, head)
+                loss = terms["area_loss"] + terms["map_loss"]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                total_area += area.item()
-                total_bce += bce.item()
+                for key, term in terms.items():
+                    totals[key] += term.item()
             row = {
                 "epoch": float(epoch),
-                "area_loss": total_area / steps,
-                "bce": total_bce / steps,
+                **{key: total / steps for key, total in totals.items()},
                 "seconds": time.perf_counter() - t0,
             }
             history.append(row)
@@ -170,12 +227,19 @@ def train_locator_net(
 
 
 @torch.inference_mode()
-def torch_region_map(net: LocatorNet, image: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """The torch network's (h, w) probability map of a board, as the served Locator makes it
-    (for parity checks and for candidates before the IR exists)."""
-    from inspection.locator import normalise
+def torch_locator_maps(net: LocatorNet, image: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """The torch network's (C, h, w) maps of a board, channel 0 a probability, as the served
+    ``Locator.maps`` makes them (for parity checks and trials before the IR exists)."""
+    from inspection.locator import normalise, sigmoid
 
     x, (h, w) = normalise(image, scale)
-    logits = net.eval()(torch.from_numpy(x)).numpy()
+    out = net.eval()(torch.from_numpy(x)).numpy()
     cells_h, cells_w = -(-h // OUTPUT_STRIDE), -(-w // OUTPUT_STRIDE)
-    return 1.0 / (1.0 + np.exp(-logits[0, 0, :cells_h, :cells_w]))
+    out = out[0, :, :cells_h, :cells_w]
+    out[0] = sigmoid(out[0])
+    return out
+
+
+def torch_region_map(net: LocatorNet, image: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """The torch network's (h, w) probability map (region or centre) of a board."""
+    return torch_locator_maps(net, image, scale)[0]

@@ -10,6 +10,7 @@ board around it: enough to tell a spur from a pad's corner."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -35,10 +36,14 @@ def _cbr(in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1) -> nn.Sequ
 
 class LocatorNet(nn.Module):
     """Stride-2 stem, three encoder stages (/4, /8, /16), FPN-style top-down path back to
-    /4 (1×1 lateral projections added, then a 3×3 conv), one-channel logit map. About 0.2 M
-    parameters and 1.5 G multiply-adds for a 640×640 board."""
+    /4 (1×1 lateral projections added, then a 3×3 conv), ``outputs`` maps: one region logit
+    map (``head = "region"``), or a centre logit map and four box maps (``"centre"``, see
+    :func:`inspection.locator.boxes_from_centres`). About 0.2 M parameters and 1.5 G
+    multiply-adds for a 640×640 board."""
 
-    def __init__(self, widths: tuple[int, int, int, int] = DEFAULT_WIDTHS) -> None:
+    def __init__(
+        self, widths: tuple[int, int, int, int] = DEFAULT_WIDTHS, outputs: int = 1
+    ) -> None:
         super().__init__()
         self.widths = widths
         a, b, c, d = widths
@@ -50,13 +55,19 @@ class LocatorNet(nn.Module):
         self.dec2 = _cbr(c, c)
         self.lat2 = nn.Conv2d(c, b, 1)
         self.dec1 = _cbr(b, b)
-        self.head = nn.Conv2d(b, 1, 1)
+        self.head = nn.Conv2d(b, outputs, 1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         # start at a low defect prior (~1 %) so the first steps do not flood the map
+        # small head weights: the maps start at their biases (a kaiming start gives the box
+        # maps a spread of ±3 in log size, past where the box loss has any gradient)
+        nn.init.normal_(self.head.weight, std=0.01)
         assert self.head.bias is not None
-        nn.init.constant_(self.head.bias, -4.6)
+        nn.init.zeros_(self.head.bias)
+        nn.init.constant_(self.head.bias[:1], -4.6)
+        if outputs == 5:  # a centre head's log box sizes start at 4 cells (16 px), a defect's
+            nn.init.constant_(self.head.bias[3:], math.log(4.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f1 = self.enc1(self.stem(x))  # /4
