@@ -4,7 +4,7 @@ and training settings in minutes instead of a whole locator-mode model.
 
     python benchmarks/locator_trial.py [--data ../shared/datasets/deeppcb] [--epochs 24]
         [--shrink 0.2] [--crops-per-board 2] [--widths 16,32,64,96] [--thresholds 0.3,0.5]
-        [--head region|centre] [--seed 0] [--threads 2]
+        [--head region|centre] [--box-radius 0] [--seed 0] [--threads 2]
 
 Training groups and held-out groups as `linecheck train` splits them (held out: 13000 and
 92000). The held-out boards' maps come from the torch network
@@ -74,6 +74,10 @@ def main() -> None:
     ap.add_argument("--crops-per-board", type=int, default=2)
     ap.add_argument("--thresholds", default="0.3,0.5")
     ap.add_argument("--head", choices=sorted(HEAD_OUTPUTS), default="region")
+    ap.add_argument("--box-radius", type=int, default=0)
+    ap.add_argument(
+        "--max-candidates", default="32", help="caps on the boxes a board keeps, e.g. 15,32"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument(
@@ -98,6 +102,7 @@ def main() -> None:
         target_shrink=args.shrink,
         widths=widths or DEFAULT_WIDTHS,  # type: ignore[arg-type]
         head=args.head,
+        box_radius=args.box_radius,
         seed=args.seed,
         threads=args.threads,
         progress=lambda e, n, row: print(
@@ -112,6 +117,7 @@ def main() -> None:
     out: dict[str, object] = {
         "epochs": args.epochs,
         "head": args.head,
+        "box_radius": args.box_radius,
         "shrink": args.shrink,
         "widths": list(net.widths),
         "crops_per_board": args.crops_per_board,
@@ -122,14 +128,17 @@ def main() -> None:
         "last_epoch": history[-1],
     }
     groups = sorted({s.group for s in val_s})
-    for level in levels:
-        params = LocatorParams(threshold=level, target_shrink=args.shrink, head=args.head)
+    caps = [int(c) for c in args.max_candidates.split(",") if c.strip()]
+    for level, cap in ((level, cap) for level in levels for cap in caps):
+        params = LocatorParams(
+            threshold=level, target_shrink=args.shrink, head=args.head, max_candidates=cap
+        )
         found = [
             regions_from_outputs(m, im.shape[:2], params)
             for m, im in zip(maps, images, strict=True)
         ]
         counts = [len(f) for f in found]
-        out[f"threshold_{level}"] = {
+        out[f"threshold_{level}" + (f"_max_{cap}" if len(caps) > 1 else "")] = {
             "recall": roi_recall(found, [s.truths for s in val_s]),
             "by_group": {
                 g: roi_recall(

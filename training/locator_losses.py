@@ -42,11 +42,13 @@ def area_loss(
 
 
 def centre_targets(
-    boxes: Sequence[tuple[float, float, float, float]], cells: int
+    boxes: Sequence[tuple[float, float, float, float]], cells: int, radius: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One crop's targets from its boxes (x1, y1, x2, y2) in cell units on a ``cells`` × ``cells``
-    map: the (cells, cells) float32 heat map, the (K, 2) int64 centre cells (i, j) and the
-    (K, 4) float32 boxes (one row per box whose centre lies on the map)."""
+    """One crop's targets from its boxes (x1, y1, x2, y2) in cell units on a ``cells`` ×
+    ``cells`` map: the (cells, cells) float32 heat map, the (K, 2) int64 cells (i, j) whose
+    box maps are trained and the (K, 4) float32 boxes they are trained to: the centre cell of
+    each box whose centre lies on the map and the cells up to ``radius`` around it (a peak
+    found one cell off still predicts the whole box)."""
     heat = np.zeros((cells, cells), np.float32)
     grid = np.arange(cells, dtype=np.float32)
     where, truth = [], []
@@ -61,8 +63,11 @@ def centre_targets(
         gx = np.exp(-((grid - j) ** 2) / (2 * sx * sx))
         np.maximum(heat, np.outer(gy, gx), out=heat)
         heat[i, j] = 1.0
-        where.append((i, j))
-        truth.append((x1, y1, x2, y2))
+        for di in range(-radius, radius + 1):
+            for dj in range(-radius, radius + 1):
+                if 0 <= i + di < cells and 0 <= j + dj < cells:
+                    where.append((i + di, j + dj))
+                    truth.append((x1, y1, x2, y2))
     return (
         heat,
         np.asarray(where, np.int64).reshape(-1, 2),

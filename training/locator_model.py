@@ -29,7 +29,7 @@ from board_data.deeppcb import DeepPcbSample, read_gray
 from board_data.scan import simulate_good_board
 from infra.progress import progress_bar
 from inspection.crops import CROP_SIZE, label_candidates, make_crops
-from inspection.locator import Locator, LocatorParams, regions_from_map
+from inspection.locator import Locator, LocatorParams
 from schemas.events import Box
 from training.crop_table import jitter_box, random_boxes
 from training.scoring import score_pairs
@@ -59,7 +59,7 @@ def locator_rows(
     params = locator.params
     if hard:
         params = replace(params, threshold=params.threshold * TRAIN_THRESHOLD_FACTOR)
-    found = regions_from_map(locator.region_map(image), image.shape[:2], params)
+    found = locator.find_regions(image, params)
     labels = label_candidates(found, sample.truths)
     boxes: list[Box] = list(found)
     for t in sample.truths:

@@ -101,6 +101,7 @@ def _batch(
     crop: int,
     rng: np.random.Generator,
     head: LocatorHead,
+    box_radius: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Crops of the picked boards' input planes, dihedrally transformed; returns the network
     input and the head's targets at 1/4 resolution: ``region`` the area fraction of the
@@ -120,7 +121,7 @@ def _batch(
         rects = [
             tuple(v / OUTPUT_STRIDE for v in r) for r in crop_rects(boxes[i], x0, y0, crop, op)
         ]
-        heat, where, truth = centre_targets(rects, cells)  # type: ignore[arg-type]
+        heat, where, truth = centre_targets(rects, cells, box_radius)  # type: ignore[arg-type]
         ts.append(heat)
         index.append(np.column_stack([np.full(len(where), n), where]))
         truths.append(truth)
@@ -161,6 +162,7 @@ def train_locator_net(
     target_shrink: float = 0.2,
     widths: tuple[int, int, int, int] = DEFAULT_WIDTHS,
     head: LocatorHead = "region",
+    box_radius: int = 0,
     seed: int = 0,
     threads: int | None = None,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
@@ -169,7 +171,8 @@ def train_locator_net(
     (eval mode, CPU) and one history row per epoch. AdamW with a one-cycle schedule; the
     last epoch's weights are kept (nothing of the held-out groups chooses them).
     ``widths``: the network's stage widths; ``head``: what it outputs
-    (:mod:`inspection.locator`)."""
+    (:mod:`inspection.locator`); ``box_radius``: a centre head's box maps are trained at the
+    cells up to this far from each defect's centre cell."""
     if not images or len(images) != len(boxes):
         raise ValueError(f"need boards with boxes, got {len(images)} boards / {len(boxes)}")
     crop = min(crop, *(min(im.shape) for im in images))
@@ -202,7 +205,7 @@ def train_locator_net(
             totals = {"area_loss": 0.0, "map_loss": 0.0}
             for step in range(steps):
                 picks = order[step * batch_size : (step + 1) * batch_size]
-                x, targets = _batch(planes, masks, boxes, picks, crop, rng, head)
+                x, targets = _batch(planes, masks, boxes, picks, crop, rng, head, box_radius)
                 out = net(x.contiguous(memory_format=torch.channels_last))
                 terms = _losses(out, targets, head)
                 loss = terms["area_loss"] + terms["map_loss"]
