@@ -41,10 +41,11 @@ class LocatorParams:
 
     input_scale: float = 1.0
     """the board is resized by this before the network (1.0: native resolution)"""
-    head: LocatorHead = "region"
-    """what the network outputs: a region map, or defect centres with their boxes"""
-    threshold: float = 0.5
-    """map probability above which a cell belongs to a region (a centre is kept)"""
+    head: LocatorHead = "centre"
+    """what the network outputs: defect centres with their boxes, or a region map (the
+    first locators'; a ``locator.json`` without a head is one of those)"""
+    threshold: float = 0.2
+    """probability above which a centre is kept (a cell belongs to a region)"""
     target_shrink: float = 0.2
     """training targets were the boxes shrunk by this share of their size on each side (so
     that neighbouring defects stay apart in the map) ..."""
@@ -66,6 +67,7 @@ class LocatorParams:
         if not path.is_file():
             raise FileNotFoundError(f"no {LOCATOR_PARAMS} in {model_dir}: not a locator model")
         raw: dict[str, Any] = json.loads(path.read_text())
+        raw.setdefault("head", "region")  # written before the centre head existed
         params = cls(**raw)
         if params.head not in HEAD_OUTPUTS:
             raise ValueError(f"{path}: unknown locator head {params.head!r}")
@@ -192,6 +194,10 @@ def regions_from_outputs(
     if params.head == "centre":
         return boxes_from_centres(maps, image_shape, params)
     return regions_from_map(maps[0], image_shape, params)
+
+
+REGION_PARAMS = LocatorParams(head="region", threshold=0.5, target_shrink=0.2)
+"""the region head's defaults (measured in BENCHMARKS.md, "Template-free inspection")"""
 
 
 class Locator:

@@ -91,11 +91,13 @@ def box_area_loss(
     truth: torch.Tensor,
     missed: float = MISSED_WEIGHT,
     excess: float = EXCESS_WEIGHT,
+    l1_weight: float = L1_WEIGHT,
 ) -> torch.Tensor:
     """The issue's area loss on each centre's box: (missed · (A_t − I) + excess · (A_p − I))
     / A_t, averaged over the truths. ``box_maps`` (N, 4, h, w) = dx, dy, log w, log h;
     ``index`` (K, 3) = crop, i, j of each truth's centre cell; ``truth`` (K, 4) its box
-    (x1, y1, x2, y2) in cells. Zero when there are no truths."""
+    (x1, y1, x2, y2) in cells. Plus ``l1_weight`` × the L1 distance of the box's four
+    parameters from their targets. Zero when there are no truths."""
     if len(index) == 0:
         return box_maps.sum() * 0.0
     n, i, j = index[:, 0], index[:, 1], index[:, 2]
@@ -111,8 +113,13 @@ def box_area_loss(
     # a box that misses its truth entirely has no area gradient: a small L1 on the box's
     # parameters always points it back
     wanted = torch.stack(
-        [(x1 + x2) / 2 - cx + dx, (y1 + y2) / 2 - cy + dy, torch.log(x2 - x1), torch.log(y2 - y1)],
+        [
+            (x1 + x2) / 2 - j.to(w.dtype) - 0.5,
+            (y1 + y2) / 2 - i.to(w.dtype) - 0.5,
+            torch.log((x2 - x1).clamp_min(1e-3)),
+            torch.log((y2 - y1).clamp_min(1e-3)),
+        ],
         1,
     )
-    l1 = (torch.stack([dx, dy, lw, lh], 1) - wanted.clamp_min(LOG_SIZE_RANGE[0])).abs().sum(1)
-    return loss.mean() + L1_WEIGHT * l1.mean()
+    l1 = (torch.stack([dx, dy, lw, lh], 1) - wanted).abs().sum(1)
+    return loss.mean() + l1_weight * l1.mean()

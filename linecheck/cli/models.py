@@ -125,6 +125,9 @@ def train(
         str, typer.Option(help="reference | locator (learned, no template)")
     ] = "reference",
     locator_epochs: Annotated[int, typer.Option(min=1, help="--roi locator")] = 40,
+    locator_head: Annotated[
+        str, typer.Option(help="--roi locator: centre (a box per defect) | region (one map)")
+    ] = "centre",
     config: ConfigOption = None,
 ) -> None:
     """Train a classifier, calibrate it and register it (OpenVINO IR, FP32 and INT8).
@@ -207,11 +210,17 @@ def train(
                               cache_dir=settings.work_dir / "cache", console=err))  # fmt: skip
         return
     if roi == "locator" and task == "detect":
+        from inspection.locator import REGION_PARAMS, LocatorParams
         from training.locator_model import train_locator_model
 
+        if locator_head not in ("centre", "region"):
+            err.print(f"[red]--locator-head must be centre or region, got {locator_head!r}[/red]")
+            raise typer.Exit(2)
+        params = REGION_PARAMS if locator_head == "region" else LocatorParams()
         print(train_locator_model(settings.model.models_dir, data, split, arch=arch,  # type: ignore[arg-type]
                                   epochs=epochs or 10, locator_epochs=locator_epochs, seed=seed,
-                                  threads=threads, version=version, console=err))  # fmt: skip
+                                  params=params, threads=threads, version=version,
+                                  console=err))  # fmt: skip
         return
     if roi != "reference":
         err.print(f"[red]--roi locator needs DeepPCB-layout data; got --roi {roi!r}[/red]")
