@@ -12,12 +12,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from inspection.locator import Locator, LocatorParams, regions_from_map
+from inspection.locator import HEAD_OUTPUTS, Locator, LocatorParams, regions_from_map
 from inspection.model.locator_net import LocatorNet
 from inspection.model.registry import load_card
 from schemas.events import Box
+from training.locator_losses import area_loss
 from training.locator_model import LOCATOR_WEIGHTS
-from training.locator_train import area_loss, target_mask, torch_region_map, train_locator_net
+from training.locator_train import (
+    target_mask,
+    torch_locator_maps,
+    torch_region_map,
+    train_locator_net,
+)
 from training.splits import samples_of
 
 from .test_training_pipelines import _deeppcb_folder
@@ -88,15 +94,18 @@ def _dilate(mask: np.ndarray, w: int, h: int) -> np.ndarray:
     return cv2.dilate(mask, np.ones((h, w), np.uint8), anchor=(0, 0))
 
 
-def test_openvino_map_matches_torch(trained: tuple[Path, Path, Path]) -> None:
+def test_openvino_maps_match_torch(trained: tuple[Path, Path, Path]) -> None:
     data, _, model_dir = trained
-    net = LocatorNet()
+    locator = Locator(model_dir)
+    assert locator.params.head == "centre"  # the default head
+    net = LocatorNet(outputs=HEAD_OUTPUTS["centre"])
     net.load_state_dict(torch.load(model_dir / LOCATOR_WEIGHTS, weights_only=True))
     image = samples_of(data)[0].load()[0][:200, :232]  # any size: padded inside
-    served = Locator(model_dir).region_map(image)
-    expected = torch_region_map(net, image)
-    assert served.shape == expected.shape == (50, 58)
+    served = locator.maps(image)
+    expected = torch_locator_maps(net, image)
+    assert served.shape == expected.shape == (5, 50, 58)
     assert np.abs(served - expected).max() < 1e-4
+    assert np.array_equal(locator.region_map(image), served[0])
 
 
 def test_evaluate_roi_locator_reads_no_template(
