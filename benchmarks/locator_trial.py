@@ -2,12 +2,14 @@
 locator` does, then measure its ROI recall on the held-out board groups — for trying target
 and training settings in minutes instead of a whole locator-mode model.
 
-    python benchmarks/locator_trial.py [--data ../shared/datasets/deeppcb] [--epochs 24]
-        [--shrink 0.2] [--crops-per-board 2] [--widths 16,32,64,96] [--thresholds 0.3,0.5]
-        [--head region|centre] [--box-radius 0] [--seed 0] [--threads 2]
+    python benchmarks/locator_trial.py [--data ../shared/datasets/deeppcb] [--split FILE]
+        [--head centre|region] [--epochs 40] [--box-radius 1] [--shrink 0.2]
+        [--crops-per-board 2] [--widths 16,32,64,96] [--thresholds 0.15,0.2]
+        [--max-candidates 32] [--seed 0] [--threads 2]
 
-Training groups and held-out groups as `linecheck train` splits them (held out: 13000 and
-92000). The held-out boards' maps come from the torch network
+Defaults as `linecheck train --roi locator` trains it. Training groups and held-out groups
+as it splits them (held out: 13000 and 92000, or the groups of the pairs a `--split` file
+lists). The held-out boards' maps come from the torch network
 (`training.locator_train.torch_locator_maps`, what the served IR computes); regions as served
 (`inspection.locator.regions_from_outputs`: for the region head components above the
 threshold, grown back by the shrink; for the centre head one box per local maximum; 5 %
@@ -36,6 +38,7 @@ from inspection.locator import HEAD_OUTPUTS, LocatorParams, regions_from_outputs
 from inspection.model.locator_net import DEFAULT_WIDTHS  # noqa: E402
 from schemas.events import Box  # noqa: E402
 from training.detection_metrics import IOU_THRESHOLD, roi_recall  # noqa: E402
+from training.locator_model import BOX_RADIUS  # noqa: E402
 from training.locator_train import torch_locator_maps, train_locator_net  # noqa: E402
 from training.splits import samples_of, split_deeppcb  # noqa: E402
 
@@ -69,12 +72,15 @@ def miss_kinds(found: Sequence[Sequence[Box]], truths: Sequence[Sequence[Box]]) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--epochs", type=int, default=24)
+    ap.add_argument(
+        "--split", type=Path, default=None, help="pairs to hold out (DeepPCB's split format)"
+    )
+    ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--shrink", type=float, default=LocatorParams().target_shrink)
     ap.add_argument("--crops-per-board", type=int, default=2)
-    ap.add_argument("--thresholds", default="0.3,0.5")
-    ap.add_argument("--head", choices=sorted(HEAD_OUTPUTS), default="region")
-    ap.add_argument("--box-radius", type=int, default=0)
+    ap.add_argument("--thresholds", default="0.15,0.2")
+    ap.add_argument("--head", choices=sorted(HEAD_OUTPUTS), default=LocatorParams().head)
+    ap.add_argument("--box-radius", type=int, default=BOX_RADIUS)
     ap.add_argument(
         "--max-candidates", default="32", help="caps on the boxes a board keeps, e.g. 15,32"
     )
@@ -92,7 +98,7 @@ def main() -> None:
     widths = tuple(int(w) for w in args.widths.split(",") if w.strip())
     if widths and len(widths) != 4:
         ap.error(f"--widths takes four stage widths, got {args.widths!r}")
-    train_s, val_s = split_deeppcb(samples_of(args.data), args.data, None)
+    train_s, val_s = split_deeppcb(samples_of(args.data), args.data, args.split)
     started = time.monotonic()
     net, history = train_locator_net(
         [read_gray(s.test_path) for s in train_s],
