@@ -2,14 +2,15 @@
 locator` does, then measure its ROI recall on the held-out board groups — for trying target
 and training settings in minutes instead of a whole locator-mode model.
 
-    python benchmarks/locator_trial.py [--data ../shared/datasets/deeppcb] [--split FILE]
+    python benchmarks/locator_trial.py [--data ../shared/datasets/deeppcb]
+        [--split FILE | --held-out group20085,group44000]
         [--head centre|region] [--epochs 40] [--box-radius 1] [--shrink 0.2]
         [--crops-per-board 2] [--widths 16,32,64,96] [--thresholds 0.15,0.2]
         [--max-candidates 32] [--seed 0] [--threads 2]
 
 Defaults as `linecheck train --roi locator` trains it. Training groups and held-out groups
-as it splits them (held out: 13000 and 92000, or the groups of the pairs a `--split` file
-lists). The held-out boards' maps come from the torch network
+as it splits them (held out: 13000 and 92000, the groups of the pairs a `--split` file
+lists, or the `--held-out` groups). The held-out boards' maps come from the torch network
 (`training.locator_train.torch_locator_maps`, what the served IR computes); regions as served
 (`inspection.locator.regions_from_outputs`: for the region head components above the
 threshold, grown back by the shrink; for the centre head one box per local maximum; 5 %
@@ -34,10 +35,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from board_data.deeppcb import read_gray  # noqa: E402
-from inspection.locator import HEAD_OUTPUTS, LocatorParams, regions_from_outputs  # noqa: E402
+from inspection.locator import (  # noqa: E402
+    HEAD_OUTPUTS,
+    LocatorParams,
+    centre_detections,
+    regions_from_outputs,
+)
 from inspection.model.locator_net import DEFAULT_WIDTHS  # noqa: E402
-from schemas.events import Box  # noqa: E402
-from training.detection_metrics import IOU_THRESHOLD, roi_recall  # noqa: E402
+from schemas.events import Box, DefectType  # noqa: E402
+from training.detection_metrics import (  # noqa: E402
+    IOU_THRESHOLD,
+    ImageResult,
+    detection_metrics,
+    roi_recall,
+)
 from training.locator_model import BOX_RADIUS  # noqa: E402
 from training.locator_train import torch_locator_maps, train_locator_net  # noqa: E402
 from training.splits import samples_of, split_deeppcb  # noqa: E402
@@ -75,6 +86,7 @@ def main() -> None:
     ap.add_argument(
         "--split", type=Path, default=None, help="pairs to hold out (DeepPCB's split format)"
     )
+    ap.add_argument("--held-out", default="", help="board groups to hold out, e.g. group20085")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--shrink", type=float, default=LocatorParams().target_shrink)
     ap.add_argument("--crops-per-board", type=int, default=2)
@@ -98,11 +110,19 @@ def main() -> None:
     widths = tuple(int(w) for w in args.widths.split(",") if w.strip())
     if widths and len(widths) != 4:
         ap.error(f"--widths takes four stage widths, got {args.widths!r}")
-    train_s, val_s = split_deeppcb(samples_of(args.data), args.data, args.split)
+    if args.held_out:
+        held = {g.strip() for g in args.held_out.split(",") if g.strip()}
+        train_s = [s for s in samples_of(args.data) if s.group not in held]
+        val_s = [s for s in samples_of(args.data) if s.group in held]
+        if not train_s or not val_s:
+            ap.error(f"--held-out {args.held_out}: {len(val_s)} held-out, {len(train_s)} left")
+    else:
+        train_s, val_s = split_deeppcb(samples_of(args.data), args.data, args.split)
     started = time.monotonic()
     net, history = train_locator_net(
         [read_gray(s.test_path) for s in train_s],
         [[t.box for t in s.truths] for s in train_s],
+        kinds=[[t.defect_type.deeppcb_id - 1 for t in s.truths] for s in train_s],
         epochs=args.epochs,
         crops_per_board=args.crops_per_board,
         target_shrink=args.shrink,
@@ -157,6 +177,17 @@ def main() -> None:
             "max_candidates": int(max(counts)),
             "misses": miss_kinds(found, [[t.box for t in s.truths] for s in val_s]),
         }
+        if args.head == "typed":  # the locator alone as a detector: its boxes, types, scores
+            types = list(DefectType)
+            detections = [
+                [(b, p, types[k]) for b, p, k in centre_detections(m, im.shape[:2], params)]
+                for m, im in zip(maps, images, strict=True)
+            ]
+            metrics = detection_metrics(
+                [ImageResult(d, s.truths) for d, s in zip(detections, val_s, strict=True)]
+            )
+            row = out[f"threshold_{level}" + (f"_max_{cap}" if len(caps) > 1 else "")]
+            row.update({k: metrics[k] for k in ("precision", "recall", "f_score", "map")})  # type: ignore[union-attr]
     print(json.dumps(out))
 
 

@@ -31,8 +31,19 @@ LOCATOR_XML = "locator.xml"
 LOCATOR_PARAMS = "locator.json"
 OUTPUT_STRIDE = 4  # the network's map is 1/4 of its input
 PAD_MULTIPLE = 16  # the network's deepest stride: inputs are padded up to a multiple
-LocatorHead = Literal["region", "centre"]
-HEAD_OUTPUTS: dict[str, int] = {"region": 1, "centre": 5}  # heat, dx, dy, log w, log h
+LocatorHead = Literal["region", "centre", "typed"]
+# a head's probability maps come first: one (region, centre) or one per defect type (typed);
+# a centre head's four box maps follow (dx, dy, log w, log h)
+HEAT_MAPS: dict[str, int] = {"region": 1, "centre": 1, "typed": 6}
+HEAD_OUTPUTS: dict[str, int] = {"region": 1, "centre": 5, "typed": 10}
+
+
+def head_of(outputs: int) -> LocatorHead:
+    """The head a network with ``outputs`` output maps has."""
+    for head, n in HEAD_OUTPUTS.items():
+        if n == outputs:
+            return head  # type: ignore[return-value]
+    raise ValueError(f"no locator head has {outputs} output maps")
 
 
 @dataclass(frozen=True)
@@ -44,8 +55,9 @@ class LocatorParams:
     head: LocatorHead = "centre"
     """what the network outputs: defect centres with their boxes, or a region map (the
     first locators'; a ``locator.json`` without a head is one of those)"""
-    threshold: float = 0.2
-    """probability above which a centre is kept (a cell belongs to a region)"""
+    threshold: float = 0.175
+    """probability above which a centre is kept (a cell belongs to a region); the centre
+    head's default was chosen on DeepPCB groups 13000 + 92000 (BENCHMARKS.md)"""
     target_shrink: float = 0.2
     """training targets were the boxes shrunk by this share of their size on each side (so
     that neighbouring defects stay apart in the map) ..."""
@@ -158,40 +170,50 @@ def regions_from_map(
     return [b for _, b in found[: params.max_candidates]]
 
 
-def boxes_from_centres(
+def centre_detections(
     maps: np.ndarray, image_shape: tuple[int, int], params: LocatorParams
-) -> list[Box]:
-    """Boxes in board pixels from a ``centre`` head's (5, h, w) maps (centre probability,
-    then the cell's box: centre offset x, y in cells, log width, log height in cells): each
-    3×3 local maximum of the probability at or above the threshold is one box; boxes
-    overlapping a stronger one by more than ``nms_iou`` are dropped; then margins, clipping
-    and ``max_candidates``, most confident first."""
-    heat = np.ascontiguousarray(maps[0], np.float32)
+) -> list[tuple[Box, float, int]]:
+    """(box in board pixels, probability, type index) from a centre head's maps (its
+    probability maps, then the cell's box: centre offset x, y in cells, log width, log
+    height in cells): each 3×3 local maximum of the probability (the largest over the
+    types) at or above the threshold is one box, of the type whose map peaks there (0 for
+    the untyped ``centre`` head); boxes overlapping a stronger one by more than ``nms_iou``
+    are dropped; then margins, clipping and ``max_candidates``, most confident first."""
+    k = HEAT_MAPS[params.head]
+    heat = np.ascontiguousarray(maps[:k].max(0), np.float32)
     peaks = (heat >= cv2.dilate(heat, np.ones((3, 3), np.uint8))) & (heat >= params.threshold)
     ys, xs = np.nonzero(peaks)
     if len(ys) == 0:
         return []
     scores = heat[ys, xs]
+    kinds = maps[:k, ys, xs].argmax(0)
     cell = OUTPUT_STRIDE / params.input_scale
-    cx = (xs + 0.5 + maps[1, ys, xs]) * cell
-    cy = (ys + 0.5 + maps[2, ys, xs]) * cell
-    bw = np.maximum(np.exp(np.clip(maps[3, ys, xs], -4.0, 6.0)) * cell, params.min_side_px)
-    bh = np.maximum(np.exp(np.clip(maps[4, ys, xs], -4.0, 6.0)) * cell, params.min_side_px)
+    cx = (xs + 0.5 + maps[k, ys, xs]) * cell
+    cy = (ys + 0.5 + maps[k + 1, ys, xs]) * cell
+    bw = np.maximum(np.exp(np.clip(maps[k + 2, ys, xs], -4.0, 6.0)) * cell, params.min_side_px)
+    bh = np.maximum(np.exp(np.clip(maps[k + 3, ys, xs], -4.0, 6.0)) * cell, params.min_side_px)
     rects = [[float(x - w / 2), float(y - h / 2), float(w), float(h)]
              for x, y, w, h in zip(cx, cy, bw, bh, strict=True)]  # fmt: skip
     keep = cv2.dnn.NMSBoxes(rects, scores.tolist(), params.threshold, params.nms_iou)
     order = sorted(np.asarray(keep, int).ravel(), key=lambda k: -scores[k])
     return [
-        _clipped(x, y, x + w, y + h, params.margin, image_shape)
-        for x, y, w, h in (rects[k] for k in order[: params.max_candidates])
+        (_clipped(x, y, x + w, y + h, params.margin, image_shape), float(scores[n]), int(kinds[n]))
+        for n, (x, y, w, h) in ((n, rects[n]) for n in order[: params.max_candidates])
     ]
+
+
+def boxes_from_centres(
+    maps: np.ndarray, image_shape: tuple[int, int], params: LocatorParams
+) -> list[Box]:
+    """The boxes of :func:`centre_detections`, most confident first."""
+    return [box for box, _, _ in centre_detections(maps, image_shape, params)]
 
 
 def regions_from_outputs(
     maps: np.ndarray, image_shape: tuple[int, int], params: LocatorParams
 ) -> list[Box]:
     """Boxes from the network's (C, h, w) maps (channel 0 a probability) by its head."""
-    if params.head == "centre":
+    if params.head != "region":
         return boxes_from_centres(maps, image_shape, params)
     return regions_from_map(maps[0], image_shape, params)
 
@@ -224,20 +246,22 @@ class Locator:
         self._lock = threading.Lock()
 
     def maps(self, image: np.ndarray) -> np.ndarray:
-        """(C, h, w) float32 maps at 1/(4·scale) of the board, channel 0 a probability
-        (the region or the centre map), the others as the head outputs them."""
+        """(C, h, w) float32 maps at 1/(4·scale) of the board, the head's probability maps
+        first (the region or the centre map, or one per type), the others as it outputs
+        them."""
         x, (h, w) = normalise(image, self.params.input_scale)
         with self._lock:
             self._request.infer({0: x})
             out = self._request.output_tensors[0].data.copy()
         cells_h, cells_w = -(-h // OUTPUT_STRIDE), -(-w // OUTPUT_STRIDE)
         out = out[0, :, :cells_h, :cells_w]
-        out[0] = sigmoid(out[0])
+        k = HEAT_MAPS[self.params.head]
+        out[:k] = sigmoid(out[:k])
         return out
 
     def region_map(self, image: np.ndarray) -> np.ndarray:
         """(h, w) float32 region (or centre) probabilities at 1/(4·scale) of the board."""
-        return self.maps(image)[0]
+        return self.maps(image)[: HEAT_MAPS[self.params.head]].max(0)
 
     def find_regions(self, image: np.ndarray, params: LocatorParams | None = None) -> list[Box]:
         """Candidate defect boxes on a 2-D uint8 grayscale board of any size (no template);

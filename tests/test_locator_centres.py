@@ -70,7 +70,7 @@ def test_crop_rects_move_as_the_crop_pixels_do(op: int) -> None:
     window = target_mask(shape, boxes, 0.0)[y0 : y0 + crop, x0 : x0 + crop]
     moved = _dihedral(window, op)
     drawn = np.zeros_like(moved)
-    for x1, y1, x2, y2 in crop_rects(boxes, x0, y0, crop, op):
+    for x1, y1, x2, y2 in crop_rects(boxes, x0, y0, crop, op)[0]:
         drawn[int(y1) : int(y2), int(x1) : int(x2)] = 1
     assert np.array_equal(drawn, moved)
 

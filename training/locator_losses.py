@@ -42,17 +42,23 @@ def area_loss(
 
 
 def centre_targets(
-    boxes: Sequence[tuple[float, float, float, float]], cells: int, radius: int = 0
+    boxes: Sequence[tuple[float, float, float, float]],
+    cells: int,
+    radius: int = 0,
+    kinds: Sequence[int] | None = None,
+    channels: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One crop's targets from its boxes (x1, y1, x2, y2) in cell units on a ``cells`` ×
-    ``cells`` map: the (cells, cells) float32 heat map, the (K, 2) int64 cells (i, j) whose
+    ``cells`` map: the float32 heat map ((cells, cells), or (channels, cells, cells) with a
+    box's peak on its ``kinds`` channel), the (K, 2) int64 cells (i, j) whose
     box maps are trained and the (K, 4) float32 boxes they are trained to: the centre cell of
     each box whose centre lies on the map and the cells up to ``radius`` around it (a peak
     found one cell off still predicts the whole box)."""
-    heat = np.zeros((cells, cells), np.float32)
+    heats = np.zeros((channels, cells, cells), np.float32)
     grid = np.arange(cells, dtype=np.float32)
     where, truth = [], []
-    for x1, y1, x2, y2 in boxes:
+    for (x1, y1, x2, y2), kind in zip(boxes, kinds or [0] * len(boxes), strict=True):
+        heat = heats[kind]
         if x2 - x1 <= 0 or y2 - y1 <= 0:
             continue
         i, j = int((y1 + y2) // 2), int((x1 + x2) // 2)
@@ -69,7 +75,7 @@ def centre_targets(
                     where.append((i + di, j + dj))
                     truth.append((x1, y1, x2, y2))
     return (
-        heat,
+        heats if kinds is not None else heats[0],
         np.asarray(where, np.int64).reshape(-1, 2),
         np.asarray(truth, np.float32).reshape(-1, 4),
     )

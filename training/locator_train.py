@@ -20,9 +20,11 @@ import torch.nn.functional as F
 
 from inspection.locator import (
     HEAD_OUTPUTS,
+    HEAT_MAPS,
     OUTPUT_STRIDE,
     PAD_MULTIPLE,
     LocatorHead,
+    head_of,
     input_planes,
     planes_to_input,
 )
@@ -59,11 +61,15 @@ def _dihedral(a: np.ndarray, op: int) -> np.ndarray:
     return a
 
 
-def crop_rects(boxes: Sequence[Box], x0: int, y0: int, crop: int, op: int) -> list[Rect]:
+def crop_rects(
+    boxes: Sequence[Box], x0: int, y0: int, crop: int, op: int, kinds: Sequence[int] = ()
+) -> tuple[list[Rect], list[int]]:
     """The boxes in a ``crop``-px square window at (x0, y0), clipped to it, then moved as
-    :func:`_dihedral` moves the window's pixels; boxes outside it are left out."""
+    :func:`_dihedral` moves the window's pixels, and their ``kinds`` (0 without); boxes
+    outside it are left out."""
     rects: list[Rect] = []
-    for b in boxes:
+    kept: list[int] = []
+    for b, kind in zip(boxes, kinds or [0] * len(boxes), strict=True):
         x1, y1 = max(b.x1 - x0, 0), max(b.y1 - y0, 0)
         x2, y2 = min(b.x2 - x0, crop), min(b.y2 - y0, crop)
         if x2 <= x1 or y2 <= y1:
@@ -75,7 +81,8 @@ def crop_rects(boxes: Sequence[Box], x0: int, y0: int, crop: int, op: int) -> li
         if op & 1:
             x1, x2 = crop - x2, crop - x1
         rects.append((float(x1), float(y1), float(x2), float(y2)))
-    return rects
+        kept.append(kind)
+    return rects, kept
 
 
 def _window(
@@ -97,6 +104,7 @@ def _batch(
     planes: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
     boxes: Sequence[Sequence[Box]],
+    kinds: Sequence[Sequence[int]],
     picks: np.ndarray,
     crop: int,
     rng: np.random.Generator,
@@ -118,16 +126,21 @@ def _batch(
                 cv2.resize(np.ascontiguousarray(m), (cells, cells), interpolation=cv2.INTER_AREA)
             )
             continue
-        rects = [
-            tuple(v / OUTPUT_STRIDE for v in r) for r in crop_rects(boxes[i], x0, y0, crop, op)
-        ]
-        heat, where, truth = centre_targets(rects, cells, box_radius)  # type: ignore[arg-type]
+        rects, rect_kinds = crop_rects(boxes[i], x0, y0, crop, op, kinds[i])
+        heat, where, truth = centre_targets(
+            [tuple(v / OUTPUT_STRIDE for v in r) for r in rects],  # type: ignore[misc]
+            cells,
+            box_radius,
+            rect_kinds if head == "typed" else None,
+            HEAT_MAPS[head],
+        )
         ts.append(heat)
         index.append(np.column_stack([np.full(len(where), n), where]))
         truths.append(truth)
     x = torch.from_numpy(planes_to_input(np.stack(xs)))
-    targets = {"map": torch.from_numpy(np.stack(ts)[:, None])}
-    if head == "centre":
+    maps = np.stack(ts)
+    targets = {"map": torch.from_numpy(maps[:, None] if maps.ndim == 3 else maps)}
+    if head != "region":
         targets["index"] = torch.from_numpy(np.concatenate(index).astype(np.int64))
         targets["truth"] = torch.from_numpy(np.concatenate(truths))
     return x, targets
@@ -144,9 +157,10 @@ def _losses(
             "area_loss": area_loss(logits, t),
             "map_loss": F.binary_cross_entropy_with_logits(logits, t, pos_weight=POS_WEIGHT),
         }
+    k = HEAT_MAPS[head]
     return {
-        "area_loss": box_area_loss(out[:, 1:], targets["index"], targets["truth"]),
-        "map_loss": focal_heat_loss(out[:, :1], targets["map"]),
+        "area_loss": box_area_loss(out[:, k:], targets["index"], targets["truth"]),
+        "map_loss": focal_heat_loss(out[:, :k], targets["map"]),
     }
 
 
@@ -163,6 +177,7 @@ def train_locator_net(
     widths: tuple[int, int, int, int] = DEFAULT_WIDTHS,
     head: LocatorHead = "region",
     box_radius: int = 0,
+    kinds: Sequence[Sequence[int]] | None = None,
     seed: int = 0,
     threads: int | None = None,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
@@ -172,9 +187,13 @@ def train_locator_net(
     last epoch's weights are kept (nothing of the held-out groups chooses them).
     ``widths``: the network's stage widths; ``head``: what it outputs
     (:mod:`inspection.locator`); ``box_radius``: a centre head's box maps are trained at the
-    cells up to this far from each defect's centre cell."""
+    cells up to this far from each defect's centre cell; ``kinds``: each box's defect type
+    index (0–5), needed by the ``typed`` head."""
     if not images or len(images) != len(boxes):
         raise ValueError(f"need boards with boxes, got {len(images)} boards / {len(boxes)}")
+    if head == "typed" and kinds is None:
+        raise ValueError("the typed head needs each box's defect type (kinds)")
+    kinds = kinds if kinds is not None else [[0] * len(bs) for bs in boxes]
     crop = min(crop, *(min(im.shape) for im in images))
     crop -= crop % PAD_MULTIPLE
     if crop < 2 * PAD_MULTIPLE:
@@ -205,7 +224,7 @@ def train_locator_net(
             totals = {"area_loss": 0.0, "map_loss": 0.0}
             for step in range(steps):
                 picks = order[step * batch_size : (step + 1) * batch_size]
-                x, targets = _batch(planes, masks, boxes, picks, crop, rng, head, box_radius)
+                x, targets = _batch(planes, masks, boxes, kinds, picks, crop, rng, head, box_radius)
                 out = net(x.contiguous(memory_format=torch.channels_last))
                 terms = _losses(out, targets, head)
                 loss = terms["area_loss"] + terms["map_loss"]
@@ -231,18 +250,20 @@ def train_locator_net(
 
 @torch.inference_mode()
 def torch_locator_maps(net: LocatorNet, image: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """The torch network's (C, h, w) maps of a board, channel 0 a probability, as the served
-    ``Locator.maps`` makes them (for parity checks and trials before the IR exists)."""
+    """The torch network's (C, h, w) maps of a board, its probability maps first, as the
+    served ``Locator.maps`` makes them (for parity checks and trials before the IR exists)."""
     from inspection.locator import normalise, sigmoid
 
     x, (h, w) = normalise(image, scale)
     out = net.eval()(torch.from_numpy(x)).numpy()
     cells_h, cells_w = -(-h // OUTPUT_STRIDE), -(-w // OUTPUT_STRIDE)
     out = out[0, :, :cells_h, :cells_w]
-    out[0] = sigmoid(out[0])
+    k = HEAT_MAPS[head_of(len(out))]
+    out[:k] = sigmoid(out[:k])
     return out
 
 
 def torch_region_map(net: LocatorNet, image: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """The torch network's (h, w) probability map (region or centre) of a board."""
-    return torch_locator_maps(net, image, scale)[0]
+    maps = torch_locator_maps(net, image, scale)
+    return maps[: HEAT_MAPS[head_of(len(maps))]].max(0)
