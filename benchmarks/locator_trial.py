@@ -187,7 +187,9 @@ def main() -> None:
                 [ImageResult(d, s.truths) for d, s in zip(detections, val_s, strict=True)]
             )
             row = out[f"threshold_{level}" + (f"_max_{cap}" if len(caps) > 1 else "")]
-            row.update({k: metrics[k] for k in ("precision", "recall", "f_score", "map")})  # type: ignore[union-attr]
+            row.update(  # type: ignore[union-attr]
+                {f"detector_{k}": metrics[k] for k in ("precision", "recall", "f_score", "map")}
+            )
     print(json.dumps(out))
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspection.locator import LOCATOR_XML
+from inspection.locator import HEAT_MAPS, LOCATOR_XML, head_of
 
 IN_CHANNELS = 3  # the board and two median differences (inspection.locator.input_planes)
 LOCATOR_INPUT_NAME = "board"
@@ -60,14 +60,16 @@ class LocatorNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         # start at a low defect prior (~1 %) so the first steps do not flood the map
-        # small head weights: the maps start at their biases (a kaiming start gives the box
-        # maps a spread of ±3 in log size, past where the box loss has any gradient)
-        nn.init.normal_(self.head.weight, std=0.01)
         assert self.head.bias is not None
-        nn.init.zeros_(self.head.bias)
-        nn.init.constant_(self.head.bias[:1], -4.6)
-        if outputs == 5:  # a centre head's log box sizes start at 4 cells (16 px), a defect's
-            nn.init.constant_(self.head.bias[3:], math.log(4.0))
+        heat = HEAT_MAPS[head_of(outputs)]
+        nn.init.constant_(self.head.bias[:heat], -4.6)
+        if outputs > heat:
+            # a centre head's maps start at their biases (a kaiming start spreads the box
+            # maps ±3 in log size, past where the box loss has any gradient); its log box
+            # sizes at 4 cells (16 px), a defect's
+            nn.init.normal_(self.head.weight, std=0.01)
+            nn.init.zeros_(self.head.bias[heat:])
+            nn.init.constant_(self.head.bias[heat + 2 :], math.log(4.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f1 = self.enc1(self.stem(x))  # /4
