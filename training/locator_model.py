@@ -82,6 +82,27 @@ def locator_rows(
     return np.concatenate(crops), labels
 
 
+def reuse_locator(source: Path, val_groups: Sequence[str], ir_dir: Path) -> dict[str, Any]:
+    """Copy a locator-mode model's locator (network, weights, parameters) into ``ir_dir``;
+    returns its card's locator section with ``from`` added. Refused when the source trained
+    on any of ``val_groups``: they would no longer be boards the locator never saw."""
+    from inspection.locator import LOCATOR_PARAMS, LOCATOR_XML
+    from inspection.model.registry import load_card
+
+    card = load_card(source)
+    if card.mode != "locator":
+        raise ValueError(f"{source} is a {card.mode}-mode model, not a locator model")
+    seen = sorted(set(card.metrics.get("train_groups", [])) & set(val_groups))
+    if seen:
+        raise ValueError(f"the locator of {card.version} was trained on {', '.join(seen)}, "
+                         "which this split holds out")  # fmt: skip
+    ir_dir.mkdir(parents=True, exist_ok=True)
+    xml = Path(LOCATOR_XML)
+    for name in (LOCATOR_XML, xml.with_suffix(".bin").name, LOCATOR_PARAMS, LOCATOR_WEIGHTS):
+        shutil.copy2(source / name, ir_dir / name)
+    return {**card.metrics.get("locator", {}), "from": card.version}
+
+
 def crop_set(
     samples: Sequence[DeepPcbSample],
     locator: Locator,
@@ -112,6 +133,7 @@ def train_locator_model(
     crops_per_board: int = 2,
     params: LocatorParams = LocatorParams(),
     box_radius: int = BOX_RADIUS,
+    locator_from: Path | None = None,
     seed: int = 0,
     threads: int | None = None,
     version: str | None = None,
@@ -122,8 +144,10 @@ def train_locator_model(
     """Train the locator, then the region classifier on its template-free candidates;
     register both as one locator-mode model folder, thresholds calibrated on the held-out
     groups. ``params``: the locator's head and how its maps become boxes; ``box_radius``: a
-    centre head's box training (:func:`training.locator_train.train_locator_net`). Returns
-    the model folder."""
+    centre head's box training (:func:`training.locator_train.train_locator_net`);
+    ``locator_from``: a locator-mode model folder whose locator (network and parameters) is
+    reused as it is, only the classifier being trained (it must have been trained without
+    the validation groups: its card's). Returns the model folder."""
     import torch
 
     from inspection.backends import load_classifier
@@ -146,35 +170,46 @@ def train_locator_model(
     staging = Path(models_dir) / f".staging-{version}"  # hidden: no reader lists it
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        images = [read_gray(s.test_path) for s in train_s]  # boards under test only
-        with progress_bar(console, "training the locator", locator_epochs) as step:
-            net, history = train_locator_net(
-                images,
-                [[t.box for t in s.truths] for s in train_s],
-                epochs=locator_epochs,
-                crops_per_board=crops_per_board,
-                target_shrink=params.target_shrink,
-                head=params.head,
-                box_radius=box_radius,
-                seed=seed,
-                threads=threads,
-                progress=lambda e, n, row: step(
-                    completed=e,
-                    description=f"training the locator · epoch {e} area loss "
-                    f"{row['area_loss']:.3f} ({row['seconds']:.0f}s)",
-                ),
-            )
-        locator_seconds = time.monotonic() - started
         ir_dir = staging / "locator"
-        export_locator(net, ir_dir)
-        torch.save(net.state_dict(), ir_dir / LOCATOR_WEIGHTS)  # for parity checks, retraining
-        params.save(ir_dir)
+        locator_card: dict[str, Any]
+        if locator_from is not None:
+            locator_card = reuse_locator(Path(locator_from), val_groups, ir_dir)
+            params = LocatorParams.load(ir_dir)
+        else:
+            images = [read_gray(s.test_path) for s in train_s]  # boards under test only
+            with progress_bar(console, "training the locator", locator_epochs) as step:
+                net, history = train_locator_net(
+                    images,
+                    [[t.box for t in s.truths] for s in train_s],
+                    epochs=locator_epochs,
+                    crops_per_board=crops_per_board,
+                    target_shrink=params.target_shrink,
+                    head=params.head,
+                    box_radius=box_radius,
+                    seed=seed,
+                    threads=threads,
+                    progress=lambda e, n, row: step(
+                        completed=e,
+                        description=f"training the locator · epoch {e} area loss "
+                        f"{row['area_loss']:.3f} ({row['seconds']:.0f}s)",
+                    ),
+                )
+            export_locator(net, ir_dir)
+            torch.save(net.state_dict(), ir_dir / LOCATOR_WEIGHTS)  # parity checks, retraining
+            params.save(ir_dir)
+            locator_card = {
+                "head": params.head,
+                "epochs": locator_epochs,
+                "last_epoch": history[-1],
+                "train_seconds": round(time.monotonic() - started, 1),
+            }
+        locator_seconds = time.monotonic() - started
         locator = Locator(ir_dir, threads=threads)
         train_x, train_y = crop_set(train_s, locator, seed, True, console, "training pairs")
         val_x, val_y = crop_set(val_s, locator, seed + 1, False, console, "validation pairs")
         console.log(
-            f"locator trained in {locator_seconds:.0f}s on {len(train_s)} boards; classifier: "
-            f"{len(train_y)} training crops, {len(val_y)} validation crops "
+            f"locator ready in {locator_seconds:.0f}s ({len(train_s)} training boards); "
+            f"classifier: {len(train_y)} training crops, {len(val_y)} validation crops "
             f"({', '.join(val_groups)})"
         )
         result = train_with_progress(
@@ -188,12 +223,7 @@ def train_locator_model(
             mode="locator",
             metrics={
                 "region_val": result.metrics,
-                "locator": {
-                    "head": params.head,
-                    "epochs": locator_epochs,
-                    "last_epoch": history[-1],
-                    "train_seconds": round(locator_seconds, 1),
-                },
+                "locator": locator_card,
                 "data": str(data),
                 "train_groups": sorted({s.group for s in train_s}),
                 "val_groups": val_groups,

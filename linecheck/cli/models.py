@@ -119,7 +119,10 @@ def train(
     ] = None,
     base_model: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="--head gbdt: the trained CNN to put it on (default: train one)"),
+        typer.Option(
+            help="--head gbdt: the trained CNN to put it on (default: train one); --roi "
+            "locator: the locator model whose locator to reuse (only the classifier is trained)"
+        ),
     ] = None,
     roi: Annotated[
         str, typer.Option(help="reference | locator (learned, no template)")
@@ -217,10 +220,15 @@ def train(
             err.print(f"[red]--locator-head must be centre or region, got {locator_head!r}[/red]")
             raise typer.Exit(2)
         params = REGION_PARAMS if locator_head == "region" else LocatorParams()
-        print(train_locator_model(settings.model.models_dir, data, split, arch=arch,  # type: ignore[arg-type]
-                                  epochs=epochs or 10, locator_epochs=locator_epochs, seed=seed,
-                                  params=params, threads=threads, version=version,
-                                  console=err))  # fmt: skip
+        source = _model_dir(settings, base_model) if base_model is not None else None
+        try:
+            print(train_locator_model(settings.model.models_dir, data, split, arch=arch,  # type: ignore[arg-type]
+                                      epochs=epochs or 10, locator_epochs=locator_epochs,
+                                      seed=seed, params=params, locator_from=source,
+                                      threads=threads, version=version, console=err))  # fmt: skip
+        except ValueError as exc:  # a reused locator that saw the held-out groups
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from exc
         return
     if roi != "reference":
         err.print(f"[red]--roi locator needs DeepPCB-layout data; got --roi {roi!r}[/red]")
