@@ -144,6 +144,40 @@ def test_evaluate_roi_locator_reads_no_template(
     assert len(list((out / "detections").iterdir())) == 4
 
 
+def test_a_trained_locator_is_reused_for_a_new_classifier(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """`--roi locator --base-model V` trains only a classifier on V's locator, and refuses
+    a split that holds out a group V's locator trained on."""
+    from linecheck.cli import app
+
+    data, models, model_dir = trained
+    split = tmp_path / "val.txt"
+    split.write_text(
+        "".join(
+            f"group22000/22000/22000{k:03d}.jpg group22000/22000_not/22000{k:03d}.txt\n"
+            for k in range(4)
+        )
+    )
+    env = {"LINECHECK_MODEL__MODELS_DIR": str(models)}
+    args = ["train", "--data", str(data), "--roi", "locator", "--epochs", "1", "--threads",
+            "2", "--base-model", "tiny-locator"]  # fmt: skip
+    result = CliRunner().invoke(app, [*args, "--split", str(split), "--version", "again"], env=env)
+    assert result.exit_code == 0, result.output
+    again = models / "again"
+    for name in ("locator.xml", "locator.bin", "locator.json", LOCATOR_WEIGHTS):
+        assert (again / name).read_bytes() == (model_dir / name).read_bytes(), name
+    card = load_card(again)
+    assert card.metrics["locator"]["from"] == "tiny-locator"
+    assert card.metrics["locator"]["epochs"] == 40  # the source's, not retrained
+    split.write_text("group11000/11000/11000000.jpg group11000/11000_not/11000000.txt\n")
+    refused = CliRunner().invoke(app, [*args, "--split", str(split), "--version", "x"], env=env)
+    assert refused.exit_code == 2
+    assert "trained on group11000" in refused.output
+    assert not (models / "x").exists()
+    shutil.rmtree(again)  # the module's other tests list the models folder
+
+
 def test_regions_get_5_percent_margins_and_are_clipped() -> None:
     params = LocatorParams(threshold=0.5, target_shrink=0.0, margin=0.05, min_side_px=1)
     prob = np.zeros((40, 40), np.float32)

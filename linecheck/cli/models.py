@@ -213,22 +213,12 @@ def train(
                               cache_dir=settings.work_dir / "cache", console=err))  # fmt: skip
         return
     if roi == "locator" and task == "detect":
-        from inspection.locator import REGION_PARAMS, LocatorParams
-        from training.locator_model import train_locator_model
+        from linecheck.cli.locator import train_locator_command
 
-        if locator_head not in ("centre", "region"):
-            err.print(f"[red]--locator-head must be centre or region, got {locator_head!r}[/red]")
-            raise typer.Exit(2)
-        params = REGION_PARAMS if locator_head == "region" else LocatorParams()
-        source = _model_dir(settings, base_model) if base_model is not None else None
-        try:
-            print(train_locator_model(settings.model.models_dir, data, split, arch=arch,  # type: ignore[arg-type]
-                                      epochs=epochs or 10, locator_epochs=locator_epochs,
-                                      seed=seed, params=params, locator_from=source,
-                                      threads=threads, version=version, console=err))  # fmt: skip
-        except ValueError as exc:  # a reused locator that saw the held-out groups
-            err.print(f"[red]{exc}[/red]")
-            raise typer.Exit(2) from exc
+        train_locator_command(settings, data, split, arch=arch, epochs=epochs or 10,
+                              locator_epochs=locator_epochs, locator_head=locator_head,
+                              base_model=base_model, seed=seed, threads=threads,
+                              version=version)  # fmt: skip
         return
     if roi != "reference":
         err.print(f"[red]--roi locator needs DeepPCB-layout data; got --roi {roi!r}[/red]")
