@@ -2,13 +2,15 @@
 served on OpenVINO.
 
 The network (:mod:`inspection.model.locator_net`) maps a grayscale board to maps at 1/4
-resolution. Two heads:
+resolution. Its heads:
 
 - ``region``: one defect-region map; regions are its connected components above a
   threshold, boxed, grown back by what training shrank the targets by;
 - ``centre``: a defect-centre heat map and, per cell, the box of a defect centred there
   (offset and log size); each local maximum of the heat above a threshold is one box, so
-  touching defects stay apart instead of merging into one region.
+  touching defects stay apart instead of merging into one region;
+- ``typed``: the same with one centre map per defect type (a trial option: the locator
+  alone as a detector).
 
 Either way boxes get 5 % margins and are clipped to the board. ``locator.json`` beside the
 IR holds those parameters. No torch here: serving needs OpenVINO only.
