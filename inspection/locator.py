@@ -37,7 +37,7 @@ LocatorHead = Literal["region", "centre", "typed"]
 # a head's probability maps come first: one (region, centre) or one per defect type (typed);
 # a centre head's four box maps follow (dx, dy, log w, log h)
 HEAT_MAPS: dict[str, int] = {"region": 1, "centre": 1, "typed": 6}
-HEAD_OUTPUTS: dict[str, int] = {"region": 1, "centre": 5, "typed": 10}
+HEAD_OUTPUTS: dict[str, int] = {h: n + (h != "region") * 4 for h, n in HEAT_MAPS.items()}
 
 
 def head_of(outputs: int) -> LocatorHead:
@@ -128,6 +128,16 @@ def normalise(image: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, tuple[
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-np.clip(x, -30.0, 30.0)))).astype(np.float32)
+
+
+def output_maps(out: np.ndarray, resized: tuple[int, int]) -> np.ndarray:
+    """The network's (1, C, H/4, W/4) output for a padded board as (C, h, w) maps of the
+    ``resized`` board (padding cut off), its head's probability maps through a sigmoid."""
+    h, w = resized
+    maps = np.array(out[0, :, : -(-h // OUTPUT_STRIDE), : -(-w // OUTPUT_STRIDE)])
+    k = HEAT_MAPS[head_of(len(maps))]
+    maps[:k] = sigmoid(maps[:k])
+    return maps
 
 
 def _clipped(
@@ -251,15 +261,10 @@ class Locator:
         """(C, h, w) float32 maps at 1/(4·scale) of the board, the head's probability maps
         first (the region or the centre map, or one per type), the others as it outputs
         them."""
-        x, (h, w) = normalise(image, self.params.input_scale)
+        x, resized = normalise(image, self.params.input_scale)
         with self._lock:
             self._request.infer({0: x})
-            out = self._request.output_tensors[0].data.copy()
-        cells_h, cells_w = -(-h // OUTPUT_STRIDE), -(-w // OUTPUT_STRIDE)
-        out = out[0, :, :cells_h, :cells_w]
-        k = HEAT_MAPS[self.params.head]
-        out[:k] = sigmoid(out[:k])
-        return out
+            return output_maps(self._request.output_tensors[0].data, resized)
 
     def region_map(self, image: np.ndarray) -> np.ndarray:
         """(h, w) float32 region (or centre) probabilities at 1/(4·scale) of the board."""

@@ -117,7 +117,7 @@ def _batch(
     xs, ts, index, truths = [], [], [], []
     cells = crop // OUTPUT_STRIDE
     for n, i in enumerate(picks):
-        x0, y0 = _window(boxes[i], masks[i].shape, crop, rng)
+        x0, y0 = _window(boxes[i], planes[i].shape[:2], crop, rng)
         op = int(rng.integers(0, 8))
         xs.append(_dihedral(planes[i][y0 : y0 + crop, x0 : x0 + crop], op))
         if head == "region":
@@ -204,8 +204,10 @@ def train_locator_net(
     try:
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        masks = [
-            target_mask(im.shape, bs, target_shrink) for im, bs in zip(images, boxes, strict=True)
+        masks = [  # the region head's targets (a centre head's come from the boxes)
+            target_mask(im.shape, bs, target_shrink)
+            for im, bs in zip(images, boxes, strict=True)
+            if head == "region"
         ]
         planes = [input_planes(im) for im in images]
         net = LocatorNet(widths, HEAD_OUTPUTS[head])
@@ -252,15 +254,10 @@ def train_locator_net(
 def torch_locator_maps(net: LocatorNet, image: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """The torch network's (C, h, w) maps of a board, its probability maps first, as the
     served ``Locator.maps`` makes them (for parity checks and trials before the IR exists)."""
-    from inspection.locator import normalise, sigmoid
+    from inspection.locator import normalise, output_maps
 
-    x, (h, w) = normalise(image, scale)
-    out = net.eval()(torch.from_numpy(x)).numpy()
-    cells_h, cells_w = -(-h // OUTPUT_STRIDE), -(-w // OUTPUT_STRIDE)
-    out = out[0, :, :cells_h, :cells_w]
-    k = HEAT_MAPS[head_of(len(out))]
-    out[:k] = sigmoid(out[:k])
-    return out
+    x, resized = normalise(image, scale)
+    return output_maps(net.eval()(torch.from_numpy(x)).numpy(), resized)
 
 
 def torch_region_map(net: LocatorNet, image: np.ndarray, scale: float = 1.0) -> np.ndarray:
