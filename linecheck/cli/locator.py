@@ -21,6 +21,7 @@ def train_locator_command(
     locator_epochs: int,
     locator_head: str,
     base_model: str | None,
+    fold_locators: int,
     seed: int,
     threads: int | None,
     version: str | None,
@@ -40,7 +41,7 @@ def train_locator_command(
         model_dir = train_locator_model(
             settings.model.models_dir, data, split, arch=arch,  # type: ignore[arg-type]
             epochs=epochs, locator_epochs=locator_epochs, seed=seed, params=params,
-            locator_from=source, threads=threads, version=version, console=err,
+            locator_from=source, folds=fold_locators, threads=threads, version=version, console=err,
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:  # no such model; a locator that saw them
         err.print(f"[red]{exc}[/red]")

@@ -131,6 +131,14 @@ def train(
     locator_head: Annotated[
         str, typer.Option(help="--roi locator: centre (a box per defect) | region (one map)")
     ] = "centre",
+    fold_locators: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="--roi locator: classifier rows also from locators that "
+            "never saw each training design (N folds of its groups; 0: off)",
+        ),
+    ] = 2,
     config: ConfigOption = None,
 ) -> None:
     """Train a classifier, calibrate it and register it (OpenVINO IR, FP32 and INT8).
@@ -217,8 +225,8 @@ def train(
 
         train_locator_command(settings, data, split, arch=arch, epochs=epochs or 10,
                               locator_epochs=locator_epochs, locator_head=locator_head,
-                              base_model=base_model, seed=seed, threads=threads,
-                              version=version)  # fmt: skip
+                              base_model=base_model, fold_locators=fold_locators,
+                              seed=seed, threads=threads, version=version)  # fmt: skip
         return
     if roi != "reference":
         err.print(f"[red]--roi locator needs DeepPCB-layout data; got --roi {roi!r}[/red]")
