@@ -5,19 +5,29 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
+from board_data.deeppcb import read_gray
+from inspection.crops import label_candidates
 from inspection.locator import HEAD_OUTPUTS, Locator, LocatorParams, regions_from_map
 from inspection.model.locator_net import LocatorNet
 from inspection.model.registry import load_card
 from schemas.events import Box
 from training.locator_losses import area_loss
-from training.locator_model import LOCATOR_WEIGHTS
+from training.locator_model import (
+    LOCATOR_WEIGHTS,
+    TRAIN_THRESHOLD_FACTOR,
+    fold_groups,
+    fold_locators,
+    locator_rows,
+)
 from training.locator_train import (
     target_mask,
     torch_locator_maps,
@@ -210,3 +220,42 @@ def test_locator_training_takes_the_network_widths() -> None:
     assert net.stem[0].out_channels == 8 and net.head.in_channels == 8
     assert len(history) == 1 and np.isfinite(history[0]["area_loss"])
     assert torch_region_map(net, boards[0]).shape == (16, 16)
+
+
+def test_fold_groups_deal_each_group_to_exactly_one_fold() -> None:
+    folds = fold_groups(["g5", "g1", "g3", "g2", "g4", "g1"], 2)
+    assert folds == [["g1", "g3", "g5"], ["g2", "g4"]]
+    assert fold_groups(["g1", "g2"], 3) == []  # a fold would be empty
+    assert fold_groups(["g1", "g2"], 1) == []  # nothing held out
+
+
+def test_fold_locators_share_a_locator_within_a_fold_only(tmp_path: Path) -> None:
+    data = _deeppcb_folder(tmp_path / "data", {"11000": 2, "22000": 2, "33000": 2})
+    unseen = fold_locators(
+        samples_of(data), LocatorParams(), 2, tmp_path / "folds", Console(quiet=True),
+        epochs=1, crops_per_board=1, box_radius=1, seed=0, threads=1,
+    )  # fmt: skip
+    assert sorted(unseen) == ["group11000", "group22000", "group33000"]
+    assert unseen["group11000"] is unseen["group33000"]  # fold 1: trained on 22000 only
+    assert unseen["group22000"] is not unseen["group11000"]
+    assert (tmp_path / "folds" / "fold1" / "locator.xml").exists()
+
+
+def test_an_unseen_locators_candidates_join_the_training_rows(
+    trained: tuple[Path, Path, Path],
+) -> None:
+    """A fold locator's candidates join a pair's rows after the served locator's own
+    (found at a lower threshold), labelled by IoU with the truths; the rest follows."""
+    data, _, model_dir = trained
+    locator = Locator(model_dir, threads=1)
+    sample = next(s for s in samples_of(data) if s.group == "group11000")
+    alone, labels = locator_rows(sample, locator, np.random.default_rng(3))
+    both, more = locator_rows(sample, locator, np.random.default_rng(3), unseen=locator)
+    image = read_gray(sample.test_path)
+    low = replace(locator.params, threshold=locator.params.threshold * TRAIN_THRESHOLD_FACTOR)
+    own, found = locator.find_regions(image, low), locator.find_regions(image)
+    assert any(label > 0 for label in label_candidates(found, sample.truths))
+    assert more[: len(own)] == labels[: len(own)]
+    assert more[len(own) : len(own) + len(found)] == label_candidates(found, sample.truths)
+    assert more[len(own) + len(found) :][: len(labels) - len(own)] == labels[len(own) :]
+    assert len(both) == len(more) and len(both) - len(alone) >= len(found)  # + the good board's

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,6 +178,15 @@ def train_locator(
     return history[-1]
 
 
+def fold_groups(groups: Iterable[str], folds: int) -> list[list[str]]:
+    """The groups dealt round robin (sorted) into ``folds`` folds; ``[]`` when ``folds`` < 2
+    or there are fewer groups than folds (no fold could be held out)."""
+    ordered = sorted(set(groups))
+    if folds < 2 or len(ordered) < folds:
+        return []
+    return [ordered[k::folds] for k in range(folds)]
+
+
 def fold_locators(
     samples: Sequence[DeepPcbSample],
     params: LocatorParams,
@@ -187,17 +196,13 @@ def fold_locators(
     **fit: Any,
 ) -> dict[str, Locator]:
     """Per board group of ``samples``, a locator trained without that group: the groups are
-    dealt into ``folds`` folds (sorted, round robin) and one locator is trained on the
-    others' boards per fold. Their candidates on a group are what the served locator calls
+    dealt into ``folds`` folds (:func:`fold_groups`) and one locator is trained per fold on
+    the other folds' boards. Their candidates on a group are what the served locator calls
     on a design it never saw — a new design's corners and line ends — which the served
     locator, fitted to its own training boards, hardly shows the classifier. ``{}`` when
-    ``folds`` < 2 or there are fewer groups than folds."""
-    groups = sorted({s.group for s in samples})
-    if folds < 2 or len(groups) < folds:
-        return {}
+    no fold can be held out."""
     unseen: dict[str, Locator] = {}
-    for k in range(folds):
-        held = groups[k::folds]
+    for k, held in enumerate(fold_groups({s.group for s in samples}, folds)):
         out = work_dir / f"fold{k}"
         rest = [s for s in samples if s.group not in held]
         train_locator(rest, params, out, console, f"fold locator {k + 1}/{folds}", **fit)
