@@ -1,4 +1,5 @@
-"""Model commands of the `linecheck` CLI: train, calibrate, evaluate, quantize.
+"""Model commands of the `linecheck` CLI: train, calibrate, quantize, and `evaluate` from
+:mod:`linecheck.cli.evaluate`.
 
 Registered in :mod:`linecheck.cli` by :func:`register`.
 """
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from infra.settings import Settings
 from linecheck.cli.common import ConfigOption, err, settings_or_exit
-from linecheck.cli.tables import cv_table, fmt, metrics_table
+from linecheck.cli.tables import cv_table
 
 DataOption = Annotated[
     Path,
@@ -39,7 +40,7 @@ ModelOption = Annotated[
 ARCHS = ("small", "efficientnet_lite0")
 
 
-def _model_dir(settings: Settings, version: str) -> Path:
+def model_dir_or_exit(settings: Settings, version: str) -> Path:
     from inspection.model.registry import resolve_model
 
     try:
@@ -216,7 +217,7 @@ def train(
     if head == "gbdt" and base_model is not None:
         from training.gbdt_head import train_gbdt_head
 
-        base = _model_dir(settings, base_model)
+        base = model_dir_or_exit(settings, base_model)
         print(train_gbdt_head(base, data, split, seed=seed, threads=threads,
                               cache_dir=settings.work_dir / "cache", console=err))  # fmt: skip
         return
@@ -290,7 +291,7 @@ def calibrate(
     from training.calibration import calibrate_model
 
     settings = settings_or_exit(config)
-    model_dir = _model_dir(settings, model)
+    model_dir = model_dir_or_exit(settings, model)
     thresholds, rates = calibrate_model(
         model_dir, data, split, target_fnr=target_fnr, seed=seed, console=err
     )
@@ -301,92 +302,6 @@ def calibrate(
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     err.print(table)
     print(json.dumps({"thresholds": thresholds.model_dump(), **rates}))
-
-
-def evaluate(
-    data: DataOption,
-    out: Annotated[Path, typer.Option(help="output folder")],
-    split: SplitOption = None,
-    model: ModelOption = "latest",
-    variant: Annotated[str, typer.Option(help="fp32 | int8 (OpenVINO IR)")] = "fp32",
-    draw: Annotated[int, typer.Option(min=0, help="save pictures of N boards")] = 0,
-    seed: int = 0,
-    held_out: Annotated[
-        bool, typer.Option(help="image folder: only the images training held out (same seed)")
-    ] = False,
-    roi: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(help="reference | locator (default: the card's mode)"),
-    ] = None,
-    config: ConfigOption = None,
-) -> None:
-    """Evaluate a model on labelled pairs (DeepPCB protocol: IoU > 0.33, same type):
-    OUT/detections/<id>.txt, OUT/metrics.json, and with --draw N pictures in OUT/boards/.
-    On a folder of <class>_<n>.jpg images with a classify model (from <models_dir>/classify):
-    accuracy, per-class precision/recall/F1, confusion matrix, OUT/scores.csv."""
-    from training.evaluation import evaluate_model, json_ready
-    from training.splits import is_deeppcb
-
-    settings = settings_or_exit(config)
-    from board_data.class_folders import is_class_folder_set
-
-    if not is_deeppcb(data) and is_class_folder_set(data):  # anomaly model (--held-out: test)
-        from linecheck.cli.anomaly import evaluate_anomaly_command
-
-        evaluate_anomaly_command(settings, data, out, model, held_out, draw)
-        return
-    if not is_deeppcb(data):
-        _evaluate_classify(settings, data, out, model, held_out, seed)
-        return
-    if variant not in ("fp32", "int8"):
-        err.print(f"[red]--variant must be fp32 or int8, got {variant!r}[/red]")
-        raise typer.Exit(2)
-    model_dir = _model_dir(settings, model)
-    try:
-        metrics = evaluate_model(
-            model_dir, data, split, out, variant=variant, draw=draw, seed=seed, console=err,
-            roi=roi,
-        )  # fmt: skip
-    except (FileNotFoundError, ValueError) as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
-    err.print(
-        metrics_table(metrics, f"{model_dir.name} ({variant}) on {', '.join(metrics['groups'])}")
-    )
-    keys = ("f_score", "map", "roi_recall", "board_fnr", "board_fpr", "review_rate")
-    headline = {k: metrics[k] for k in keys if k in metrics}
-    print(json.dumps(json_ready(headline), allow_nan=False))  # undefined rates: null
-
-
-def _evaluate_classify(
-    settings: Settings, data: Path, out: Path, model: str, held_out: bool, seed: int
-) -> None:
-    import numpy as np
-
-    from board_data.image_folder import labelled_images
-    from inspection.model.registry import resolve_model
-    from training.classify_evaluation import evaluate_classifier
-    from training.evaluation import json_ready
-    from training.image_folder_model import stratified_split
-
-    try:
-        model_dir = resolve_model(settings.model.models_dir / "classify", model)
-        indices = None
-        if held_out:
-            labels = np.unique([c for _, c in labelled_images(data)], return_inverse=True)[1]
-            indices = stratified_split(labels, 0.2, seed)[1]
-        metrics = evaluate_classifier(model_dir, data, out, indices=indices)
-    except (FileNotFoundError, ValueError) as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
-    table = Table(title=f"{model_dir.name} on {metrics['images']} images of {data}")
-    for column in ("class", "precision", "recall", "F1", "support"):
-        table.add_column(column)
-    for name, row in metrics["per_class"].items():
-        table.add_row(name, *(fmt(row[k]) for k in ("precision", "recall", "f1", "support")))
-    err.print(table)
-    keys = ("accuracy", "macro_f1", "images")
-    print(json.dumps(json_ready({k: metrics[k] for k in keys}), allow_nan=False))
 
 
 def quantize(
@@ -402,7 +317,7 @@ def quantize(
     from training.quantize import quantize_deeppcb
 
     settings = settings_or_exit(config)
-    model_dir = _model_dir(settings, model)
+    model_dir = model_dir_or_exit(settings, model)
     for xml in quantize_deeppcb(model_dir, data, split, seed, settings.work_dir / "cache"):
         print(xml)
 
@@ -422,7 +337,9 @@ def _crop_views(text: str | None) -> tuple[int, ...]:
 
 def register(app: typer.Typer) -> None:
     """Add the model commands to the main CLI."""
+    from linecheck.cli.evaluate import evaluate
+
     app.command()(train)
     app.command()(calibrate)
-    app.command()(evaluate)
+    app.command()(evaluate)  # in its own module: linecheck.cli.evaluate
     app.command()(quantize)
