@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from inspection.self_reference import veto_repeats
 from schemas.events import Box
 
 LOCATOR_XML = "locator.xml"
@@ -71,6 +73,11 @@ class LocatorParams:
     """most confident regions kept (by peak probability)"""
     nms_iou: float = 0.5
     """``centre`` head: of two boxes overlapping more than this, the weaker is dropped"""
+    repeat_px: int = 0
+    """a region called a defect whose unexplained area is under this many pixels repeats
+    the design elsewhere on the board and is called "none"
+    (:mod:`inspection.self_reference`); 0: off (a ``locator.json`` without it). Training
+    sets it from the training defects (``training.locator_model.repeat_threshold``)"""
 
     def save(self, model_dir: Path) -> None:
         (Path(model_dir) / LOCATOR_PARAMS).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -274,3 +281,10 @@ class Locator:
         """Candidate defect boxes on a 2-D uint8 grayscale board of any size (no template);
         ``params`` overrides the model's own (e.g. a lower threshold)."""
         return regions_from_outputs(self.maps(image), image.shape[:2], params or self.params)
+
+    def veto_repeats(
+        self, image: np.ndarray, boxes: Sequence[Box], probs: np.ndarray
+    ) -> np.ndarray:
+        """The classifier's ``probs`` of ``boxes`` on ``image`` with the regions that repeat
+        the design elsewhere on the board called "none" (``params.repeat_px``)."""
+        return veto_repeats(image, boxes, probs, self.params.repeat_px)

@@ -89,6 +89,8 @@ def score_pairs(
             boxes, reference = _regions(image, template, locator)
             crops = crops_for(classifier, image, reference, boxes)
             probs = classifier.predict_proba(crops)
+            if locator is not None:
+                probs = locator.veto_repeats(image, boxes, probs)
             seconds = time.perf_counter() - t0
             g_boxes: list[Box] = []
             g_probs = np.zeros((0, probs.shape[1]), np.float32)
@@ -98,6 +100,8 @@ def score_pairs(
                 g_probs = classifier.predict_proba(
                     crops_for(classifier, good, g_reference, g_boxes)
                 )
+                if locator is not None:
+                    g_probs = locator.veto_repeats(good, g_boxes, g_probs)
             kept = keep(i)
             out.append(
                 PairResult(

@@ -315,6 +315,10 @@ class Inspector:
         probabilities (and feature maps)."""
         t3 = time.perf_counter()
         try:
+            if p.model.locator is not None:  # no template: the board's repeats stand in
+                probs = p.model.locator.veto_repeats(p.image, p.boxes, probs)
+                classify_ms += (time.perf_counter() - t3) * 1e3
+                t3 = time.perf_counter()
             regions = region_verdicts(p.boxes, probs)
         except Exception as exc:
             raise InspectionError("classify", f"{type(exc).__name__}: {exc}") from exc

@@ -31,6 +31,10 @@ class RegionLocator(Protocol):
 
     def find_regions(self, image: np.ndarray) -> list[Box]: ...
 
+    def veto_repeats(self, image: np.ndarray, boxes: list[Box], probs: np.ndarray) -> np.ndarray:
+        """``probs`` with the regions that repeat the design on the board called "none"."""
+        ...
+
 
 class AnomalyScore(Protocol):
     @property

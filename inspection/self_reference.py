@@ -1,0 +1,120 @@
+"""The board as its own reference (template-free inspection): a region whose surroundings
+repeat elsewhere on the same board, identical inside the region, shows a feature of the
+design (a drilled pad, a row of identical lands), not a defect — defects are unique.
+
+For each region: its context (the box and half its size on each side) is matched by
+normalised cross-correlation against the rest of the board in all 8 dihedral transforms
+(designs repeat turned and mirrored), coarse at half resolution, then to the pixel at full
+resolution around the best coarse match; the region's *unexplained area* is the largest
+blob of pixels that differ between the context and that copy (binarised, a 1-px
+misregistration tolerated), touching the box. Die-to-die inspection of wafers rests on the
+same idea.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from schemas.events import Box
+
+CONTEXT = 0.5  # the context a region is matched by: its box plus this share of its size per side
+_KERNEL = np.ones((3, 3), np.uint8)
+
+
+def _dihedral(a: np.ndarray, op: int) -> np.ndarray:
+    """One of the 8 dihedral transforms: transpose (op & 4), flip rows (2), columns (1)."""
+    if op & 4:
+        a = a.T
+    if op & 2:
+        a = a[::-1]
+    if op & 1:
+        a = a[:, ::-1]
+    return np.ascontiguousarray(a)
+
+
+def _best_match(board: np.ndarray, patch: np.ndarray, own: tuple[int, int]) -> tuple[int, int]:
+    """Top-left of ``patch``'s best NCC match on ``board`` away from ``own`` (its own place:
+    positions closer than half the patch's size on both axes are excluded); (-1, -1) when
+    the patch is flat or as large as the board."""
+    h, w = patch.shape
+    if h >= board.shape[0] or w >= board.shape[1] or float(patch.std()) < 1.0:
+        return -1, -1
+    scores = cv2.matchTemplate(board, patch, cv2.TM_CCOEFF_NORMED)
+    x, y = own
+    scores[max(0, y - h // 2) : y + h // 2 + 1, max(0, x - w // 2) : x + w // 2 + 1] = -2.0
+    _, best, _, loc = cv2.minMaxLoc(scores)
+    return (int(loc[0]), int(loc[1])) if best > -2.0 else (-1, -1)
+
+
+def unexplained_area(board: np.ndarray, box: Box) -> int:
+    """Pixels of the largest difference, touching ``box``, between the box's context on the
+    2-D uint8 ``board`` and the context's best copy elsewhere on it (see the module's
+    docstring); the box's area when nothing on the board resembles it."""
+    height, width = board.shape
+    x1, y1 = max(0, int(box.x1)), max(0, int(box.y1))
+    x2, y2 = min(width, int(np.ceil(box.x2))), min(height, int(np.ceil(box.y2)))
+    if x2 <= x1 or y2 <= y1:
+        return 0
+    mx, my = int((x2 - x1) * CONTEXT), int((y2 - y1) * CONTEXT)
+    cx1, cy1, cx2, cy2 = max(0, x1 - mx), max(0, y1 - my), min(width, x2 + mx), min(height, y2 + my)
+    context = board[cy1:cy2, cx1:cx2]
+    inner = np.zeros(context.shape, np.uint8)
+    inner[y1 - cy1 : y2 - cy1, x1 - cx1 : x2 - cx1] = 1
+    small = cv2.resize(board, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
+    coarse = cv2.resize(context, (context.shape[1] // 2, context.shape[0] // 2),
+                        interpolation=cv2.INTER_AREA)  # fmt: skip
+    best: tuple[float, int, tuple[int, int]] = (-2.0, 0, (-1, -1))
+    for op in range(8):
+        patch = _dihedral(coarse, op)
+        x, y = _best_match(small, patch, (cx1 // 2, cy1 // 2))
+        if x < 0:
+            continue
+        window = small[y : y + patch.shape[0], x : x + patch.shape[1]]
+        score = float(cv2.matchTemplate(window, patch, cv2.TM_CCOEFF_NORMED)[0, 0])
+        if score > best[0]:
+            best = (score, op, (x, y))
+    score, op, (x, y) = best
+    if x < 0:
+        return int(inner.sum())
+    patch, mask = _dihedral(context, op), _dihedral(inner, op)
+    h, w = patch.shape
+    # the pixel-exact place near twice the coarse one (not the region's own place)
+    ox, oy = max(0, 2 * x - 2), max(0, 2 * y - 2)
+    area = board[oy : min(height, 2 * y + h + 2), ox : min(width, 2 * x + w + 2)]
+    if area.shape[0] < h or area.shape[1] < w:
+        return int(inner.sum())
+    _, _, _, (dx, dy) = cv2.minMaxLoc(cv2.matchTemplate(area, patch, cv2.TM_CCOEFF_NORMED))
+    copy = area[dy : dy + h, dx : dx + w]
+    return _largest_difference(patch > 127, copy > 127, mask)
+
+
+def _largest_difference(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> int:
+    """Pixels of the largest blob where two binary images differ by more than a 1-px shift
+    of an edge (set in one and not within 1 px in the other, or clear in one and not within
+    1 px of clear in the other), among the blobs touching ``mask``."""
+    a8, b8 = a.astype(np.uint8), b.astype(np.uint8)
+    near_a, near_b = cv2.dilate(a8, _KERNEL) > 0, cv2.dilate(b8, _KERNEL) > 0
+    solid_a, solid_b = cv2.erode(a8, _KERNEL) > 0, cv2.erode(b8, _KERNEL) > 0
+    differ = ((a & ~near_b) | (b & ~near_a) | (~a & solid_b) | (~b & solid_a)).astype(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(differ, connectivity=8)
+    touching = np.unique(labels[(mask > 0) & (differ > 0)])
+    return int(max((stats[i, cv2.CC_STAT_AREA] for i in touching if i), default=0))
+
+
+def veto_repeats(
+    board: np.ndarray, boxes: Sequence[Box], probs: np.ndarray, min_px: int
+) -> np.ndarray:
+    """``probs`` (N, classes; column 0 "none") with every region called a defect whose
+    :func:`unexplained_area` is under ``min_px`` set to "none" (a copy; ``min_px`` 0: as
+    they are). Only regions called defects are matched: the costly step runs for few."""
+    if min_px <= 0 or len(boxes) == 0:
+        return probs
+    out = probs.copy()
+    for i in np.flatnonzero(probs.argmax(1) != 0):
+        if unexplained_area(board, boxes[int(i)]) < min_px:
+            out[i] = 0.0
+            out[i, 0] = 1.0
+    return out
