@@ -58,7 +58,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     result = CliRunner().invoke(
         app,
         ["train", "--data", str(data), "--split", str(split), "--roi", "locator", "--epochs",
-         "2", "--locator-epochs", "40", "--threads", "2", "--version", "tiny-locator"],
+         "2", "--locator-epochs", "40", "--threads", "2", "--version", "tiny-locator",
+         "--arch", "small"],
         env={"LINECHECK_MODEL__MODELS_DIR": str(models)},
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -72,6 +73,7 @@ def test_the_model_folder_holds_locator_and_classifier(trained: tuple[Path, Path
     for name in ("locator.xml", "locator.bin", "locator.json", "model.xml", LOCATOR_WEIGHTS):
         assert (model_dir / name).is_file(), name
     assert card.metrics["val_groups"] == ["group22000"]
+    assert card.metrics["locator"]["repeat_px"] == LocatorParams.load(model_dir).repeat_px > 0
     assert [p.name for p in models.iterdir()] == ["tiny-locator"]  # no staging left behind
 
 
@@ -178,6 +180,7 @@ def test_a_trained_locator_is_reused_for_a_new_classifier(
     for name in ("locator.xml", "locator.bin", "locator.json", LOCATOR_WEIGHTS):
         assert (again / name).read_bytes() == (model_dir / name).read_bytes(), name
     card = load_card(again)
+    assert card.arch == "efficientnet_lite0"  # --roi locator's default classifier
     assert card.metrics["locator"]["from"] == "tiny-locator"
     assert card.metrics["locator"]["epochs"] == 40  # the source's, not retrained
     split.write_text("group11000/11000/11000000.jpg group11000/11000_not/11000000.txt\n")

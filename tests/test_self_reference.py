@@ -4,6 +4,7 @@ explained away, a defect is not, and the veto turns only the explained ones to "
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -56,7 +57,9 @@ def test_the_veto_calls_repeats_none_and_leaves_the_rest() -> None:
         Box(x1=144, y1=256, x2=162, y2=280),  # spur, called spur
         Box(x1=30, y1=50, x2=50, y2=70),  # repeat, already called none
     ]
-    probs = np.array([[0.1, 0, 0, 0, 0, 0, 0.9], [0.2, 0, 0, 0, 0.8, 0, 0], [0.7, 0.3, 0, 0, 0, 0, 0]])
+    probs = np.array(
+        [[0.1, 0, 0, 0, 0, 0, 0.9], [0.2, 0, 0, 0, 0.8, 0, 0], [0.7, 0.3, 0, 0, 0, 0, 0]]
+    )
     vetoed = veto_repeats(board, boxes, probs, 3)
     assert vetoed[0].tolist() == [1.0, 0, 0, 0, 0, 0, 0]
     assert np.array_equal(vetoed[1:], probs[1:])
@@ -64,7 +67,7 @@ def test_the_veto_calls_repeats_none_and_leaves_the_rest() -> None:
     assert veto_repeats(board, boxes, probs, 0) is probs  # off
 
 
-def test_a_locator_json_without_repeat_px_loads_with_the_veto_off(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_locator_json_without_repeat_px_loads_with_the_veto_off(tmp_path: Path) -> None:
     LocatorParams(repeat_px=5).save(tmp_path)
     assert LocatorParams.load(tmp_path).repeat_px == 5
     raw = json.loads((tmp_path / LOCATOR_PARAMS).read_text())

@@ -79,12 +79,13 @@ def train(
     arch: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
-            help="small | efficientnet_lite0 (default: small; classify: efficientnet_lite0)"
+            help="small | efficientnet_lite0 (default: small; classify and --roi locator: "
+            "efficientnet_lite0)"
         ),
     ] = None,
     epochs: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option(min=1, help="default: 8 synthetic, 10 DeepPCB, 10 classify"),
+        typer.Option(min=1, help="default: 8 synthetic, 10 DeepPCB, 10 classify, 8 locator"),
     ] = None,
     size: Annotated[int, typer.Option(min=16, help="image size for --task classify")] = 128,
     seed: int = 0,
@@ -160,7 +161,9 @@ def train(
         from training.splits import is_deeppcb
 
         task = "detect" if is_deeppcb(data) else "classify"
-    arch = arch or ("efficientnet_lite0" if task == "classify" else "small")
+    # the template-free classifier needs ImageNet's features (F +4 points, BENCHMARKS.md)
+    lite = task == "classify" or (roi == "locator" and data is not None)
+    arch = arch or ("efficientnet_lite0" if lite else "small")
     if arch not in ARCHS:
         err.print(f"[red]--arch must be one of {', '.join(ARCHS)}, got {arch!r}[/red]")
         raise typer.Exit(2)
@@ -224,7 +227,7 @@ def train(
     if roi == "locator" and task == "detect":
         from linecheck.cli.locator import train_locator_command
 
-        train_locator_command(settings, data, split, arch=arch, epochs=epochs or 10,
+        train_locator_command(settings, data, split, arch=arch, epochs=epochs or 8,
                               locator_epochs=locator_epochs, locator_head=locator_head,
                               base_model=base_model, fold_locators=fold_locators,
                               seed=seed, threads=threads, version=version)  # fmt: skip
