@@ -262,3 +262,24 @@ def test_an_unseen_locators_candidates_join_the_training_rows(
     assert more[len(own) : len(own) + len(found)] == label_candidates(found, sample.truths)
     assert more[len(own) + len(found) :][: len(labels) - len(own)] == labels[len(own) :]
     assert len(both) == len(more) and len(both) - len(alone) >= len(found)  # + the good board's
+
+
+def test_evaluate_repeat_px_overrides_the_models_veto(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """`evaluate --repeat-px N` replaces the locator's own veto: with N larger than any
+    region, every region called a defect is explained away and nothing is detected."""
+    from linecheck.cli import app
+
+    data, models, model_dir = trained
+    env = {"LINECHECK_MODEL__MODELS_DIR": str(models)}
+    counts = {}
+    for px in (None, 10**6):
+        out = tmp_path / f"eval-{px}"
+        args = ["evaluate", "--data", str(data), "--out", str(out), "--model", "tiny-locator"]
+        result = CliRunner().invoke(app, args + (["--repeat-px", str(px)] if px else []), env=env)
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["repeat_px"] == (px or LocatorParams.load(model_dir).repeat_px)
+        counts[px] = metrics["detections"]
+    assert counts[None] > 0 and counts[10**6] == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +100,15 @@ def evaluate_model(
     threads: int | None = None,
     console: Console | None = None,
     roi: str | None = None,
+    repeat_px: int | None = None,
 ) -> dict[str, Any]:
     """Write ``out/detections/<image id>.txt`` and ``out/metrics.json``; with ``draw`` N,
     pictures of N boards (boxes, types, CAM heatmaps of failed/doubtful regions) in
     ``out/boards/``. ``roi``: "reference" (against each pair's template) or "locator" (the
     model folder's learned locator, no template; templates only make the good twins, and
-    without them there are no board-level rates); default: the card's mode. Returns the
-    metrics."""
+    without them there are no board-level rates); default: the card's mode. ``repeat_px``:
+    instead of the locator's own repeat veto (:mod:`inspection.self_reference`; 0: off).
+    Returns the metrics."""
     console = console or Console(stderr=True)
     card = load_card(model_dir)
     samples = eval_samples(data, split_file, model_val_groups(card))
@@ -125,6 +128,8 @@ def evaluate_model(
         from inspection.locator import Locator
 
         locator = Locator(model_dir, threads=threads)
+        if repeat_px is not None:
+            locator.params = replace(locator.params, repeat_px=repeat_px)
     twins = makes_twins(samples, locator)
     results = score_pairs(
         samples, classifier, console, seed=seed, keep=lambda i: i in drawn, locator=locator
@@ -143,6 +148,7 @@ def evaluate_model(
         {
             "model": card.version,
             "roi": roi,
+            "repeat_px": locator.params.repeat_px if locator is not None else None,
             "variant": variant,
             "data": str(data),
             "split": str(split_file) if split_file else None,

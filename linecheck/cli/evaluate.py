@@ -32,6 +32,14 @@ def evaluate(
         Optional[str],  # noqa: UP045
         typer.Option(help="reference | locator (default: the card's mode)"),
     ] = None,
+    repeat_px: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            min=0,
+            help="locator: call regions that repeat the design on the board "
+            "none under this many unexplained px (default: the model's; 0: off)",
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Evaluate a model on labelled pairs (DeepPCB protocol: IoU > 0.33, same type):
@@ -59,7 +67,7 @@ def evaluate(
     try:
         metrics = evaluate_model(
             model_dir, data, split, out, variant=variant, draw=draw, seed=seed, console=err,
-            roi=roi,
+            roi=roi, repeat_px=repeat_px,
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")
