@@ -4,8 +4,9 @@ design (a drilled pad, a row of identical lands), not a defect — defects are u
 
 For each region: its context (the box and half its size on each side) is matched by
 normalised cross-correlation against the rest of the board in all 8 dihedral transforms
-(designs repeat turned and mirrored), coarse at half resolution, then to the pixel at full
-resolution around the best coarse match; the region's *unexplained area* is the largest
+(designs repeat turned and mirrored), coarse at a quarter of the resolution, then to the
+pixel at full resolution around the best three transforms' copies; the region's
+*unexplained area* is the largest
 blob of pixels that differ between the context and that copy (binarised, a 1-px
 misregistration tolerated), touching the box. Die-to-die inspection of wafers rests on the
 same idea.
@@ -21,6 +22,8 @@ import numpy as np
 from schemas.events import Box
 
 CONTEXT = 0.5  # the context a region is matched by: its box plus this share of its size per side
+COARSE = 4  # the search for copies runs at 1/COARSE of the board's resolution ...
+REFINED = 3  # ... then the best copies of this many transforms are placed to the pixel
 _KERNEL = np.ones((3, 3), np.uint8)
 
 
@@ -49,10 +52,18 @@ def _best_match(board: np.ndarray, patch: np.ndarray, own: tuple[int, int]) -> t
     return (int(loc[0]), int(loc[1])) if best > -2.0 else (-1, -1)
 
 
-def unexplained_area(board: np.ndarray, box: Box) -> int:
+def coarse_board(board: np.ndarray) -> np.ndarray:
+    """The board at 1/``COARSE`` of its resolution, where copies are searched for."""
+    height, width = board.shape
+    size = (max(1, width // COARSE), max(1, height // COARSE))
+    return cv2.resize(board, size, interpolation=cv2.INTER_AREA)
+
+
+def unexplained_area(board: np.ndarray, box: Box, small: np.ndarray | None = None) -> int:
     """Pixels of the largest difference, touching ``box``, between the box's context on the
     2-D uint8 ``board`` and the context's best copy elsewhere on it (see the module's
-    docstring); the box's area when nothing on the board resembles it."""
+    docstring); the box's area when nothing on the board resembles it. ``small``: the
+    board already reduced by :func:`coarse_board` (one per board, not per region)."""
     height, width = board.shape
     x1, y1 = max(0, int(box.x1)), max(0, int(box.y1))
     x2, y2 = min(width, int(np.ceil(box.x2))), min(height, int(np.ceil(box.y2)))
@@ -63,31 +74,32 @@ def unexplained_area(board: np.ndarray, box: Box) -> int:
     context = board[cy1:cy2, cx1:cx2]
     inner = np.zeros(context.shape, np.uint8)
     inner[y1 - cy1 : y2 - cy1, x1 - cx1 : x2 - cx1] = 1
-    small = cv2.resize(board, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
-    coarse = cv2.resize(context, (context.shape[1] // 2, context.shape[0] // 2),
+    f = COARSE
+    small = coarse_board(board) if small is None else small
+    coarse = cv2.resize(context, (max(1, context.shape[1] // f), max(1, context.shape[0] // f)),
                         interpolation=cv2.INTER_AREA)  # fmt: skip
-    best: tuple[float, int, tuple[int, int]] = (-2.0, 0, (-1, -1))
+    found = []  # (coarse score, op, coarse place) of each transform's best copy
     for op in range(8):
         patch = _dihedral(coarse, op)
-        x, y = _best_match(small, patch, (cx1 // 2, cy1 // 2))
-        if x < 0:
+        x, y = _best_match(small, patch, (cx1 // f, cy1 // f))
+        if x >= 0:
+            window = small[y : y + patch.shape[0], x : x + patch.shape[1]]
+            score = float(cv2.matchTemplate(window, patch, cv2.TM_CCOEFF_NORMED)[0, 0])
+            found.append((score, op, x, y))
+    best: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None  # score, patch, copy, mask
+    for _, op, x, y in sorted(found, reverse=True)[:REFINED]:
+        patch = _dihedral(context, op)
+        h, w = patch.shape
+        ox, oy = max(0, f * x - f - 2), max(0, f * y - f - 2)  # the coarse place ± a cell
+        area = board[oy : min(height, f * y + h + f + 2), ox : min(width, f * x + w + f + 2)]
+        if area.shape[0] < h or area.shape[1] < w:
             continue
-        window = small[y : y + patch.shape[0], x : x + patch.shape[1]]
-        score = float(cv2.matchTemplate(window, patch, cv2.TM_CCOEFF_NORMED)[0, 0])
-        if score > best[0]:
-            best = (score, op, (x, y))
-    score, op, (x, y) = best
-    if x < 0:
+        _, score, _, (dx, dy) = cv2.minMaxLoc(cv2.matchTemplate(area, patch, cv2.TM_CCOEFF_NORMED))
+        if best is None or score > best[0]:
+            best = (score, patch, area[dy : dy + h, dx : dx + w], _dihedral(inner, op))
+    if best is None:
         return int(inner.sum())
-    patch, mask = _dihedral(context, op), _dihedral(inner, op)
-    h, w = patch.shape
-    # the pixel-exact place near twice the coarse one (not the region's own place)
-    ox, oy = max(0, 2 * x - 2), max(0, 2 * y - 2)
-    area = board[oy : min(height, 2 * y + h + 2), ox : min(width, 2 * x + w + 2)]
-    if area.shape[0] < h or area.shape[1] < w:
-        return int(inner.sum())
-    _, _, _, (dx, dy) = cv2.minMaxLoc(cv2.matchTemplate(area, patch, cv2.TM_CCOEFF_NORMED))
-    copy = area[dy : dy + h, dx : dx + w]
+    _, patch, copy, mask = best
     return _largest_difference(patch > 127, copy > 127, mask)
 
 
@@ -112,9 +124,9 @@ def veto_repeats(
     they are). Only regions called defects are matched: the costly step runs for few."""
     if min_px <= 0 or len(boxes) == 0:
         return probs
-    out = probs.copy()
+    out, small = probs.copy(), coarse_board(board)
     for i in np.flatnonzero(probs.argmax(1) != 0):
-        if unexplained_area(board, boxes[int(i)]) < min_px:
+        if unexplained_area(board, boxes[int(i)], small) < min_px:
             out[i] = 0.0
             out[i, 0] = 1.0
     return out

@@ -46,7 +46,7 @@ LOCATOR_WEIGHTS = "locator.pt"
 # off still gets the whole box (held-out ROI recall 97.8 against 96.1 % at 24 epochs)
 BOX_RADIUS = 1
 # the share of the training defects the repeat veto must leave alone: it sets repeat_px
-# (DeepPCB: 3 px; on held-out 13000 + 92000 it then drops ~45 % of the false alarms, 0.5 %
+# (DeepPCB: 4 px; on held-out 13000 + 92000 it then drops ~45 % of the false alarms, 0.5 %
 # of the right detections)
 REPEAT_KEEP = 0.99
 # the classifier's training rows include the candidates of locators that never saw the row's
