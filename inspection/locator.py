@@ -13,7 +13,9 @@ resolution. Its heads:
   alone as a detector).
 
 Either way boxes get 5 % margins and are clipped to the board. ``locator.json`` beside the
-IR holds those parameters. No torch here: serving needs OpenVINO only.
+IR holds those parameters. After the classifier, :meth:`Locator.veto_repeats` calls
+"none" the regions that repeat the design elsewhere on the board
+(:mod:`inspection.self_reference`, ``repeat_px``). No torch here: serving needs OpenVINO only.
 """
 
 from __future__ import annotations

@@ -9,8 +9,11 @@ template) and a region classifier trained, like every classifier, by
 (labelled by IoU with the truths), the truth boxes (and jittered copies), random clean
 squares, and the locator's candidates on good boards (each pair's template, misregistered
 and scanned: a defect-free board, never a reference), so it learns the locator's false
-calls. The held-out groups choose the classifier's epoch and calibrate the board thresholds
-as in reference mode; the locator never sees them.
+calls — and, with fold locators (:func:`fold_locators`), the candidates of locators that
+never saw the row's design, which look like the false calls on a new design. The training
+defects set the locator's repeat veto (:func:`repeat_threshold`). The held-out groups choose
+the classifier's epoch and calibrate the board thresholds as in reference mode; the locator
+never sees them.
 """
 
 from __future__ import annotations
