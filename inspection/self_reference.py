@@ -27,15 +27,16 @@ REFINED = 3  # ... then the best copies of this many transforms are placed to th
 _KERNEL = np.ones((3, 3), np.uint8)
 
 
-def _dihedral(a: np.ndarray, op: int) -> np.ndarray:
-    """One of the 8 dihedral transforms: transpose (op & 4), flip rows (2), columns (1)."""
+def dihedral(a: np.ndarray, op: int) -> np.ndarray:
+    """One of the 8 dihedral transforms of an (H, W[, C]) array, as a view: transpose
+    (op & 4), then flip rows (op & 2), then columns (op & 1)."""
     if op & 4:
-        a = a.T
+        a = a.swapaxes(0, 1)
     if op & 2:
         a = a[::-1]
     if op & 1:
         a = a[:, ::-1]
-    return np.ascontiguousarray(a)
+    return a
 
 
 def _best_match(board: np.ndarray, patch: np.ndarray, own: tuple[int, int]) -> tuple[int, int]:
@@ -80,7 +81,7 @@ def unexplained_area(board: np.ndarray, box: Box, small: np.ndarray | None = Non
                         interpolation=cv2.INTER_AREA)  # fmt: skip
     found = []  # (coarse score, op, coarse place) of each transform's best copy
     for op in range(8):
-        patch = _dihedral(coarse, op)
+        patch = np.ascontiguousarray(dihedral(coarse, op))
         x, y = _best_match(small, patch, (cx1 // f, cy1 // f))
         if x >= 0:
             window = small[y : y + patch.shape[0], x : x + patch.shape[1]]
@@ -88,7 +89,7 @@ def unexplained_area(board: np.ndarray, box: Box, small: np.ndarray | None = Non
             found.append((score, op, x, y))
     best: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None  # score, patch, copy, mask
     for _, op, x, y in sorted(found, reverse=True)[:REFINED]:
-        patch = _dihedral(context, op)
+        patch = np.ascontiguousarray(dihedral(context, op))
         h, w = patch.shape
         ox, oy = max(0, f * x - f - 2), max(0, f * y - f - 2)  # the coarse place ± a cell
         area = board[oy : min(height, f * y + h + f + 2), ox : min(width, f * x + w + f + 2)]
@@ -96,7 +97,7 @@ def unexplained_area(board: np.ndarray, box: Box, small: np.ndarray | None = Non
             continue
         _, score, _, (dx, dy) = cv2.minMaxLoc(cv2.matchTemplate(area, patch, cv2.TM_CCOEFF_NORMED))
         if best is None or score > best[0]:
-            best = (score, patch, area[dy : dy + h, dx : dx + w], _dihedral(inner, op))
+            best = (score, patch, area[dy : dy + h, dx : dx + w], dihedral(inner, op))
     if best is None:
         return int(inner.sum())
     _, patch, copy, mask = best

@@ -10,9 +10,10 @@ import torch
 
 from inspection.locator import LocatorParams, boxes_from_centres
 from inspection.model.locator_net import LocatorNet
+from inspection.self_reference import dihedral
 from schemas.events import Box
 from training.locator_losses import box_area_loss, centre_targets, focal_heat_loss
-from training.locator_train import _dihedral, crop_rects, target_mask, train_locator_net
+from training.locator_train import crop_rects, target_mask, train_locator_net
 
 
 def test_centre_targets_peak_at_each_boxs_centre_cell() -> None:
@@ -68,7 +69,7 @@ def test_crop_rects_move_as_the_crop_pixels_do(op: int) -> None:
     boxes = [Box(x1=30, y1=12, x2=45, y2=20), Box(x1=5, y1=50, x2=70, y2=60)]  # 2nd clipped
     shape, x0, y0, crop = (80, 96), 20, 8, 48
     window = target_mask(shape, boxes, 0.0)[y0 : y0 + crop, x0 : x0 + crop]
-    moved = _dihedral(window, op)
+    moved = dihedral(window, op)
     drawn = np.zeros_like(moved)
     for x1, y1, x2, y2 in crop_rects(boxes, x0, y0, crop, op)[0]:
         drawn[int(y1) : int(y2), int(x1) : int(x2)] = 1

@@ -29,6 +29,7 @@ from inspection.locator import (
     planes_to_input,
 )
 from inspection.model.locator_net import DEFAULT_WIDTHS, LocatorNet
+from inspection.self_reference import dihedral
 from schemas.events import Box
 from training.locator_losses import area_loss, box_area_loss, centre_targets, focal_heat_loss
 
@@ -49,24 +50,12 @@ def target_mask(shape: tuple[int, int], boxes: Sequence[Box], shrink: float) -> 
     return mask
 
 
-def _dihedral(a: np.ndarray, op: int) -> np.ndarray:
-    """One of the 8 dihedral transforms of an (H, W[, C]) array: transpose (op & 4), then
-    flip rows (op & 2), then columns (op & 1)."""
-    if op & 4:
-        a = a.swapaxes(0, 1)
-    if op & 2:
-        a = a[::-1]
-    if op & 1:
-        a = a[:, ::-1]
-    return a
-
-
 def crop_rects(
     boxes: Sequence[Box], x0: int, y0: int, crop: int, op: int, kinds: Sequence[int] = ()
 ) -> tuple[list[Rect], list[int]]:
     """The boxes in a ``crop``-px square window at (x0, y0), clipped to it, then moved as
-    :func:`_dihedral` moves the window's pixels, and their ``kinds`` (0 without); boxes
-    outside it are left out."""
+    :func:`inspection.self_reference.dihedral` moves the window's pixels, and their
+    ``kinds`` (0 without); boxes outside it are left out."""
     rects: list[Rect] = []
     kept: list[int] = []
     for b, kind in zip(boxes, kinds or [0] * len(boxes), strict=True):
@@ -119,9 +108,9 @@ def _batch(
     for n, i in enumerate(picks):
         x0, y0 = _window(boxes[i], planes[i].shape[:2], crop, rng)
         op = int(rng.integers(0, 8))
-        xs.append(_dihedral(planes[i][y0 : y0 + crop, x0 : x0 + crop], op))
+        xs.append(dihedral(planes[i][y0 : y0 + crop, x0 : x0 + crop], op))
         if head == "region":
-            m = _dihedral(masks[i][y0 : y0 + crop, x0 : x0 + crop].astype(np.float32), op)
+            m = dihedral(masks[i][y0 : y0 + crop, x0 : x0 + crop].astype(np.float32), op)
             ts.append(
                 cv2.resize(np.ascontiguousarray(m), (cells, cells), interpolation=cv2.INTER_AREA)
             )
