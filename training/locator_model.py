@@ -52,9 +52,9 @@ BOX_RADIUS = 1
 # (DeepPCB: 4 px; on held-out 13000 + 92000 it then drops ~45 % of the false alarms, 0.5 %
 # of the right detections)
 REPEAT_KEEP = 0.99
-# the classifier's training rows include the candidates of locators that never saw the row's
-# design (:func:`fold_locators`); 0 turns them off
-FOLD_LOCATORS = 2
+# fold locators for the classifier's training rows (:func:`fold_locators`), off by default:
+# +1 F point for the SmallCNN but -0.7 for EfficientNet-Lite0 (BENCHMARKS.md), ~10 min more
+FOLD_LOCATORS = 0
 
 
 def locator_rows(

@@ -140,7 +140,7 @@ def train(
             help="--roi locator: classifier rows also from locators that "
             "never saw each training design (N folds of its groups; 0: off)",
         ),
-    ] = 2,
+    ] = 0,
     config: ConfigOption = None,
 ) -> None:
     """Train a classifier, calibrate it and register it (OpenVINO IR, FP32 and INT8).
