@@ -30,7 +30,8 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from inspection.self_reference import veto_repeats
+from inspection.crops import CropGeometry, make_crops
+from inspection.self_reference import copy_crops, veto_repeats
 from schemas.events import Box
 
 LOCATOR_XML = "locator.xml"
@@ -38,6 +39,7 @@ LOCATOR_PARAMS = "locator.json"
 OUTPUT_STRIDE = 4  # the network's map is 1/4 of its input
 PAD_MULTIPLE = 16  # the network's deepest stride: inputs are padded up to a multiple
 LocatorHead = Literal["region", "centre", "typed"]
+CropReference = Literal["median", "copy"]
 # a head's probability maps come first: one (region, centre) or one per defect type (typed);
 # a centre head's four box maps follow (dx, dy, log w, log h)
 HEAT_MAPS: dict[str, int] = {"region": 1, "centre": 1, "typed": 6}
@@ -80,6 +82,11 @@ class LocatorParams:
     the design elsewhere on the board and is called "none"
     (:mod:`inspection.self_reference`); 0: off (a ``locator.json`` without it). Training
     sets it from the training defects (``training.locator_model.repeat_threshold``)"""
+    crop_reference: CropReference = "median"
+    """the second channel of the classifier's template-free crops: "median", the board
+    median-filtered (:func:`inspection.crops.make_crops`), or "copy", each crop square's
+    best copy elsewhere on the board (:func:`inspection.self_reference.copy_crops`); a
+    ``locator.json`` without it: the median"""
 
     def save(self, model_dir: Path) -> None:
         (Path(model_dir) / LOCATOR_PARAMS).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -94,6 +101,9 @@ class LocatorParams:
         params = cls(**raw)
         if params.head not in HEAD_OUTPUTS:
             raise ValueError(f"{path}: unknown locator head {params.head!r}")
+        if params.crop_reference not in ("median", "copy"):
+            raise ValueError(f"{path}: crop_reference must be median or copy, "
+                             f"got {params.crop_reference!r}")  # fmt: skip
         return params
 
 
@@ -290,3 +300,17 @@ class Locator:
         """The classifier's ``probs`` of ``boxes`` on ``image`` with the regions that repeat
         the design elsewhere on the board called "none" (``params.repeat_px``)."""
         return veto_repeats(image, boxes, probs, self.params.repeat_px)
+
+    def crops(self, model: CropGeometry, image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+        """The classifier's template-free crops of ``boxes`` as ``model`` takes them (its
+        input size and each view's smallest square), with ``params.crop_reference``."""
+        views = [self.cut(image, boxes, model.input_size, side) for side in model.crop_sides]
+        return views[0] if len(views) == 1 else np.concatenate(views, axis=1)
+
+    def cut(
+        self, image: np.ndarray, boxes: Sequence[Box], size: int, min_side: int = 0
+    ) -> np.ndarray:
+        """(N, 3, size, size) template-free crops of ``boxes`` (``params.crop_reference``)."""
+        if self.params.crop_reference == "copy":
+            return copy_crops(image, boxes, size, min_side)
+        return make_crops(image, None, boxes, size, min_side=min_side)

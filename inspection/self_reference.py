@@ -9,7 +9,8 @@ pixel at full resolution around the best three transforms' copies; the region's
 *unexplained area* is the largest
 blob of pixels that differ between the context and that copy (binarised, a 1-px
 misregistration tolerated), touching the box. Die-to-die inspection of wafers rests on the
-same idea.
+same idea. :func:`copy_crops` gives the classifier the same copy as a crop's reference
+channel, where reference mode shows the template.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from inspection.crops import CONTEXT as CROP_CONTEXT
+from inspection.crops import CROP_SIZE, crop_square
 from schemas.events import Box
 
 CONTEXT = 0.5  # the context a region is matched by: its box plus this share of its size per side
@@ -60,6 +63,53 @@ def coarse_board(board: np.ndarray) -> np.ndarray:
     return cv2.resize(board, size, interpolation=cv2.INTER_AREA)
 
 
+def best_copy(
+    board: np.ndarray, area: tuple[int, int, int, int], small: np.ndarray | None = None
+) -> np.ndarray | None:
+    """The best copy elsewhere on the 2-D uint8 ``board`` of its part ``area`` (x1, y1, x2,
+    y2; exclusive ends, on the board), turned back to ``area``'s orientation: an array of
+    ``area``'s shape, or None when nothing resembles it (flat, or as large as the board).
+    ``small``: the board already reduced by :func:`coarse_board`."""
+    height, width = board.shape
+    x1, y1, x2, y2 = area
+    region = board[y1:y2, x1:x2]
+    f = COARSE
+    small = coarse_board(board) if small is None else small
+    coarse = cv2.resize(region, (max(1, region.shape[1] // f), max(1, region.shape[0] // f)),
+                        interpolation=cv2.INTER_AREA)  # fmt: skip
+    found = []  # (coarse score, op, coarse place) of each transform's best copy
+    for op in range(8):
+        patch = np.ascontiguousarray(dihedral(coarse, op))
+        x, y = _best_match(small, patch, (x1 // f, y1 // f))
+        if x >= 0:
+            window = small[y : y + patch.shape[0], x : x + patch.shape[1]]
+            score = float(cv2.matchTemplate(window, patch, cv2.TM_CCOEFF_NORMED)[0, 0])
+            found.append((score, op, x, y))
+    best: tuple[float, np.ndarray, int] | None = None  # full-resolution score, copy, op
+    for _, op, x, y in sorted(found, reverse=True)[:REFINED]:
+        patch = np.ascontiguousarray(dihedral(region, op))
+        h, w = patch.shape
+        ox, oy = max(0, f * x - f - 2), max(0, f * y - f - 2)  # the coarse place ± a cell
+        near = board[oy : min(height, f * y + h + f + 2), ox : min(width, f * x + w + f + 2)]
+        if near.shape[0] < h or near.shape[1] < w:
+            continue
+        _, score, _, (dx, dy) = cv2.minMaxLoc(cv2.matchTemplate(near, patch, cv2.TM_CCOEFF_NORMED))
+        if best is None or score > best[0]:
+            best = (score, near[dy : dy + h, dx : dx + w], op)
+    return None if best is None else _undo_dihedral(best[1], best[2])
+
+
+def _undo_dihedral(a: np.ndarray, op: int) -> np.ndarray:
+    """The inverse of :func:`dihedral`: ``_undo_dihedral(dihedral(a, op), op)`` is ``a``."""
+    if op & 1:
+        a = a[:, ::-1]
+    if op & 2:
+        a = a[::-1]
+    if op & 4:
+        a = a.swapaxes(0, 1)
+    return a
+
+
 def unexplained_area(board: np.ndarray, box: Box, small: np.ndarray | None = None) -> int:
     """Pixels of the largest difference, touching ``box``, between the box's context on the
     2-D uint8 ``board`` and the context's best copy elsewhere on it (see the module's
@@ -72,36 +122,12 @@ def unexplained_area(board: np.ndarray, box: Box, small: np.ndarray | None = Non
         return 0
     mx, my = int((x2 - x1) * CONTEXT), int((y2 - y1) * CONTEXT)
     cx1, cy1, cx2, cy2 = max(0, x1 - mx), max(0, y1 - my), min(width, x2 + mx), min(height, y2 + my)
-    context = board[cy1:cy2, cx1:cx2]
-    inner = np.zeros(context.shape, np.uint8)
+    inner = np.zeros((cy2 - cy1, cx2 - cx1), np.uint8)
     inner[y1 - cy1 : y2 - cy1, x1 - cx1 : x2 - cx1] = 1
-    f = COARSE
-    small = coarse_board(board) if small is None else small
-    coarse = cv2.resize(context, (max(1, context.shape[1] // f), max(1, context.shape[0] // f)),
-                        interpolation=cv2.INTER_AREA)  # fmt: skip
-    found = []  # (coarse score, op, coarse place) of each transform's best copy
-    for op in range(8):
-        patch = np.ascontiguousarray(dihedral(coarse, op))
-        x, y = _best_match(small, patch, (cx1 // f, cy1 // f))
-        if x >= 0:
-            window = small[y : y + patch.shape[0], x : x + patch.shape[1]]
-            score = float(cv2.matchTemplate(window, patch, cv2.TM_CCOEFF_NORMED)[0, 0])
-            found.append((score, op, x, y))
-    best: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None  # score, patch, copy, mask
-    for _, op, x, y in sorted(found, reverse=True)[:REFINED]:
-        patch = np.ascontiguousarray(dihedral(context, op))
-        h, w = patch.shape
-        ox, oy = max(0, f * x - f - 2), max(0, f * y - f - 2)  # the coarse place ± a cell
-        area = board[oy : min(height, f * y + h + f + 2), ox : min(width, f * x + w + f + 2)]
-        if area.shape[0] < h or area.shape[1] < w:
-            continue
-        _, score, _, (dx, dy) = cv2.minMaxLoc(cv2.matchTemplate(area, patch, cv2.TM_CCOEFF_NORMED))
-        if best is None or score > best[0]:
-            best = (score, patch, area[dy : dy + h, dx : dx + w], dihedral(inner, op))
-    if best is None:
+    copy = best_copy(board, (cx1, cy1, cx2, cy2), small)
+    if copy is None:
         return int(inner.sum())
-    _, patch, copy, mask = best
-    return _largest_difference(patch > 127, copy > 127, mask)
+    return _largest_difference(board[cy1:cy2, cx1:cx2] > 127, copy > 127, inner)
 
 
 def _largest_difference(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> int:
@@ -130,4 +156,41 @@ def veto_repeats(
         if unexplained_area(board, boxes[int(i)], small) < min_px:
             out[i] = 0.0
             out[i, 0] = 1.0
+    return out
+
+
+def copy_crops(
+    image: np.ndarray, boxes: Sequence[Box], size: int = CROP_SIZE, min_side: int = 0
+) -> np.ndarray:
+    """(N, 3, size, size) uint8 template-free crops whose reference is the board itself:
+    board, the crop square's best copy elsewhere on the board (:func:`best_copy`, turned
+    back to the square's orientation), |board − copy| — the template's place in reference
+    mode, taken by the design's own repeat. Where a square has no copy (or for the part of
+    it off the board) the reference is the median-filtered board, as in
+    :func:`inspection.crops.make_crops` without a template. Squares as ``make_crops``
+    cuts them (:func:`inspection.crops.crop_square`)."""
+    out = np.zeros((len(boxes), 3, size, size), np.uint8)
+    if not boxes:
+        return out
+    height, width = image.shape
+    small = coarse_board(image)
+    median = cv2.medianBlur(image, 5)
+    halves = [crop_square(b, CROP_CONTEXT, min_side)[2] for b in boxes]
+    pad = max(halves) + 1
+    board_p = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    median_p = cv2.copyMakeBorder(median, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    for i, box in enumerate(boxes):
+        cx, cy, half = crop_square(box, CROP_CONTEXT, min_side)
+        x0, y0 = cx - half, cy - half
+        patch = board_p[y0 + pad : y0 + pad + 2 * half, x0 + pad : x0 + pad + 2 * half]
+        ref = median_p[y0 + pad : y0 + pad + 2 * half, x0 + pad : x0 + pad + 2 * half].copy()
+        x1, y1 = max(0, x0), max(0, y0)
+        x2, y2 = min(width, x0 + 2 * half), min(height, y0 + 2 * half)
+        if x2 > x1 and y2 > y1:
+            copy = best_copy(image, (x1, y1, x2, y2), small)
+            if copy is not None:
+                ref[y1 - y0 : y2 - y0, x1 - x0 : x2 - x0] = copy
+        stack = np.stack([patch, ref, cv2.absdiff(patch, ref)], axis=-1)
+        interp = cv2.INTER_AREA if 2 * half > size else cv2.INTER_LINEAR
+        out[i] = cv2.resize(stack, (size, size), interpolation=interp).transpose(2, 0, 1)
     return out

@@ -74,6 +74,8 @@ def test_the_model_folder_holds_locator_and_classifier(trained: tuple[Path, Path
         assert (model_dir / name).is_file(), name
     assert card.metrics["val_groups"] == ["group22000"]
     assert card.metrics["locator"]["repeat_px"] == LocatorParams.load(model_dir).repeat_px > 0
+    assert card.metrics["locator"]["crop_reference"] == "copy"  # the default
+    assert LocatorParams.load(model_dir).crop_reference == "copy"
     assert [p.name for p in models.iterdir()] == ["tiny-locator"]  # no staging left behind
 
 
@@ -283,3 +285,17 @@ def test_evaluate_repeat_px_overrides_the_models_veto(
         assert metrics["repeat_px"] == (px or LocatorParams.load(model_dir).repeat_px)
         counts[px] = metrics["detections"]
     assert counts[None] > 0 and counts[10**6] == 0
+
+
+def test_train_refuses_an_unknown_crop_reference(tmp_path: Path) -> None:
+    from linecheck.cli import app
+
+    data = _deeppcb_folder(tmp_path / "data", {"11000": 1})
+    result = CliRunner().invoke(
+        app,
+        ["train", "--data", str(data), "--roi", "locator", "--crop-reference", "template"],
+        env={"LINECHECK_MODEL__MODELS_DIR": str(tmp_path / "models")},
+    )
+    assert result.exit_code == 2
+    assert "--crop-reference must be median or copy" in result.output
+    assert not (tmp_path / "models").exists()

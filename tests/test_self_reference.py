@@ -8,9 +8,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
+from inspection.crops import make_crops
 from inspection.locator import LOCATOR_PARAMS, LocatorParams
-from inspection.self_reference import unexplained_area, veto_repeats
+from inspection.self_reference import copy_crops, unexplained_area, veto_repeats
 from schemas.events import Box
 
 
@@ -74,3 +76,37 @@ def test_a_locator_json_without_repeat_px_loads_with_the_veto_off(tmp_path: Path
     del raw["repeat_px"]
     (tmp_path / LOCATOR_PARAMS).write_text(json.dumps(raw))
     assert LocatorParams.load(tmp_path).repeat_px == 0
+
+
+def test_copy_crops_show_the_designs_repeat_beside_the_region() -> None:
+    """The crop's reference channel is the square's copy elsewhere on the board: a repeated
+    drilled pad differs from it nowhere, a spur is the whole difference."""
+    board = _board()
+    hole = Box(x1=100, y1=50, x2=120, y2=70)
+    spur = Box(x1=144, y1=256, x2=162, y2=280)
+    crops = copy_crops(board, [hole, spur], 64)
+    assert crops.shape == (2, 3, 64, 64) and crops.dtype == np.uint8
+    assert np.array_equal(crops[:, 0], make_crops(board, None, [hole, spur], 64)[:, 0])
+    assert crops[0, 2].mean() < 2.0  # the ring's copy: nothing differs
+    assert (crops[1, 2] > 127).sum() >= 200  # the spur's 78 px, magnified 64 / 36 per side
+    assert (crops[1, 2, :20] > 127).sum() == 0  # the trace above it is the copy's too
+
+
+def test_copy_crops_fall_back_to_the_median_where_nothing_resembles_the_square() -> None:
+    board = np.full((120, 120), 255, np.uint8)  # flat: no copy can be told apart
+    box = Box(x1=40, y1=40, x2=60, y2=60)
+    assert np.array_equal(copy_crops(board, [box], 32), make_crops(board, None, [box], 32))
+    assert copy_crops(board, [], 32).shape == (0, 3, 32, 32)
+
+
+def test_a_locator_json_without_crop_reference_loads_the_median(tmp_path: Path) -> None:
+    LocatorParams(crop_reference="copy").save(tmp_path)
+    assert LocatorParams.load(tmp_path).crop_reference == "copy"
+    raw = json.loads((tmp_path / LOCATOR_PARAMS).read_text())
+    del raw["crop_reference"]
+    (tmp_path / LOCATOR_PARAMS).write_text(json.dumps(raw))
+    assert LocatorParams.load(tmp_path).crop_reference == "median"
+    raw["crop_reference"] = "template"
+    (tmp_path / LOCATOR_PARAMS).write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="crop_reference must be median or copy"):
+        LocatorParams.load(tmp_path)

@@ -4,16 +4,17 @@ inspection) on DeepPCB's layout.
 One model folder holds both stages: the learned locator (``locator.xml``/``.bin`` +
 ``locator.json``, trained on the training groups' boards under test and their boxes, never a
 template) and a region classifier trained, like every classifier, by
-:func:`training.trainer.train_with_progress`, on template-free crops
-(``make_crops(board, None, …)``) of the locator's own candidates on the training boards
-(labelled by IoU with the truths), the truth boxes (and jittered copies), random clean
-squares, and the locator's candidates on good boards (each pair's template, misregistered
-and scanned: a defect-free board, never a reference), so it learns the locator's false
-calls — and, with fold locators (:func:`fold_locators`), the candidates of locators that
-never saw the row's design, which look like the false calls on a new design. The training
-defects set the locator's repeat veto (:func:`repeat_threshold`). The held-out groups choose
-the classifier's epoch and calibrate the board thresholds as in reference mode; the locator
-never sees them.
+:func:`training.trainer.train_with_progress`, on template-free crops (``Locator.cut``: the
+board, each square's best copy elsewhere on the board, their difference; or, with
+``crop_reference`` "median", the board median-filtered) of the locator's own candidates on
+the training boards (labelled by IoU with the truths), the truth boxes (and jittered
+copies), random clean squares, and the locator's candidates on good boards (each pair's
+template, misregistered and scanned: a defect-free board, never a reference), so it learns
+the locator's false calls — and, with fold locators (:func:`fold_locators`), the candidates
+of locators that never saw the row's design, which look like the false calls on a new
+design. The training defects set the locator's repeat veto (:func:`repeat_threshold`). The
+held-out groups choose the classifier's epoch and calibrate the board thresholds as in
+reference mode; the locator never sees them.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from rich.console import Console
 from board_data.deeppcb import DeepPcbSample, read_gray
 from board_data.scan import simulate_good_board
 from infra.progress import progress_bar
-from inspection.crops import CROP_SIZE, label_candidates, make_crops
-from inspection.locator import Locator, LocatorParams
+from inspection.crops import CROP_SIZE, label_candidates
+from inspection.locator import CropReference, Locator, LocatorParams
 from schemas.events import Box
 from training.crop_table import jitter_box, random_boxes
 from training.scoring import score_pairs
@@ -55,6 +56,9 @@ REPEAT_KEEP = 0.99
 # fold locators for the classifier's training rows (:func:`fold_locators`), off by default:
 # +1 F point for the SmallCNN but -0.7 for EfficientNet-Lite0 (BENCHMARKS.md), ~10 min more
 FOLD_LOCATORS = 0
+# the classifier's crops show each region's best copy elsewhere on the board beside it
+# (``LocatorParams.crop_reference``)
+CROP_REFERENCE: CropReference = "copy"
 
 
 def locator_rows(
@@ -87,13 +91,13 @@ def locator_rows(
         clean = random_boxes(rng, image.shape, [t.box for t in sample.truths], 2)
         boxes += clean
         labels += [0] * len(clean)
-    crops = [make_crops(image, None, boxes, size)]
+    crops = [locator.cut(image, boxes, size)]
     if sample.template_path.exists():
         good = simulate_good_board(read_gray(sample.template_path), rng)
         good_boxes = locator.find_regions(good)
         if unseen is not None:
             good_boxes += unseen.find_regions(good)
-        crops.append(make_crops(good, None, good_boxes, size))
+        crops.append(locator.cut(good, good_boxes, size))
         labels += [0] * len(good_boxes)
     return np.concatenate(crops), labels
 
@@ -249,6 +253,7 @@ def train_locator_model(
     box_radius: int = BOX_RADIUS,
     locator_from: Path | None = None,
     folds: int = FOLD_LOCATORS,
+    crop_reference: CropReference = CROP_REFERENCE,
     seed: int = 0,
     threads: int | None = None,
     version: str | None = None,
@@ -263,7 +268,8 @@ def train_locator_model(
     ``locator_from``: a locator-mode model folder whose locator (network and parameters) is
     reused as it is, only the classifier being trained (it must have been trained without
     the validation groups: its card's); ``folds``: fold locators for the classifier's
-    training rows (:func:`fold_locators`). Returns the model folder."""
+    training rows (:func:`fold_locators`); ``crop_reference``: the second channel of the
+    classifier's crops (``LocatorParams.crop_reference``). Returns the model folder."""
     import torch
 
     from inspection.backends import load_classifier
@@ -299,9 +305,12 @@ def train_locator_model(
                 "last_epoch": last,
                 "train_seconds": round(time.monotonic() - started, 1),
             }
-        params = replace(params, repeat_px=repeat_threshold(train_s, console))
+        params = replace(
+            params, repeat_px=repeat_threshold(train_s, console), crop_reference=crop_reference
+        )
         params.save(ir_dir)
         locator_card["repeat_px"] = params.repeat_px
+        locator_card["crop_reference"] = crop_reference
         unseen = fold_locators(train_s, params, folds, staging / "folds", console, **fit)
         if unseen:
             locator_card["fold_locators"] = folds

@@ -87,7 +87,7 @@ def score_pairs(
             template = read_gray(sample.template_path) if twins else None
             t0 = time.perf_counter()
             boxes, reference = _regions(image, template, locator)
-            crops = crops_for(classifier, image, reference, boxes)
+            crops = _crops(classifier, image, reference, boxes, locator)
             probs = classifier.predict_proba(crops)
             if locator is not None:
                 probs = locator.veto_repeats(image, boxes, probs)
@@ -98,7 +98,7 @@ def score_pairs(
                 good = simulate_good_board(template, good_board_rng(sample.image_id, seed))
                 g_boxes, g_reference = _regions(good, template, locator)
                 g_probs = classifier.predict_proba(
-                    crops_for(classifier, good, g_reference, g_boxes)
+                    _crops(classifier, good, g_reference, g_boxes, locator)
                 )
                 if locator is not None:
                     g_probs = locator.veto_repeats(good, g_boxes, g_probs)
@@ -123,6 +123,19 @@ def makes_twins(samples: Sequence[DeepPcbSample], locator: Locator | None = None
     """Whether :func:`score_pairs` makes simulated good twins: always in reference mode (it
     reads every template anyway), in locator mode only when every pair has its template."""
     return locator is None or all(s.template_path.exists() for s in samples)
+
+
+def _crops(
+    classifier: Classifier,
+    image: np.ndarray,
+    reference: np.ndarray | None,
+    boxes: Sequence[Box],
+    locator: Locator | None,
+) -> np.ndarray:
+    """The classifier's crops of ``boxes``: the locator's template-free ones in locator mode."""
+    if locator is not None:
+        return locator.crops(classifier, image, boxes)
+    return crops_for(classifier, image, reference, boxes)
 
 
 def _regions(

@@ -288,7 +288,12 @@ class Inspector:
             raise InspectionError("roi", f"{type(exc).__name__}: {exc}") from exc
         t2 = time.perf_counter()
         try:
-            crops = crops_for(model.require_classifier(), image, template, boxes)
+            classifier = model.require_classifier()
+            crops = (
+                model.locator.crops(classifier, image, boxes)
+                if model.locator is not None
+                else crops_for(classifier, image, template, boxes)
+            )
         except Exception as exc:  # a poison board must not block its partition
             raise InspectionError("classify", f"{type(exc).__name__}: {exc}") from exc
         t3 = time.perf_counter()

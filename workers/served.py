@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -21,6 +22,7 @@ from schemas.events import Box
 
 if TYPE_CHECKING:
     from infra.settings import Settings
+    from inspection.crops import CropGeometry
     from inspection.explain import Explainer
 
 Mode = Literal["reference", "locator", "anomaly"]
@@ -33,6 +35,10 @@ class RegionLocator(Protocol):
 
     def veto_repeats(self, image: np.ndarray, boxes: list[Box], probs: np.ndarray) -> np.ndarray:
         """``probs`` with the regions that repeat the design on the board called "none"."""
+        ...
+
+    def crops(self, model: CropGeometry, image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+        """The classifier's template-free crops of ``boxes``, as ``model`` takes them."""
         ...
 
 

@@ -22,6 +22,7 @@ def train_locator_command(
     locator_head: str,
     base_model: str | None,
     fold_locators: int,
+    crop_reference: str,
     seed: int,
     threads: int | None,
     version: str | None,
@@ -35,6 +36,9 @@ def train_locator_command(
     if locator_head not in ("centre", "region"):
         err.print(f"[red]--locator-head must be centre or region, got {locator_head!r}[/red]")
         raise typer.Exit(2)
+    if crop_reference not in ("median", "copy"):
+        err.print(f"[red]--crop-reference must be median or copy, got {crop_reference!r}[/red]")
+        raise typer.Exit(2)
     params = REGION_PARAMS if locator_head == "region" else LocatorParams()
     try:
         source = resolve_model(settings.model.models_dir, base_model) if base_model else None
@@ -42,6 +46,7 @@ def train_locator_command(
             settings.model.models_dir, data, split, arch=arch,  # type: ignore[arg-type]
             epochs=epochs, locator_epochs=locator_epochs, seed=seed, params=params,
             locator_from=source, folds=fold_locators, threads=threads, version=version, console=err,
+            crop_reference=crop_reference,  # type: ignore[arg-type]
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:  # no such model; a locator that saw them
         err.print(f"[red]{exc}[/red]")

@@ -141,6 +141,13 @@ def train(
             "never saw each training design (N folds of its groups; 0: off)",
         ),
     ] = 0,
+    crop_reference: Annotated[
+        str,
+        typer.Option(
+            help="--roi locator: the crops' second channel: copy (the region's best copy "
+            "elsewhere on the board) | median (the board median-filtered)"
+        ),
+    ] = "copy",
     config: ConfigOption = None,
 ) -> None:
     """Train a classifier, calibrate it and register it (OpenVINO IR, FP32 and INT8).
@@ -230,6 +237,7 @@ def train(
         train_locator_command(settings, data, split, arch=arch, epochs=epochs or 8,
                               locator_epochs=locator_epochs, locator_head=locator_head,
                               base_model=base_model, fold_locators=fold_locators,
+                              crop_reference=crop_reference,
                               seed=seed, threads=threads, version=version)  # fmt: skip
         return
     if roi != "reference":
