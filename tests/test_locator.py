@@ -59,7 +59,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
         app,
         ["train", "--data", str(data), "--split", str(split), "--roi", "locator", "--epochs",
          "2", "--locator-epochs", "40", "--threads", "2", "--version", "tiny-locator",
-         "--arch", "small"],
+         "--arch", "small", "--crop-reference", "copy"],
         env={"LINECHECK_MODEL__MODELS_DIR": str(models)},
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -74,7 +74,7 @@ def test_the_model_folder_holds_locator_and_classifier(trained: tuple[Path, Path
         assert (model_dir / name).is_file(), name
     assert card.metrics["val_groups"] == ["group22000"]
     assert card.metrics["locator"]["repeat_px"] == LocatorParams.load(model_dir).repeat_px > 0
-    assert card.metrics["locator"]["crop_reference"] == "copy"  # the default
+    assert card.metrics["locator"]["crop_reference"] == "copy"  # as asked
     assert LocatorParams.load(model_dir).crop_reference == "copy"
     assert [p.name for p in models.iterdir()] == ["tiny-locator"]  # no staging left behind
 
@@ -179,8 +179,11 @@ def test_a_trained_locator_is_reused_for_a_new_classifier(
     result = CliRunner().invoke(app, [*args, "--split", str(split), "--version", "again"], env=env)
     assert result.exit_code == 0, result.output
     again = models / "again"
-    for name in ("locator.xml", "locator.bin", "locator.json", LOCATOR_WEIGHTS):
+    for name in ("locator.xml", "locator.bin", LOCATOR_WEIGHTS):
         assert (again / name).read_bytes() == (model_dir / name).read_bytes(), name
+    # the same parameters, but the new classifier's crops are the default's (median)
+    source = LocatorParams.load(model_dir)
+    assert LocatorParams.load(again) == replace(source, crop_reference="median")
     card = load_card(again)
     assert card.arch == "efficientnet_lite0"  # --roi locator's default classifier
     assert card.metrics["locator"]["from"] == "tiny-locator"

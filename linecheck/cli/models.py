@@ -144,10 +144,10 @@ def train(
     crop_reference: Annotated[
         str,
         typer.Option(
-            help="--roi locator: the crops' second channel: copy (the region's best copy "
-            "elsewhere on the board) | median (the board median-filtered)"
+            help="--roi locator: the crops' second channel: median (the board "
+            "median-filtered) | copy (the region's best copy elsewhere on the board)"
         ),
-    ] = "copy",
+    ] = "median",
     config: ConfigOption = None,
 ) -> None:
     """Train a classifier, calibrate it and register it (OpenVINO IR, FP32 and INT8).
