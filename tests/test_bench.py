@@ -75,3 +75,27 @@ def test_bench_cli_refuses_bad_options() -> None:
     assert bad.exit_code == 2 and "--scale takes worker counts" in bad.output
     few = runner.invoke(app, ["bench", "--boards", "3"])
     assert few.exit_code == 2
+
+
+def test_classify_setups_take_turns_pass_by_pass() -> None:
+    """The runtimes' passes alternate (a drift of the machine's speed weighs on all alike)
+    and each setup's figure is its own best pass, per board."""
+    import numpy as np
+
+    from linecheck.bench.classify import interleaved_ms
+
+    log: list[str] = []
+
+    class Recording:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+            log.append(self.name)
+            return np.zeros((len(crops), 7), np.float32)
+
+    calls = [np.zeros((2, 3, 8, 8), np.uint8)] * 2  # two calls a pass
+    a, b = Recording("a"), Recording("b")
+    ms = interleaved_ms({"a": (a, calls), "b": (b, calls)}, boards=4, rounds=3)  # type: ignore[dict-item]
+    assert log == ["a", "b"] + ["a", "a", "b", "b"] * 3  # warm-ups, then turn by turn
+    assert set(ms) == {"a", "b"} and all(0.0 < v < 100.0 for v in ms.values())

@@ -51,28 +51,39 @@ def candidate_crops(seed: int, boards: int, model: CropGeometry) -> list[BoardCr
     return out
 
 
-def ms_per_board(
-    classifier: Classifier, boards: list[BoardCrops], per_call: int = 1, per_crop: bool = False
-) -> float:
-    """Mean ms per board to classify the crops, ``per_call`` boards' crops in one call (the
-    worker classifies a polled batch at once) or one crop per call; best of three passes
-    (the least disturbed)."""
-    calls = (
-        [c[None] for b in boards for c in b.crops]
-        if per_crop
-        else [
-            np.concatenate([b.crops for b in boards[i : i + per_call]])
-            for i in range(0, len(boards), per_call)
-        ]
-    )
-    classifier.predict_proba(calls[0])  # warm-up
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for crops in calls:
-            classifier.predict_proba(crops)
-        best = min(best, time.perf_counter() - start)
-    return best / len(boards) * 1e3
+def calls_of(
+    boards: list[BoardCrops], per_call: int = 1, per_crop: bool = False
+) -> list[np.ndarray]:
+    """The classifier calls for ``boards``: ``per_call`` boards' crops in one call (the
+    worker classifies a polled batch at once), or one crop per call."""
+    if per_crop:
+        return [c[None] for b in boards for c in b.crops]
+    return [np.concatenate([b.crops for b in boards[i : i + per_call]])
+            for i in range(0, len(boards), per_call)]  # fmt: skip
+
+
+ROUNDS = 5
+"""Passes over the boards per setup, interleaved with the other setups' (see
+:func:`interleaved_ms`)."""
+
+
+def interleaved_ms(
+    setups: dict[str, tuple[Classifier, list[np.ndarray]]], boards: int, rounds: int = ROUNDS
+) -> dict[str, float]:
+    """Mean ms per board of each setup (a classifier and its calls over ``boards`` boards),
+    the best of ``rounds`` passes; the setups take turns pass by pass, so that a drift of the
+    machine's speed (a shared host's) weighs on all of them alike and their ratios compare
+    like with like (measured one setup after the other, OpenVINO / torch moved 1.2–1.7)."""
+    for classifier, calls in setups.values():
+        classifier.predict_proba(calls[0])  # warm-up
+    best = dict.fromkeys(setups, float("inf"))
+    for _ in range(rounds):
+        for name, (classifier, calls) in setups.items():
+            start = time.perf_counter()
+            for crops in calls:
+                classifier.predict_proba(crops)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: seconds / boards * 1e3 for name, seconds in best.items()}
 
 
 def f_score(classifier: Classifier, boards: list[BoardCrops]) -> float:
@@ -142,14 +153,17 @@ def compare(
         threads=1,
         variant="int8",
     )
-    ms = {
-        "openvino_fp32": ms_per_board(fp32, boards, batch),
-        "openvino_int8": ms_per_board(int8, boards, batch),
-        "torch_eager": ms_per_board(torch_eager, boards, batch),
-        "openvino_fp32_per_board": ms_per_board(fp32, boards),
-        "openvino_fp32_16_boards": ms_per_board(fp32, boards, 16),
-        "openvino_fp32_per_crop": ms_per_board(fp32, boards, per_crop=True),
-    }
+    ms = interleaved_ms(
+        {
+            "openvino_fp32": (fp32, calls_of(boards, batch)),
+            "torch_eager": (torch_eager, calls_of(boards, batch)),
+            "openvino_int8": (int8, calls_of(boards, batch)),
+            "openvino_fp32_per_board": (fp32, calls_of(boards)),
+            "openvino_fp32_16_boards": (fp32, calls_of(boards, 16)),
+            "openvino_fp32_per_crop": (fp32, calls_of(boards, per_crop=True)),
+        },
+        len(boards),
+    )
     f32, f8 = f_score(fp32, boards), f_score(int8, boards)
     return {
         "classify_ms_openvino": ms["openvino_fp32"],
