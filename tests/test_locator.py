@@ -59,7 +59,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
         app,
         ["train", "--data", str(data), "--split", str(split), "--roi", "locator", "--epochs",
          "2", "--locator-epochs", "40", "--threads", "2", "--version", "tiny-locator",
-         "--arch", "small", "--crop-reference", "copy"],
+         "--arch", "small", "--crop-reference", "copy", "--crop-views", "48"],
         env={"LINECHECK_MODEL__MODELS_DIR": str(models)},
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -76,6 +76,7 @@ def test_the_model_folder_holds_locator_and_classifier(trained: tuple[Path, Path
     assert card.metrics["locator"]["repeat_px"] == LocatorParams.load(model_dir).repeat_px > 0
     assert card.metrics["locator"]["crop_reference"] == "copy"  # as asked
     assert LocatorParams.load(model_dir).crop_reference == "copy"
+    assert card.crop_min_side == 48  # --crop-views 48: the classifier's crops, served alike
     assert [p.name for p in models.iterdir()] == ["tiny-locator"]  # no staging left behind
 
 
@@ -290,15 +291,24 @@ def test_evaluate_repeat_px_overrides_the_models_veto(
     assert counts[None] > 0 and counts[10**6] == 0
 
 
-def test_train_refuses_an_unknown_crop_reference(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--crop-reference", "template"], "--crop-reference must be median or copy"),
+        (["--crop-views", "0,64"], "trains one classifier: give --crop-views one side"),
+    ],
+)
+def test_train_refuses_what_locator_mode_cannot_do(
+    tmp_path: Path, option: list[str], message: str
+) -> None:
     from linecheck.cli import app
 
     data = _deeppcb_folder(tmp_path / "data", {"11000": 1})
     result = CliRunner().invoke(
         app,
-        ["train", "--data", str(data), "--roi", "locator", "--crop-reference", "template"],
+        ["train", "--data", str(data), "--roi", "locator", *option],
         env={"LINECHECK_MODEL__MODELS_DIR": str(tmp_path / "models")},
     )
     assert result.exit_code == 2
-    assert "--crop-reference must be median or copy" in result.output
+    assert message in " ".join(result.output.split())  # rich may wrap the line
     assert not (tmp_path / "models").exists()

@@ -69,12 +69,14 @@ def locator_rows(
     size: int = CROP_SIZE,
     hard: bool = True,
     unseen: Locator | None = None,
+    min_side: int = 0,
 ) -> tuple[np.ndarray, list[int]]:
     """Template-free crops and labels of one pair: the locator's candidates (labelled by
     IoU > 0.33 with a truth of that type), the truths (with ``hard``: two jittered copies
     each, two random clean squares, candidates at a lower threshold), and the candidates on
     a good board made from the template (all "none"). ``unseen``: a locator that never saw
-    this pair's design; its candidates (on the board and on the good board) are added too."""
+    this pair's design; its candidates (on the board and on the good board) are added too.
+    ``min_side``: the crops' smallest square (``ModelCard.crop_min_side``)."""
     image = read_gray(sample.test_path)
     params = locator.params
     if hard:
@@ -92,13 +94,13 @@ def locator_rows(
         clean = random_boxes(rng, image.shape, [t.box for t in sample.truths], 2)
         boxes += clean
         labels += [0] * len(clean)
-    crops = [locator.cut(image, boxes, size)]
+    crops = [locator.cut(image, boxes, size, min_side)]
     if sample.template_path.exists():
         good = simulate_good_board(read_gray(sample.template_path), rng)
         good_boxes = locator.find_regions(good)
         if unseen is not None:
             good_boxes += unseen.find_regions(good)
-        crops.append(locator.cut(good, good_boxes, size))
+        crops.append(locator.cut(good, good_boxes, size, min_side))
         labels += [0] * len(good_boxes)
     return np.concatenate(crops), labels
 
@@ -132,15 +134,16 @@ def crop_set(
     console: Console,
     what: str,
     unseen: Mapping[str, Locator] | None = None,
+    min_side: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Crops and labels of all ``samples`` (:func:`locator_rows`); ``unseen``: per board
-    group, a locator that never saw it."""
+    group, a locator that never saw it; ``min_side``: the crops' smallest square."""
     rng = np.random.default_rng(seed)
     crops, labels = [], []
     with progress_bar(console, f"locating and cropping {what}", len(samples)) as step:
         for s in samples:
             other = unseen.get(s.group) if unseen else None
-            c, lab = locator_rows(s, locator, rng, hard=hard, unseen=other)
+            c, lab = locator_rows(s, locator, rng, hard=hard, unseen=other, min_side=min_side)
             crops.append(c)
             labels += lab
             step()
@@ -255,6 +258,7 @@ def train_locator_model(
     locator_from: Path | None = None,
     folds: int = FOLD_LOCATORS,
     crop_reference: CropReference = CROP_REFERENCE,
+    crop_min_side: int = 0,
     seed: int = 0,
     threads: int | None = None,
     version: str | None = None,
@@ -270,7 +274,8 @@ def train_locator_model(
     reused as it is, only the classifier being trained (it must have been trained without
     the validation groups: its card's); ``folds``: fold locators for the classifier's
     training rows (:func:`fold_locators`); ``crop_reference``: the second channel of the
-    classifier's crops (``LocatorParams.crop_reference``). Returns the model folder."""
+    classifier's crops (``LocatorParams.crop_reference``); ``crop_min_side``: the smallest
+    square they are cut from (``ModelCard.crop_min_side``). Returns the model folder."""
     import torch
 
     from inspection.backends import load_classifier
@@ -317,8 +322,12 @@ def train_locator_model(
             locator_card["fold_locators"] = folds
         locator_seconds = time.monotonic() - started
         locator = Locator(ir_dir, threads=threads)
-        train_x, train_y = crop_set(train_s, locator, seed, True, console, "training pairs", unseen)
-        val_x, val_y = crop_set(val_s, locator, seed + 1, False, console, "validation pairs")
+        train_x, train_y = crop_set(
+            train_s, locator, seed, True, console, "training pairs", unseen, crop_min_side
+        )
+        val_x, val_y = crop_set(
+            val_s, locator, seed + 1, False, console, "validation pairs", None, crop_min_side
+        )
         console.log(
             f"locator ready in {locator_seconds:.0f}s ({len(train_s)} training boards); "
             f"classifier: {len(train_y)} training crops, {len(val_y)} validation crops "
@@ -332,6 +341,7 @@ def train_locator_model(
             version=version,
             arch=arch,
             input_size=CROP_SIZE,
+            crop_min_side=crop_min_side,
             mode="locator",
             metrics={
                 "region_val": result.metrics,

@@ -23,6 +23,7 @@ def train_locator_command(
     base_model: str | None,
     fold_locators: int,
     crop_reference: str,
+    crop_views: tuple[int, ...],
     seed: int,
     threads: int | None,
     version: str | None,
@@ -39,6 +40,10 @@ def train_locator_command(
     if crop_reference not in ("median", "copy"):
         err.print(f"[red]--crop-reference must be median or copy, got {crop_reference!r}[/red]")
         raise typer.Exit(2)
+    if len(crop_views) != 1:
+        err.print(f"[red]--roi locator trains one classifier: give --crop-views one side, "
+                  f"got {','.join(map(str, crop_views))}[/red]")  # fmt: skip
+        raise typer.Exit(2)
     params = REGION_PARAMS if locator_head == "region" else LocatorParams()
     try:
         source = resolve_model(settings.model.models_dir, base_model) if base_model else None
@@ -47,6 +52,7 @@ def train_locator_command(
             epochs=epochs, locator_epochs=locator_epochs, seed=seed, params=params,
             locator_from=source, folds=fold_locators, threads=threads, version=version, console=err,
             crop_reference=crop_reference,  # type: ignore[arg-type]
+            crop_min_side=crop_views[0],
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:  # no such model; a locator that saw them
         err.print(f"[red]{exc}[/red]")

@@ -116,7 +116,8 @@ def train(
         typer.Option(
             help="DeepPCB: one network per crop geometry, their probabilities averaged: the "
             "smallest square (px) each one's crops are cut from, comma-separated (default "
-            "0,64; 0: the box and its context alone; one value: one network)",
+            "0,64; 0: the box and its context alone; one value: one network; --roi "
+            "locator: one value, default 0)",
         ),
     ] = None,
     base_model: Annotated[
@@ -238,6 +239,7 @@ def train(
                               locator_epochs=locator_epochs, locator_head=locator_head,
                               base_model=base_model, fold_locators=fold_locators,
                               crop_reference=crop_reference,
+                              crop_views=_crop_views(crop_views) if crop_views else (0,),
                               seed=seed, threads=threads, version=version)  # fmt: skip
         return
     if roi != "reference":
