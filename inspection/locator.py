@@ -301,6 +301,11 @@ class Locator:
         the design elsewhere on the board called "none" (``params.repeat_px``)."""
         return veto_repeats(image, boxes, probs, self.params.repeat_px)
 
+    @property
+    def crop_reference(self) -> CropReference:
+        """What the classifier's crops are cut against (``params.crop_reference``)."""
+        return self.params.crop_reference
+
     def crops(self, model: CropGeometry, image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
         """The classifier's template-free crops of ``boxes`` as ``model`` takes them (its
         input size and each view's smallest square), with ``params.crop_reference``."""

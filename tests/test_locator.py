@@ -312,3 +312,30 @@ def test_train_refuses_what_locator_mode_cannot_do(
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())  # rich may wrap the line
     assert not (tmp_path / "models").exists()
+
+
+def test_a_shadow_cuts_the_crops_of_its_own_reference(trained: tuple[Path, Path, Path]) -> None:
+    """A locator model whose crops show the design's copy, shadowing a model whose crops
+    show the median (same geometry), scores its own copy crops, not the active's."""
+    from inspection.backends import load_classifier
+    from workers.served import ServedModel
+    from workers.shadow import score_shadows
+
+    data, _, model_dir = trained
+    locator = Locator(model_dir, threads=2)
+    classifier = load_classifier(model_dir)
+    served = ServedModel(classifier, load_card(model_dir).require_thresholds(), locator=locator)
+    assert served.crop_reference == "copy"
+    sample = next(s for s in samples_of(data) if s.group == "group22000" and s.truths)
+    image = sample.load()[0]
+    boxes = [t.box for t in sample.truths]
+    median = replace(locator.params, crop_reference="median")
+    active = Locator(model_dir, threads=2)
+    active.params = median
+    active_crops = active.crops(classifier, image, boxes)
+    own = locator.crops(classifier, image, boxes)
+    assert not np.array_equal(active_crops[:, 1], own[:, 1])  # the references differ
+    (decision,) = score_shadows("e1", "w", [served], image, None, boxes, active_crops,
+                                classifier.crop_sides, "median")  # fmt: skip
+    expected = classifier.predict_proba(own)
+    assert decision.board_score == pytest.approx(float((1 - expected[:, 0]).max()), abs=1e-5)

@@ -341,7 +341,7 @@ class Inspector:
 
             self.shadow_decisions += score_shadows(
                 p.event.event_id, self.worker, shadows, p.image, p.template, p.boxes, p.crops,
-                p.model.require_classifier().crop_sides,
+                p.model.require_classifier().crop_sides, p.model.crop_reference,
             )  # fmt: skip
         classify_ms += p.crop_ms
         return self.make_verdict(

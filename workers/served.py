@@ -41,6 +41,11 @@ class RegionLocator(Protocol):
         """The classifier's template-free crops of ``boxes``, as ``model`` takes them."""
         ...
 
+    @property
+    def crop_reference(self) -> str:
+        """What those crops are cut against ("median", "copy")."""
+        ...
+
 
 class AnomalyScore(Protocol):
     @property
@@ -89,6 +94,12 @@ class ServedModel:
         if self.anomaly is not None:
             return "anomaly"
         return "locator" if self.locator is not None else "reference"
+
+    @property
+    def crop_reference(self) -> str:
+        """What its classifier's crops are cut against: "template" (``crops_for``: the
+        aligned template, or the board median-filtered without one) or its locator's."""
+        return "template" if self.locator is None else self.locator.crop_reference
 
     def require_classifier(self) -> Classifier:
         if self.classifier is None:

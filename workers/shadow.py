@@ -45,19 +45,28 @@ def score_shadows(
     boxes: list[Box],
     crops: np.ndarray,
     crop_sides: tuple[int, ...] = (0,),
+    crop_reference: str = "template",
 ) -> list[ShadowDecision]:
     """Each shadow's decision on the regions the active model saw (``crops``, cut from
-    ``crop_sides``, one per view; remade only for a shadow whose model cuts them otherwise)."""
+    ``crop_sides``, one per view, against ``crop_reference``: "template" for crops cut as
+    :func:`inspection.crops.crops_for` cuts them, else a locator's ``crop_reference``;
+    remade only for a shadow whose model cuts them otherwise)."""
     out = []
     for model in shadows:
         t0 = time.perf_counter()
         try:
             classifier = model.require_classifier()  # an anomaly shadow cannot type regions
-            same = (classifier.input_size, classifier.crop_sides) == (
+            same = (classifier.input_size, classifier.crop_sides, model.crop_reference) == (
                 crops.shape[-1],
                 crop_sides,
+                crop_reference,
             )
-            own = crops if same else crops_for(classifier, image, template, boxes)
+            if same:
+                own = crops
+            elif model.locator is not None:  # a template-free model cuts its own way
+                own = model.locator.crops(classifier, image, boxes)
+            else:
+                own = crops_for(classifier, image, template, boxes)
             regions = region_verdicts(boxes, classifier.predict_proba(own))
         except Exception as exc:  # never the line's problem
             log.warning("shadow %s failed on %s: %s", model.version, event_id, exc)
