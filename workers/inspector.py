@@ -21,7 +21,6 @@ from infra.images import DEFAULT_POLICY, ImageDecodeError, ImagePolicy, decode_g
 from infra.object_store import ObjectStore, StorageError
 from infra.stats import audit_sampled
 from inspection.backends.base import Classifier
-from inspection.crops import crops_for
 from inspection.model.registry import Thresholds
 from inspection.products import ProductEntry, ProductError, ProductView
 from inspection.roi import find_regions_aligned, find_regions_recipe
@@ -288,12 +287,7 @@ class Inspector:
             raise InspectionError("roi", f"{type(exc).__name__}: {exc}") from exc
         t2 = time.perf_counter()
         try:
-            classifier = model.require_classifier()
-            crops = (
-                model.locator.crops(classifier, image, boxes)
-                if model.locator is not None
-                else crops_for(classifier, image, template, boxes)
-            )
+            crops = model.crops(image, template, boxes)
         except Exception as exc:  # a poison board must not block its partition
             raise InspectionError("classify", f"{type(exc).__name__}: {exc}") from exc
         t3 = time.perf_counter()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 from inspection.backends.base import Classifier
+from inspection.crops import crops_for
 from inspection.model.registry import ModelCard, Thresholds
 from schemas.events import Box
 
@@ -100,6 +101,16 @@ class ServedModel:
         """What its classifier's crops are cut against: "template" (``crops_for``: the
         aligned template, or the board median-filtered without one) or its locator's."""
         return "template" if self.locator is None else self.locator.crop_reference
+
+    def crops(
+        self, image: np.ndarray, template: np.ndarray | None, boxes: Sequence[Box]
+    ) -> np.ndarray:
+        """Its classifier's crops of ``boxes``: its locator's template-free ones, or else
+        against ``template`` (:func:`inspection.crops.crops_for`)."""
+        classifier = self.require_classifier()
+        if self.locator is not None:
+            return self.locator.crops(classifier, image, boxes)
+        return crops_for(classifier, image, template, boxes)
 
     def require_classifier(self) -> Classifier:
         if self.classifier is None:

@@ -15,7 +15,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
 from infra.db import shadow_verdicts
-from inspection.crops import crops_for
 from inspection.verdict import board_score, decide, region_verdicts
 from schemas.events import Box, RegionVerdict, VerdictLabel
 from workers.inspector import ServedModel
@@ -61,12 +60,7 @@ def score_shadows(
                 crop_sides,
                 crop_reference,
             )
-            if same:
-                own = crops
-            elif model.locator is not None:  # a template-free model cuts its own way
-                own = model.locator.crops(classifier, image, boxes)
-            else:
-                own = crops_for(classifier, image, template, boxes)
+            own = crops if same else model.crops(image, template, boxes)
             regions = region_verdicts(boxes, classifier.predict_proba(own))
         except Exception as exc:  # never the line's problem
             log.warning("shadow %s failed on %s: %s", model.version, event_id, exc)
