@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from inspection.model.labels import CLASSES, NUM_CLASSES
-from training.trainer import Progress, TrainResult, augment, class_weights, train_classifier
+from training.trainer import (
+    Progress,
+    TrainResult,
+    _zoom,
+    augment,
+    class_weights,
+    train_classifier,
+)
 
 SIZE = 32
 
@@ -135,3 +142,27 @@ def test_augment_moves_all_channels_together() -> None:
         flips[:, 0].flatten(1).sort(dim=1).values, batch[:, 0].flatten(1).sort(dim=1).values
     )
     assert augment(batch, np.random.default_rng(1), 3).equal(out)  # seeded
+
+
+def test_zoom_scales_each_crop_about_its_centre() -> None:
+    square = np.zeros((1, 1, 32, 32), np.uint8)
+    square[..., 12:20, 12:20] = 200  # 8 px wide, centred
+    channels = np.concatenate([square, 255 - square, square], axis=1)
+    batch = torch.from_numpy(channels).repeat(2, 1, 1, 1)
+    out = _zoom(batch, np.array([2.0, 0.5]))
+    assert out.dtype == torch.uint8 and out.shape == batch.shape
+    bright = out[:, 0] > 100
+    assert bright[0].sum() == 16 * 16 and bright[0, 8:24, 8:24].all()  # twice as wide
+    assert bright[1, 14:18, 14:18].all() and not bright[1, 12:14, 12:20].any()  # half as wide
+    assert torch.equal(out[:, 2], out[:, 0])  # one transform for every channel
+    assert ((out[:, 1].int() + out[:, 0].int()) - 255).abs().max() <= 1  # up to rounding
+    assert torch.equal(_zoom(batch, np.ones(2)), batch)
+    rng = np.random.default_rng(0)
+    noise = torch.from_numpy(rng.integers(0, 256, (16, 3, 16, 16), dtype=np.uint8))
+    # no zoom draws nothing: the recipe's augmentation is unchanged without it
+    assert augment(noise, np.random.default_rng(1), 3, 1.0).equal(
+        augment(noise, np.random.default_rng(1), 3)
+    )
+    zoomed = augment(noise, np.random.default_rng(1), 3, 1.25)
+    assert not zoomed.equal(augment(noise, np.random.default_rng(1), 3))
+    assert zoomed.equal(augment(noise, np.random.default_rng(1), 3, 1.25))  # seeded

@@ -349,6 +349,7 @@ def test_leave_one_group_out_cross_validation_never_measures_on_a_choosing_group
     tmp_path: Path,
 ) -> None:
     from training.cross_validation import cross_validate
+    from training.deeppcb_model import AUGMENT_ZOOM
 
     data = _deeppcb_folder(tmp_path / "three", {"11000": 4, "22000": 4, "33000": 4})
     report = cross_validate(data, tmp_path / "cv", epochs=1, threads=2, cache_dir=None,
@@ -365,6 +366,7 @@ def test_leave_one_group_out_cross_validation_never_measures_on_a_choosing_group
     assert on_disk["folds"].keys() == folds.keys()
     assert not list((tmp_path / "cv").glob("cv-*"))  # the fold models are cleaned up
     assert on_disk["topology_prior"] is True and on_disk["crop_views"] == [0, 64]
+    assert on_disk["augment_zoom"] == AUGMENT_ZOOM
     from linecheck.cli import app
 
     unknown = CliRunner().invoke(app, ["train", "--data", str(data), "--cv", "groups",
@@ -374,6 +376,9 @@ def test_leave_one_group_out_cross_validation_never_measures_on_a_choosing_group
     assert not (tmp_path / "cv2" / "group11000").exists()  # refused before any fold ran
     bad = CliRunner().invoke(app, ["train", "--data", str(data), "--crop-views", "0,x"])
     assert bad.exit_code == 2 and "--crop-views" in bad.output and "'0,x'" in bad.output
+    elsewhere = CliRunner().invoke(app, ["train", "--data", str(data), "--roi", "locator",
+                                         "--zoom", "1.2"])  # fmt: skip
+    assert elsewhere.exit_code == 2 and "--zoom" in elsewhere.output
 
 
 def test_classification_metrics_count_and_leave_undefined_rates_undefined() -> None:

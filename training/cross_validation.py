@@ -79,16 +79,19 @@ def cross_validate(
     groups: list[str] | None = None,
     topology: bool = True,
     views: tuple[int, ...] = CROP_VIEWS,
+    zoom: float | None = None,
     cache_dir: Path | None = Path(".linecheck/cache"),
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the folds (all groups, or ``groups``); write ``out/cv.json`` and each fold's
     ``metrics.json``; return the report. ``topology``: the recipe's topology prior on/off;
-    ``views``: the crop geometry of each network of a fold's model."""
-    from training.deeppcb_model import train_deeppcb
+    ``views``: the crop geometry of each network of a fold's model; ``zoom``: the training
+    crops' random scale (default: the recipe's)."""
+    from training.deeppcb_model import AUGMENT_ZOOM, train_deeppcb
     from training.evaluation import evaluate_model
 
     console = console or Console(stderr=True)
+    zoom = AUGMENT_ZOOM if zoom is None else zoom
     every = sorted({s.group for s in samples_of(data)})
     if len(every) < 3:
         raise ValueError(f"cross-validation needs 3 or more board groups, {data} has {every}")
@@ -108,7 +111,7 @@ def cross_validate(
                 work / "models", data, split_file(work, data, inner),
                 arch=arch, epochs=epochs, seed=seed, threads=threads, version=f"cv-{test}",
                 int8=False, cache_dir=cache_dir, exclude_groups=(test,), topology=topology,
-                views=views, console=console,
+                views=views, zoom=zoom, console=console,
             )  # fmt: skip
             metrics = evaluate_model(
                 model_dir, data, split_file(work, data, test), out / test,
@@ -128,18 +131,16 @@ def cross_validate(
             f"ROI recall {folds[test]['roi_recall']:.4f}"
         )
         # each fold on disk when done
-        _write(out, data, arch, epochs, seed, topology, views, folds)
-    return _write(out, data, arch, epochs, seed, topology, views, folds)
+        recipe = {"arch": arch, "epochs": epochs, "seed": seed, "topology_prior": topology,
+                  "crop_views": list(views), "augment_zoom": zoom}  # fmt: skip
+        _write(out, data, recipe, folds)
+    return _write(out, data, recipe, folds)
 
 
 def _write(
     out: Path,
     data: Path,
-    arch: str,
-    epochs: int,
-    seed: int,
-    topology: bool,
-    views: tuple[int, ...],
+    recipe: dict[str, Any],
     folds: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     from training.evaluation import json_ready
@@ -147,11 +148,7 @@ def _write(
     report = {
         "data": str(data),
         "protocol": "leave one board group out; epoch and thresholds chosen on an inner group",
-        "arch": arch,
-        "epochs": epochs,
-        "seed": seed,
-        "topology_prior": topology,
-        "crop_views": list(views),
+        **recipe,
         "folds": folds,
         "summary": summarise(folds),
     }

@@ -23,6 +23,10 @@ from training.evaluation import card_metrics_row, evaluation_metrics
 from training.scoring import board_arrays, score_pairs
 from training.splits import samples_of, split_deeppcb
 
+# The largest random magnification (and 1/it the smallest) of a training crop: new designs
+# bring other trace widths and pad sizes than the training groups' (BENCHMARKS.md).
+AUGMENT_ZOOM = 1.0
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -48,6 +52,7 @@ def train_deeppcb(
     exclude_groups: tuple[str, ...] = (),
     topology: bool = True,
     views: tuple[int, ...] = CROP_VIEWS,
+    zoom: float = AUGMENT_ZOOM,
     console: Console | None = None,
 ) -> Path:
     """Train on the training groups, keep the best epoch by validation loss, register the
@@ -58,6 +63,7 @@ def train_deeppcb(
     ``views``: the smallest square each network's crops are cut from (recorded in the card,
     so serving cuts the same); with two or more, one network is trained for each
     (:mod:`inspection.model.views`) and the thresholds are calibrated on their mean.
+    ``zoom``: training crops are scaled at random within [1/zoom, zoom] (1: not at all).
     Returns the model folder."""
     from inspection.backends import load_classifier
     from inspection.model.registry import ModelCard, data_hash, save_model, update_card
@@ -65,6 +71,8 @@ def train_deeppcb(
     from training.calibration import calibrate_thresholds
 
     views = check_crop_views(views)
+    if not 1.0 <= zoom <= 2.0:
+        raise ValueError(f"zoom must lie in [1, 2], got {zoom}")
     console = console or Console(stderr=True)
     started = time.monotonic()
     every = samples_of(data)
@@ -78,11 +86,12 @@ def train_deeppcb(
         "val_groups": val_groups,
         "train_pairs": len(train_s),
         "val_pairs": len(val_s),
+        "augment_zoom": zoom,
     }
     members = [
         _train_view(data, every, train_s, val_s, side, version, common, console, arch=arch,
                     epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads,
-                    cache_dir=cache_dir, topology=topology)
+                    cache_dir=cache_dir, topology=topology, zoom=zoom)
         for side in views
     ]  # fmt: skip
     hashed = data_hash(f"deeppcb:{s.group}/{s.image_id}" for s in train_s)
@@ -153,6 +162,7 @@ def _train_view(
     threads: int | None,
     cache_dir: Path | None,
     topology: bool,
+    zoom: float,
 ) -> _View:
     """The network of crops cut from at least ``side`` px, trained on ``train_s`` with the
     epoch chosen on ``val_s``, and its card (no thresholds yet)."""
@@ -176,7 +186,7 @@ def _train_view(
     )
     result = train_with_progress(
         console, train_t.crops, train_t.labels, val_t.crops, val_t.labels, arch=arch,
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads, max_zoom=zoom,
     )  # fmt: skip
     bias = None
     if topology:

@@ -94,9 +94,12 @@ def _check_xy(x: np.ndarray, y: np.ndarray, num_classes: int, name: str) -> None
         )
 
 
-def augment(batch: torch.Tensor, rng: np.random.Generator, max_shift: int) -> torch.Tensor:
+def augment(
+    batch: torch.Tensor, rng: np.random.Generator, max_shift: int, max_zoom: float = 1.0
+) -> torch.Tensor:
     """Random dihedral transform (flips, rot90) and shift of up to ``max_shift`` pixels per
-    crop; the same transform on all channels of a crop. uint8 in, uint8 out (N, C, S, S)."""
+    crop, then (``max_zoom`` > 1) a random scale in [1/max_zoom, max_zoom] about the crop's
+    centre; the same transform on all channels of a crop. uint8 in, uint8 out (N, C, S, S)."""
     n, _, s, _ = batch.shape
     out = batch.clone()
     ops = rng.integers(0, 8, size=n)
@@ -123,7 +126,22 @@ def augment(batch: torch.Tensor, rng: np.random.Generator, max_shift: int) -> to
         bidx = torch.arange(n)[:, None, None, None]
         cidx = torch.arange(out.shape[1])[None, :, None, None]
         out = out[bidx, cidx, rows, cols]
+    if max_zoom > 1.0:
+        out = _zoom(out, np.exp(rng.uniform(-np.log(max_zoom), np.log(max_zoom), size=n)))
     return out
+
+
+def _zoom(batch: torch.Tensor, scales: np.ndarray) -> torch.Tensor:
+    """Each crop magnified by its ``scales`` entry about its centre (bilinear; a crop shrunk
+    below its square is filled by mirroring its edge, as copper continues past a crop)."""
+    theta = torch.zeros(batch.shape[0], 2, 3)
+    inv = torch.from_numpy(1.0 / scales).float()
+    theta[:, 0, 0], theta[:, 1, 1] = inv, inv
+    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+    out = F.grid_sample(
+        batch.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    )
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _memory_format(module: nn.Module, channels_last: bool) -> nn.Module:
@@ -181,6 +199,7 @@ def train_classifier(
     pretrained: bool = True,
     weight_decay: float = 1e-4,
     max_shift: int = 4,
+    max_zoom: float = 1.0,
     max_class_weight: float = 10.0,
     device: str = "cpu",
 ) -> TrainResult:
@@ -189,7 +208,9 @@ def train_classifier(
 
     AdamW with a one-cycle learning-rate schedule (peak ``lr``), class-weighted
     cross-entropy (inverse frequency, clipped at ``max_class_weight``), on-the-fly
-    augmentation. ``seed`` fixes initialisation, shuffling and augmentation: the same call
+    augmentation (dihedral, shifts of up to ``max_shift`` px, and with ``max_zoom`` > 1 a
+    random scale: designs differ in trace width and pad size). ``seed`` fixes
+    initialisation, shuffling and augmentation: the same call
     on the same machine and thread count gives the same weights. ``threads`` sets torch's
     intra-op threads for the duration of the call. ``progress(epoch, epochs, row)`` is
     called after each epoch with that epoch's history row.
@@ -238,7 +259,7 @@ def train_classifier(
             total, seen, correct = 0.0, 0, 0
             for step in range(steps_per_epoch):
                 idx = order[step * batch_size : (step + 1) * batch_size]
-                xb_u8 = augment(x_all[idx], rng, max_shift)
+                xb_u8 = augment(x_all[idx], rng, max_shift, max_zoom)
                 xb = torch.from_numpy(preprocess(xb_u8.numpy())).to(dev)
                 xb = xb.contiguous(memory_format=torch.channels_last)
                 yb = y_all[idx].to(dev)

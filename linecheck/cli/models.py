@@ -120,6 +120,15 @@ def train(
             "locator: one value, default 0)",
         ),
     ] = None,
+    zoom: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            min=1.0,
+            max=2.0,
+            help="DeepPCB: training crops scaled at random within [1/ZOOM, ZOOM] "
+            "(default: the recipe's, training.deeppcb_model.AUGMENT_ZOOM; 1: off)",
+        ),
+    ] = None,
     base_model: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
@@ -175,6 +184,10 @@ def train(
     if arch not in ARCHS:
         err.print(f"[red]--arch must be one of {', '.join(ARCHS)}, got {arch!r}[/red]")
         raise typer.Exit(2)
+    if zoom is not None and not (task == "detect" and roi == "reference" and head == "cnn"):
+        err.print("[red]--zoom applies to training on DeepPCB-layout data with the template "
+                  "(--roi reference, --head cnn)[/red]")  # fmt: skip
+        raise typer.Exit(2)
     if data is None:
         from training.synthetic_model import train_synthetic
 
@@ -189,8 +202,10 @@ def train(
         )
         print(model_dir)
         return
-    from training.deeppcb_model import train_deeppcb
+    from training.deeppcb_model import AUGMENT_ZOOM, train_deeppcb
     from training.image_folder_model import train_image_folder
+
+    zoom = AUGMENT_ZOOM if zoom is None else zoom
 
     sides = _crop_views(crop_views)
     if head == "gbdt" and crop_views is None:
@@ -213,6 +228,7 @@ def train(
                 groups=[g.strip() for g in cv_groups.split(",")] if cv_groups else None,
                 topology=topology,
                 views=sides,
+                zoom=zoom,
                 cache_dir=settings.work_dir / "cache",
                 console=err,
             )
@@ -259,6 +275,7 @@ def train(
             cache_dir=settings.work_dir / "cache",
             topology=topology,
             views=sides,
+            zoom=zoom,
             console=err,
         )
         if head == "gbdt":
