@@ -184,9 +184,12 @@ def train(
     if arch not in ARCHS:
         err.print(f"[red]--arch must be one of {', '.join(ARCHS)}, got {arch!r}[/red]")
         raise typer.Exit(2)
-    if zoom is not None and not (task == "detect" and roi == "reference" and head == "cnn"):
-        err.print("[red]--zoom applies to training on DeepPCB-layout data with the template "
-                  "(--roi reference, --head cnn)[/red]")  # fmt: skip
+    trains_cnn = task == "detect" and roi == "reference" and (head == "cnn" or not base_model)
+    if zoom is not None and not trains_cnn:
+        err.print(
+            "[red]--zoom applies where a CNN is trained on DeepPCB-layout data with the "
+            "template (--roi reference; not a --head gbdt on a --base-model)[/red]"
+        )
         raise typer.Exit(2)
     if data is None:
         from training.synthetic_model import train_synthetic
