@@ -23,8 +23,9 @@ from training.evaluation import card_metrics_row, evaluation_metrics
 from training.scoring import board_arrays, score_pairs
 from training.splits import samples_of, split_deeppcb
 
-# The largest random magnification (and 1/it the smallest) of a training crop: new designs
-# bring other trace widths and pad sizes than the training groups' (BENCHMARKS.md).
+# The largest random magnification (and 1/it the smallest) of a training crop, for designs
+# whose trace widths and pad sizes differ from the training groups'. Off: at 1.25 the 7-fold
+# cross-validation moved within a seed change's spread (BENCHMARKS.md, "Random crop scale").
 AUGMENT_ZOOM = 1.0
 
 if TYPE_CHECKING:
