@@ -100,6 +100,8 @@ def cross_validate(
     if unknown:
         raise ValueError(f"no board group {unknown} in {data} (groups: {every})")
     out.mkdir(parents=True, exist_ok=True)
+    recipe = {"arch": arch, "epochs": epochs, "seed": seed, "topology_prior": topology,
+              "crop_views": list(views), "augment_zoom": zoom}  # fmt: skip
     folds: dict[str, dict[str, Any]] = {}
     for n, test in enumerate(chosen, start=1):
         inner = inner_group(every, test)
@@ -130,10 +132,7 @@ def cross_validate(
             f"{test}: F {folds[test]['f_score']:.4f} mAP {folds[test]['map']:.4f} "
             f"ROI recall {folds[test]['roi_recall']:.4f}"
         )
-        # each fold on disk when done
-        recipe = {"arch": arch, "epochs": epochs, "seed": seed, "topology_prior": topology,
-                  "crop_views": list(views), "augment_zoom": zoom}  # fmt: skip
-        _write(out, data, recipe, folds)
+        _write(out, data, recipe, folds)  # each fold on disk when done
     return _write(out, data, recipe, folds)
 
 
