@@ -99,10 +99,7 @@ def ensure_int8(
     model_dir: Path, work_dir: Path, model: CropGeometry, boards: int = INT8_BOARDS
 ) -> Path:
     """A folder with the model and its INT8 IR: the model's own when it has one, else a copy
-    in ``work_dir`` quantized with NNCF on the crops (as ``model`` takes them) of ``boards``
-    synthetic training boards, with accuracy control on as many boards of another
-    generator seed (the registry is left as it is); each network of a model of views on its
-    own view of the crops."""
+    in ``work_dir`` quantized by :func:`quantize_copy` (the registry is left as it is)."""
     from inspection.model.registry import IR_INT8_XML, clone_model
     from inspection.model.views import view_dirs
 
@@ -113,26 +110,41 @@ def ensure_int8(
         return model_dir
     copy = work_dir / "bench-models" / model_dir.name
     if not quantized(copy):
-        from training.quantize import quantize_int8
-
         if not copy.is_dir():
             copy = clone_model(model_dir, model_dir.name, work_dir / "bench-models")
-        calibration = np.concatenate(
-            [b.crops for b in candidate_crops(0, boards, model) if len(b.crops)]
-        )
-        held_out = [b for b in candidate_crops(1, boards, model) if len(b.crops)]
-        validation = (
-            np.concatenate([b.crops for b in held_out]),
-            np.concatenate([label_candidates(b.boxes, b.truths) for b in held_out]),
-        )
-        # NNCF draws progress bars on stdout: keep `linecheck bench --json`'s stdout JSON only
-        with contextlib.redirect_stdout(sys.stderr):
-            folders = view_dirs(copy)
-            views = zip(split_views(calibration, len(folders)),
-                        split_views(validation[0], len(folders)), strict=True)  # fmt: skip
-            for folder, (calibrate, control) in zip(folders, views, strict=True):
-                quantize_int8(folder, calibrate, validation=(control, validation[1]))
+        quantize_copy(copy, model, boards)
     return copy
+
+
+def quantize_copy(
+    copy: Path, model: CropGeometry, boards: int = INT8_BOARDS, fast_bias_correction: bool = False
+) -> None:
+    """Quantize the model folder ``copy`` with NNCF on the crops (as ``model`` takes them) of
+    ``boards`` synthetic training boards, with accuracy control on as many boards of another
+    generator seed; each network of a model of views on its own view of the crops."""
+    from inspection.model.views import view_dirs
+    from training.quantize import quantize_int8
+
+    calibration = np.concatenate(
+        [b.crops for b in candidate_crops(0, boards, model) if len(b.crops)]
+    )
+    held_out = [b for b in candidate_crops(1, boards, model) if len(b.crops)]
+    validation = (
+        np.concatenate([b.crops for b in held_out]),
+        np.concatenate([label_candidates(b.boxes, b.truths) for b in held_out]),
+    )
+    # NNCF draws progress bars on stdout: keep `linecheck bench --json`'s stdout JSON only
+    with contextlib.redirect_stdout(sys.stderr):
+        folders = view_dirs(copy)
+        views = zip(split_views(calibration, len(folders)),
+                    split_views(validation[0], len(folders)), strict=True)  # fmt: skip
+        for folder, (calibrate, control) in zip(folders, views, strict=True):
+            quantize_int8(
+                folder,
+                calibrate,
+                validation=(control, validation[1]),
+                fast_bias_correction=fast_bias_correction,
+            )
 
 
 def compare(
