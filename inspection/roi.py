@@ -141,11 +141,15 @@ def _binarise(image: np.ndarray, params: RoiParams) -> np.ndarray:
 def _open(mask: np.ndarray, n: int) -> np.ndarray:
     """Opening with an n×n square. cv2.morphologyEx anchors an even kernel off-centre for
     both steps, which shifts the result by a pixel; dilating with the mirrored anchor does not.
+    Beyond the image is background: OpenCV's default erosion border counts it as foreground,
+    which kept 1-px slivers along the image's edge (scanner edge rows on DeepPCB group 20085,
+    each a candidate the classifier often called spurious copper).
     """
     if n <= 1:
         return mask
     k = np.ones((n, n), np.uint8)
-    return np.asarray(cv2.dilate(cv2.erode(mask, k, anchor=(0, 0)), k, anchor=(n - 1, n - 1)))
+    eroded = cv2.erode(mask, k, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return np.asarray(cv2.dilate(eroded, k, anchor=(n - 1, n - 1)))
 
 
 def _disc(radius: int) -> np.ndarray:

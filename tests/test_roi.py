@@ -181,6 +181,20 @@ def test_boxes_fit_the_defect_with_deeppcb_margin() -> None:
     assert {(b.x1, b.y1, b.x2, b.y2) for b in tight} == {(60, 40, 70, 46), (150, 96, 153, 100)}
 
 
+def test_a_sliver_along_the_image_edge_is_no_candidate_a_blob_there_is() -> None:
+    # DeepPCB group 20085's scans carry 1-px runs of copper in their outermost column; the
+    # opening must remove them there as it does inside the image (outside is background)
+    template = np.full((200, 200), 255, np.uint8)
+    board = template.copy()
+    board[60:70, 199] = 0  # a 1-px sliver in the last column
+    board[120:128, 0] = 0  # and in the first
+    board[0, 80:92] = 0  # and in the first row
+    assert find_regions_reference(board, template, RoiParams(margin_px=0, align=False)) == []
+    board[150:156, 196:200] = 0  # spurious copper cut by the edge: 4 x 6 px
+    boxes = find_regions_reference(board, template, RoiParams(margin_px=0, align=False))
+    assert [(b.x1, b.y1, b.x2, b.y2) for b in boxes] == [(196, 150, 200, 156)]
+
+
 def test_pieces_of_one_defect_merge_into_one_box() -> None:
     template = np.full((120, 120), 255, np.uint8)
     board = template.copy()
