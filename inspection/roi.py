@@ -218,14 +218,21 @@ def _own_pixels(mask: np.ndarray, box: tuple[int, int, int, int, int, int]) -> n
 
 
 def difference_masks(
-    image: np.ndarray, aligned_template: np.ndarray, params: RoiParams = RoiParams()
+    image: np.ndarray,
+    aligned_template: np.ndarray,
+    params: RoiParams = RoiParams(),
+    outside: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`difference_mask`, and the specks that may join its pieces (None when
     `params.bridge_specks` is off): differing pixels far from shared edges that the opening
-    removed, each with a differing neighbour (an isolated JPEG speck bridges nothing)."""
+    removed, each with a differing neighbour (an isolated JPEG speck bridges nothing).
+    ``outside``: 0/1 mask of pixels the aligned template has no data for (it only repeats
+    its edge there); they never differ."""
     a = _binarise(image, params)
     b = _binarise(aligned_template, params)
     differ = cv2.bitwise_xor(a, b)
+    if outside is not None:
+        differ = cv2.subtract(differ, outside)
     far = _far_from_shared_edges(a, b, differ, params.tolerance_px)
     specks = cv2.bitwise_and(far, cv2.dilate(far, _RING)) if params.bridge_specks else None
     strict = _open(far, params.open_px)
@@ -304,9 +311,9 @@ def find_regions_aligned(
     """Candidate boxes and the template aligned to the board (crops reuse it: aligning
     is most of the ROI stage's cost, so it is done once per board)."""
     image, template = _check_pair(image, template)
-    aligned = _align.align_template(image, template, params)
+    aligned, outside = _align.align_with_coverage(image, template, params)
     t0 = time.perf_counter()
-    mask, specks = difference_masks(image, aligned, params)
+    mask, specks = difference_masks(image, aligned, params, outside)
     t0 = _align.lap("difference_mask", t0)
     boxes = boxes_from_mask(mask, params, specks)
     _align.lap("boxing", t0)

@@ -266,9 +266,12 @@ def _to_small(warp: np.ndarray, s: float) -> np.ndarray:
     return np.asarray((scale @ full @ np.linalg.inv(scale))[:2])
 
 
-def _remap(template: np.ndarray, warp: np.ndarray, residual: np.ndarray | None) -> np.ndarray:
+def _remap(
+    template: np.ndarray, warp: np.ndarray, residual: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The template resampled at W·x + r(x), with r bilinear between tile centres (and
-    constant beyond the outer ones)."""
+    constant beyond the outer ones); and the per-pixel map (x, y) it used (None for the
+    affine warp alone, which needs none)."""
     h, w = template.shape
     if residual is None:
         return np.asarray(
@@ -279,7 +282,7 @@ def _remap(template: np.ndarray, warp: np.ndarray, residual: np.ndarray | None) 
                 flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                 borderMode=cv2.BORDER_REPLICATE,
             )
-        )
+        ), None
     field = cv2.resize(
         residual, (w, h), dst=_buffer("field", (h, w, 2)), interpolation=cv2.INTER_LINEAR
     )
@@ -289,7 +292,49 @@ def _remap(template: np.ndarray, warp: np.ndarray, residual: np.ndarray | None) 
         cv2.remap(  # type: ignore[call-overload, unused-ignore]
             template, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
         )
+    ), maps
+
+
+_BAND = 32
+"""px from the image's edge within which a fitted motion can reach beyond the template
+(``max_shift_px`` 16 + ``max_local_shift_px`` 8 by default, with room to spare)"""
+
+
+def _outside(warp: np.ndarray, maps: np.ndarray | None, h: int, w: int) -> np.ndarray | None:
+    """0/1 (h, w) mask of the board's pixels whose template sample lies beyond the template's
+    edge (more than half a pixel), where the aligned template only repeats its edge: there is
+    nothing there to compare the board with. None when no pixel is. ``maps``: the per-pixel
+    map `_remap` used, or None for the affine ``warp`` alone. A line-scan stretch of ~1 %
+    (DeepPCB group 20085) leaves 2–3 px strips at both sides, where copper that enters the
+    board's field of view became spurious-copper false alarms.
+
+    The map is a small smooth motion, so a side whose outermost line stays inside has no such
+    pixel; on a side that overshoots by d px, only the outer d + 2 px are examined."""
+
+    def at(rows: slice, cols: slice) -> np.ndarray:
+        if maps is not None:
+            return maps[rows, cols]
+        return np.asarray(cv2.transform(np.ascontiguousarray(_pixel_grid(h, w)[rows, cols]), warp))
+
+    sides = (  # the outer line, the strip of a given width, the overshoot of a map value
+        (lambda n: (slice(0, n), slice(0, w)), lambda m: -0.5 - m[..., 1]),
+        (lambda n: (slice(h - n, h), slice(0, w)), lambda m: m[..., 1] - (h - 0.5)),
+        (lambda n: (slice(0, h), slice(0, n)), lambda m: -0.5 - m[..., 0]),
+        (lambda n: (slice(0, h), slice(w - n, w)), lambda m: m[..., 0] - (w - 0.5)),
     )
+    out: np.ndarray | None = None
+    for strip, overshoot in sides:
+        edge = float(overshoot(at(*strip(1))).max())
+        if edge <= 0.0:
+            continue
+        rows, cols = strip(min(_BAND, h // 2, w // 2, int(np.ceil(edge)) + 2))
+        m = at(rows, cols)
+        x, y = m[..., 0], m[..., 1]
+        beyond = (x < -0.5) | (x > w - 0.5) | (y < -0.5) | (y > h - 0.5)
+        if out is None:
+            out = np.zeros((h, w), np.uint8)
+        out[rows, cols] |= beyond.astype(np.uint8)
+    return out
 
 
 def _displacement(warp: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -309,23 +354,32 @@ def _plausible(residual: np.ndarray, use: np.ndarray, limit: float) -> np.ndarra
 def align_template(image: np.ndarray, template: np.ndarray, params: RoiParams) -> np.ndarray:
     """The template warped into the board's frame (same shape, uint8). Inputs are checked
     by the caller."""
+    return align_with_coverage(image, template, params)[0]
+
+
+def align_with_coverage(
+    image: np.ndarray, template: np.ndarray, params: RoiParams
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`align_template`, and the 0/1 mask of the pixels it had no template for
+    (:func:`_outside`; None when it had one for every pixel)."""
     if not params.align:
-        return template
+        return template, None
     t0 = time.perf_counter()
     h, w = image.shape
     n = params.local_tiles
     if n < 2 or h // n < 32 or w // n < 32:
-        warp = estimate_alignment(image, template, params)  # too small for tiles: global fit
-        t0 = lap("ecc", t0)
-        aligned = _remap(template, warp.astype(np.float64), None)
+        warp = estimate_alignment(image, template, params).astype(np.float64)
+        t0 = lap("ecc", t0)  # too small for tiles: the global fit
+        aligned, _ = _remap(template, warp, None)
+        outside = _outside(warp, None, h, w)
         lap("warp", t0)
-        return aligned
+        return aligned, outside
     s = params.align_scale
     size = (max(16, round(w * s)), max(16, round(h * s)))
     a, b = _small(image, size), _small(template, size)
     if cv2.meanStdDev(a)[1][0, 0] < 1.0 or cv2.meanStdDev(b)[1][0, 0] < 1.0:
         lap("phase_correlation", t0)
-        return template.copy()  # a blank image has nothing to align on
+        return template.copy(), None  # a blank image has nothing to align on
     # the global shift only picks where each tile's search starts (whole pixels), so a
     # quarter of the half size does: 16× fewer pixels to transform
     coarse = (max(16, size[0] // 2), max(16, size[1] // 2))
@@ -387,11 +441,12 @@ def align_template(image: np.ndarray, template: np.ndarray, params: RoiParams) -
         and np.abs(fit_at + offsets).max() <= 3 * params.registered_px
     ):
         lap("warp", t0)
-        return template.copy()
+        return template.copy(), None
     # local offsets under a quarter pixel everywhere: the affine warp alone (0.5 ms instead of
     # a per-pixel map, 2 ms), for the same reason as the skip above
     local = np.abs(offsets).max() > params.registered_px
     field = offsets.reshape(n, n, 2).astype(np.float32) if local else None
-    aligned = _remap(template, warp, field)
+    aligned, maps = _remap(template, warp, field)
+    outside = _outside(warp, maps, h, w)
     lap("warp", t0)
-    return aligned
+    return aligned, outside

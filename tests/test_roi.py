@@ -195,6 +195,20 @@ def test_a_sliver_along_the_image_edge_is_no_candidate_a_blob_there_is() -> None
     assert [(b.x1, b.y1, b.x2, b.y2) for b in boxes] == [(196, 150, 200, 156)]
 
 
+def test_copper_that_the_shift_brings_in_at_the_edge_is_no_candidate() -> None:
+    # The board is scanned 3 px further right than its template: its last 3 columns show
+    # what the template never saw (here a pad), and the aligned template can only repeat
+    # its edge there. Nothing there is compared; a real defect inside still is.
+    noise = np.random.default_rng(5).random((300, 306)).astype(np.float32)
+    scene = np.where(cv2.GaussianBlur(noise, (0, 0), 6) > 0.5, 0, 255).astype(np.uint8)
+    scene[:, 296:] = 255
+    scene[100:112, 300:306] = 0  # a pad beyond the template's right edge
+    template, board = scene[:, :300].copy(), scene[:, 3:303].copy()
+    board[200:207, 150:158] = 255 - board[200:207, 150:158]  # a defect: 8 x 7 px inverted
+    boxes = find_regions_reference(board, template, RoiParams(margin_px=0))
+    assert [(b.x1, b.y1, b.x2, b.y2) for b in boxes] == [(150, 200, 158, 207)]
+
+
 def test_pieces_of_one_defect_merge_into_one_box() -> None:
     template = np.full((120, 120), 255, np.uint8)
     board = template.copy()
