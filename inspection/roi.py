@@ -126,9 +126,9 @@ def align_template(
 
     One global fit (affine: shift, small rotation, line-scan stretch) and a smooth field of
     local shifts on top, both from per-tile shifts (see `inspection.roi_align`). Areas the
-    warp brings in from outside the template are filled from the nearest edge, so a shifted
-    border does not show up as a difference. An already registered board gets the template
-    unchanged (a copy).
+    warp brings in from outside the template are filled from the nearest edge (so crops
+    there look plausible); :func:`find_regions_aligned` does not compare them at all, as the
+    template never saw them. An already registered board gets the template unchanged (a copy).
     """
     image, template = _check_pair(image, template)
     return _align.align_template(image, template, params)
