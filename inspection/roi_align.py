@@ -16,12 +16,13 @@ Set `PROFILE` to a dict to collect seconds per step (benchmarks/roi.py --profile
 from __future__ import annotations
 
 import functools
-import threading
 import time
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+from inspection.roi_warp import outside_template, pixel_grid, remap_template, scratch
 
 if TYPE_CHECKING:
     from inspection.roi import RoiParams
@@ -88,36 +89,9 @@ def estimate_alignment(image: np.ndarray, template: np.ndarray, params: RoiParam
     return full.astype(np.float32)
 
 
-_scratch = threading.local()
-
-
-def _buffer(name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 scratch array reused across calls (per thread). A fresh multi-MB array per
-    call costs more than the arithmetic on it: glibc hands the memory back to the kernel
-    and every page faults in again (measured: a 640×640 remap map 1.5 ms → 6 ms)."""
-    buffers: dict[tuple[str, tuple[int, ...]], np.ndarray] = _scratch.__dict__.setdefault(
-        "buffers", {}
-    )
-    key = (name, shape)
-    if key not in buffers:
-        if len(buffers) > 16:
-            buffers.clear()  # many image sizes: do not hoard
-        buffers[key] = np.empty(shape, np.float32)
-    return buffers[key]
-
-
 @functools.lru_cache(maxsize=8)
 def _hanning(width: int, height: int) -> np.ndarray:
     return np.asarray(cv2.createHanningWindow((width, height), cv2.CV_32F))
-
-
-@functools.lru_cache(maxsize=4)
-def _pixel_grid(height: int, width: int) -> np.ndarray:
-    """(x, y) of every pixel as a CV_32FC2 image, the identity map for cv2.remap."""
-    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    grid = np.dstack([xs, ys])
-    grid.setflags(write=False)
-    return grid
 
 
 def _tile_sums(x: np.ndarray, n: int) -> np.ndarray:
@@ -181,9 +155,9 @@ def _lucas_kanade(
     conditioned = use & (det > 0.05 * (hxx + hyy) ** 2 / 4 + 1e-6)
     if not conditioned.any():
         return residual
-    rigid = cv2.transform(_pixel_grid(h, w), warp, dst=_buffer("lk_rigid", (h, w, 2)))
-    field, maps = _buffer("lk_field", (h, w, 2)), _buffer("lk_maps", (h, w, 2))
-    error, product = _buffer("lk_error", (h, w)), _buffer("lk_product", (h, w))
+    rigid = cv2.transform(pixel_grid(h, w), warp, dst=scratch("lk_rigid", (h, w, 2)))
+    field, maps = scratch("lk_field", (h, w, 2)), scratch("lk_maps", (h, w, 2))
+    error, product = scratch("lk_error", (h, w)), scratch("lk_product", (h, w))
     r = residual.copy()
     for _ in range(iterations):
         cv2.resize(r, (w, h), dst=field, interpolation=cv2.INTER_NEAREST)  # constant per tile
@@ -266,77 +240,6 @@ def _to_small(warp: np.ndarray, s: float) -> np.ndarray:
     return np.asarray((scale @ full @ np.linalg.inv(scale))[:2])
 
 
-def _remap(
-    template: np.ndarray, warp: np.ndarray, residual: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The template resampled at W·x + r(x), with r bilinear between tile centres (and
-    constant beyond the outer ones); and the per-pixel map (x, y) it used (None for the
-    affine warp alone, which needs none)."""
-    h, w = template.shape
-    if residual is None:
-        return np.asarray(
-            cv2.warpAffine(
-                template,
-                warp.astype(np.float32),
-                (w, h),
-                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                borderMode=cv2.BORDER_REPLICATE,
-            )
-        ), None
-    field = cv2.resize(
-        residual, (w, h), dst=_buffer("field", (h, w, 2)), interpolation=cv2.INTER_LINEAR
-    )
-    maps = cv2.transform(_pixel_grid(h, w), warp, dst=_buffer("maps", (h, w, 2)))
-    cv2.add(maps, field, dst=maps)
-    return np.asarray(
-        cv2.remap(  # type: ignore[call-overload, unused-ignore]
-            template, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
-    ), maps
-
-
-_BAND = 32
-"""px from the image's edge within which a fitted motion can reach beyond the template
-(``max_shift_px`` 16 + ``max_local_shift_px`` 8 by default, with room to spare)"""
-
-
-def _outside(warp: np.ndarray, maps: np.ndarray | None, h: int, w: int) -> np.ndarray | None:
-    """0/1 (h, w) mask of the board's pixels whose template sample lies beyond the template's
-    edge (more than half a pixel), where the aligned template only repeats its edge: there is
-    nothing there to compare the board with. None when no pixel is. ``maps``: the per-pixel
-    map `_remap` used, or None for the affine ``warp`` alone. A line-scan stretch of ~1 %
-    (DeepPCB group 20085) leaves 2–3 px strips at both sides, where copper that enters the
-    board's field of view became spurious-copper false alarms.
-
-    The map is a small smooth motion, so a side whose outermost line stays inside has no such
-    pixel; on a side that overshoots by d px, only the outer d + 2 px are examined."""
-
-    def at(rows: slice, cols: slice) -> np.ndarray:
-        if maps is not None:
-            return maps[rows, cols]
-        return np.asarray(cv2.transform(np.ascontiguousarray(_pixel_grid(h, w)[rows, cols]), warp))
-
-    sides = (  # the outer line, the strip of a given width, the overshoot of a map value
-        (lambda n: (slice(0, n), slice(0, w)), lambda m: -0.5 - m[..., 1]),
-        (lambda n: (slice(h - n, h), slice(0, w)), lambda m: m[..., 1] - (h - 0.5)),
-        (lambda n: (slice(0, h), slice(0, n)), lambda m: -0.5 - m[..., 0]),
-        (lambda n: (slice(0, h), slice(w - n, w)), lambda m: m[..., 0] - (w - 0.5)),
-    )
-    out: np.ndarray | None = None
-    for strip, overshoot in sides:
-        edge = float(overshoot(at(*strip(1))).max())
-        if edge <= 0.0:
-            continue
-        rows, cols = strip(min(_BAND, h // 2, w // 2, int(np.ceil(edge)) + 2))
-        m = at(rows, cols)
-        x, y = m[..., 0], m[..., 1]
-        beyond = (x < -0.5) | (x > w - 0.5) | (y < -0.5) | (y > h - 0.5)
-        if out is None:
-            out = np.zeros((h, w), np.uint8)
-        out[rows, cols] |= beyond.astype(np.uint8)
-    return out
-
-
 def _displacement(warp: np.ndarray, points: np.ndarray) -> np.ndarray:
     """How far the 2×3 ``warp`` moves each of ``points`` (N, 2)."""
     moved: np.ndarray = points @ warp[:, :2].T + warp[:, 2] - points
@@ -361,7 +264,7 @@ def align_with_coverage(
     image: np.ndarray, template: np.ndarray, params: RoiParams
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`align_template`, and the 0/1 mask of the pixels it had no template for
-    (:func:`_outside`; None when it had one for every pixel)."""
+    (:func:`inspection.roi_warp.outside_template`; None when it had one for every pixel)."""
     if not params.align:
         return template, None
     t0 = time.perf_counter()
@@ -370,8 +273,8 @@ def align_with_coverage(
     if n < 2 or h // n < 32 or w // n < 32:
         warp = estimate_alignment(image, template, params).astype(np.float64)
         t0 = lap("ecc", t0)  # too small for tiles: the global fit
-        aligned, _ = _remap(template, warp, None)
-        outside = _outside(warp, None, h, w)
+        aligned, _ = remap_template(template, warp, None)
+        outside = outside_template(warp, None, h, w)
         lap("warp", t0)
         return aligned, outside
     s = params.align_scale
@@ -446,7 +349,7 @@ def align_with_coverage(
     # a per-pixel map, 2 ms), for the same reason as the skip above
     local = np.abs(offsets).max() > params.registered_px
     field = offsets.reshape(n, n, 2).astype(np.float32) if local else None
-    aligned, maps = _remap(template, warp, field)
-    outside = _outside(warp, maps, h, w)
+    aligned, maps = remap_template(template, warp, field)
+    outside = outside_template(warp, maps, h, w)
     lap("warp", t0)
     return aligned, outside

@@ -149,9 +149,10 @@ def _roi_source_digest() -> str:
     when its parameters did not change."""
     import inspection.roi
     import inspection.roi_align
+    import inspection.roi_warp
 
     h = hashlib.sha256()
-    for module in (inspection.roi, inspection.roi_align):
+    for module in (inspection.roi, inspection.roi_align, inspection.roi_warp):
         h.update(Path(str(module.__file__)).read_bytes())
     return h.hexdigest()
 
