@@ -5,7 +5,7 @@ calibrated on, for one or more models.
     python benchmarks/int8_bias_correction.py MODEL_DIR [MODEL_DIR ...] [--boards 100,300]
 
 Each ``MODEL_DIR`` (a registry folder) is copied twice into ``--out`` and quantized as
-``linecheck bench`` quantizes its copy (:func:`linecheck.bench.classify.quantize_copy`:
+``linecheck bench`` quantizes its copy (:func:`linecheck.bench.classify.int8_samples`:
 calibration on the candidates of 240 synthetic boards of generator seed 0, accuracy control
 on 240 of seed 1). The F-scores (DeepPCB protocol, IoU > 0.33, same type) are measured on
 the ROI candidates of the first N boards of seed 11 (the bench's boards: ``--boards`` 100) and
@@ -29,7 +29,12 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from inspection.backends import load_classifier  # noqa: E402
 from inspection.model.registry import clone_model, load_card  # noqa: E402
-from linecheck.bench.classify import candidate_crops, f_score, quantize_copy  # noqa: E402
+from linecheck.bench.classify import (  # noqa: E402
+    candidate_crops,
+    f_score,
+    int8_samples,
+    quantize_copy,
+)
 
 TEST_SEEDS = (11, 12)
 
@@ -43,16 +48,17 @@ def measure(model_dir: Path, out: Path, counts: list[int]) -> dict[str, Any]:
     }
     fp32 = load_classifier(model_dir, backend="openvino", threads=1)
     row: dict[str, Any] = {"fp32": {k: f_score(fp32, b) for k, b in tests.items()}}
+    samples = int8_samples(card)  # the same crops for both copies
     for name, fast in (("int8_fast", True), ("int8_full", False)):
         dest = out / name
         shutil.rmtree(dest / model_dir.name, ignore_errors=True)
         copy = clone_model(model_dir, model_dir.name, dest)
         started = time.monotonic()
-        quantize_copy(copy, card, fast_bias_correction=fast)
-        took = time.monotonic() - started  # the crops are cut inside: an upper bound
+        quantize_copy(copy, samples, fast_bias_correction=fast)
+        took = time.monotonic() - started
         int8 = load_classifier(copy, backend="openvino", threads=1, variant="int8")
         scores = {k: f_score(int8, b) for k, b in tests.items()}
-        row[name] = {**scores, "seconds_with_crops": round(took, 1)}
+        row[name] = {**scores, "seconds": round(took, 1)}
         row[f"{name}_delta"] = {k: scores[k] - row["fp32"][k] for k in tests}
     return row
 

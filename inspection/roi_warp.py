@@ -42,7 +42,8 @@ def remap_template(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The template resampled at W·x + r(x), with r bilinear between tile centres (and
     constant beyond the outer ones); and the per-pixel map (x, y) it used (None for the
-    affine warp alone, which needs none)."""
+    affine warp alone, which needs none). The map is this thread's scratch array: valid
+    until the next call."""
     h, w = template.shape
     if residual is None:
         return np.asarray(
@@ -89,22 +90,24 @@ def outside_template(
             return maps[rows, cols]
         return np.asarray(cv2.transform(np.ascontiguousarray(pixel_grid(h, w)[rows, cols]), warp))
 
-    sides = (  # the outer line, the strip of a given width, the overshoot of a map value
-        (lambda n: (slice(0, n), slice(0, w)), lambda m: -0.5 - m[..., 1]),
-        (lambda n: (slice(h - n, h), slice(0, w)), lambda m: m[..., 1] - (h - 0.5)),
-        (lambda n: (slice(0, h), slice(0, n)), lambda m: -0.5 - m[..., 0]),
-        (lambda n: (slice(0, h), slice(w - n, w)), lambda m: m[..., 0] - (w - 0.5)),
-    )
-    out: np.ndarray | None = None
-    for strip, overshoot in sides:
-        edge = float(overshoot(at(*strip(1))).max())
-        if edge <= 0.0:
-            continue
-        rows, cols = strip(min(_BAND, h // 2, w // 2, int(np.ceil(edge)) + 2))
-        m = at(rows, cols)
+    def overshoot(m: np.ndarray) -> np.ndarray:
+        """px by which each map value lies beyond the template (≤ 0: inside)."""
         x, y = m[..., 0], m[..., 1]
-        beyond = (x < -0.5) | (x > w - 0.5) | (y < -0.5) | (y > h - 0.5)
+        return np.maximum.reduce([-0.5 - x, x - (w - 0.5), -0.5 - y, y - (h - 0.5)])
+
+    def side(k: int, n: int) -> tuple[slice, slice]:
+        """The outer ``n`` px of side ``k`` (top, bottom, left, right)."""
+        rows = (slice(0, n), slice(h - n, h), slice(0, h), slice(0, h))[k]
+        cols = (slice(0, w), slice(0, w), slice(0, n), slice(w - n, w))[k]
+        return rows, cols
+
+    out: np.ndarray | None = None
+    for k in range(4):
+        depth = float(overshoot(at(*side(k, 1))).max())
+        if depth <= 0.0:
+            continue
+        rows, cols = side(k, min(_BAND, h // 2, w // 2, int(np.ceil(depth)) + 2))
         if out is None:
             out = np.zeros((h, w), np.uint8)
-        out[rows, cols] |= beyond.astype(np.uint8)
+        out[rows, cols] |= (overshoot(at(rows, cols)) > 0.0).astype(np.uint8)
     return out

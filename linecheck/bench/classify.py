@@ -99,7 +99,8 @@ def ensure_int8(
     model_dir: Path, work_dir: Path, model: CropGeometry, boards: int = INT8_BOARDS
 ) -> Path:
     """A folder with the model and its INT8 IR: the model's own when it has one, else a copy
-    in ``work_dir`` quantized by :func:`quantize_copy` (the registry is left as it is)."""
+    in ``work_dir`` quantized by :func:`quantize_copy` on :func:`int8_samples` (the registry
+    is left as it is)."""
     from inspection.model.registry import IR_INT8_XML, clone_model
     from inspection.model.views import view_dirs
 
@@ -112,19 +113,18 @@ def ensure_int8(
     if not quantized(copy):
         if not copy.is_dir():
             copy = clone_model(model_dir, model_dir.name, work_dir / "bench-models")
-        quantize_copy(copy, model, boards)
+        quantize_copy(copy, int8_samples(model, boards))
     return copy
 
 
-def quantize_copy(
-    copy: Path, model: CropGeometry, boards: int = INT8_BOARDS, fast_bias_correction: bool = False
-) -> None:
-    """Quantize the model folder ``copy`` with NNCF on the crops (as ``model`` takes them) of
-    ``boards`` synthetic training boards, with accuracy control on as many boards of another
-    generator seed; each network of a model of views on its own view of the crops."""
-    from inspection.model.views import view_dirs
-    from training.quantize import quantize_int8
+Int8Samples = tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]
+"""Calibration crops, and labelled crops for the accuracy control."""
 
+
+def int8_samples(model: CropGeometry, boards: int = INT8_BOARDS) -> Int8Samples:
+    """The crops (as ``model`` takes them) of the ROI candidates of ``boards`` synthetic
+    training boards (calibration) and, labelled, of as many boards of another generator seed
+    (accuracy control)."""
     calibration = np.concatenate(
         [b.crops for b in candidate_crops(0, boards, model) if len(b.crops)]
     )
@@ -133,6 +133,16 @@ def quantize_copy(
         np.concatenate([b.crops for b in held_out]),
         np.concatenate([label_candidates(b.boxes, b.truths) for b in held_out]),
     )
+    return calibration, validation
+
+
+def quantize_copy(copy: Path, samples: Int8Samples, fast_bias_correction: bool = False) -> None:
+    """Quantize the model folder ``copy`` with NNCF on :func:`int8_samples`; each network of
+    a model of views on its own view of the crops."""
+    from inspection.model.views import view_dirs
+    from training.quantize import quantize_int8
+
+    calibration, validation = samples
     # NNCF draws progress bars on stdout: keep `linecheck bench --json`'s stdout JSON only
     with contextlib.redirect_stdout(sys.stderr):
         folders = view_dirs(copy)
