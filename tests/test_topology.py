@@ -18,7 +18,6 @@ from inspection.model.topology import (
     SIGNATURES,
     add_bias,
     as_rows,
-    choose_min_areas,
     likelihood_bias,
     one_hot,
     signatures,
@@ -129,32 +128,6 @@ def test_the_prior_counts_which_signature_goes_with_which_class() -> None:
         likelihood_bias(signatures(crops), labels[:3], NUM_CLASSES)
 
 
-def _ragged_bite() -> np.ndarray:
-    """A mousebite whose bite leaves a 3 × 3 px speck of copper inside it (9 px: a piece at
-    the former fixed 8 px, like a spurious-copper island)."""
-    ref = _trace_board()
-    board = ref.copy()
-    board[18:24, 26:38] = LIGHT
-    board[20:23, 31:34] = DARK
-    return _crop(board, ref)
-
-
-def test_the_pieces_that_count_are_learned_from_the_training_crops() -> None:
-    made = _defects()
-    bite, copper, mb = _ragged_bite(), made["copper"], CLASSES.index("mousebite")
-    assert signatures(bite[None])[0] == _signature(+1, 0) == signatures(copper[None])[0]
-    crops = np.stack([bite] * 10 + [made["mousebite"]] * 10 + [copper] * 10 + [made["open"]] * 10)
-    labels = np.repeat([mb, mb, CLASSES.index("copper"), CLASSES.index("open")], 10)
-    # a 36-px island still counts from 16 px on, the 9-px speck no longer: the smallest such
-    areas = choose_min_areas(crops, labels, NUM_CLASSES)
-    assert areas == (16, 8)
-    assert signatures(bite[None], areas)[0] == _signature(0, 0)
-    assert signatures(copper[None], areas)[0] == _signature(+1, 0)
-    assert one_hot(bite[None], areas).argmax() == _signature(0, 0)
-    with pytest.raises(ValueError, match="as many labels"):
-        choose_min_areas(crops, labels[:3], NUM_CLASSES)
-
-
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.ndarray]:
     """One untrained network registered twice: without a prior, and with a bias that puts
@@ -183,26 +156,3 @@ def test_backends_add_the_cards_bias(
     np.testing.assert_allclose(prior, expected, atol=1e-4)
     assert prior[list(_defects()).index("open")].argmax() == CLASSES.index("open")
     assert (prior.argmax(1) == plain.argmax(1)).sum() >= len(crops) - 1  # only the open moved
-
-
-@pytest.mark.parametrize("backend", ["torch", "openvino"])
-def test_backends_count_pieces_as_the_card_says(
-    backend: Backend, two_models: tuple[Path, Path, np.ndarray]
-) -> None:
-    _without, with_prior, bias = two_models
-    bias = bias.copy()
-    bias[_signature(+1, 0), CLASSES.index("copper")] = 30.0  # the speck's signature at 8 px
-    bias[_signature(0, 0), CLASSES.index("mousebite")] = 30.0  # the bite's without the speck
-    bite = _ragged_bite()[None]
-    card = load_card(with_prior).model_copy(update={"topology_bias": as_rows(bias)})
-    update_card(with_prior, card)
-    try:
-        at_8 = load_classifier(with_prior, backend=backend, threads=2).predict_proba(bite)
-        update_card(with_prior, card.model_copy(update={"topology_min_areas": (16, 8)}))
-        at_16 = load_classifier(with_prior, backend=backend, threads=2).predict_proba(bite)
-    finally:
-        update_card(with_prior, load_card(with_prior).model_copy(
-            update={"topology_bias": as_rows(two_models[2]), "topology_min_areas": (8, 8)}
-        ))  # fmt: skip
-    assert at_8[0].argmax() == CLASSES.index("copper")
-    assert at_16[0].argmax() == CLASSES.index("mousebite")

@@ -171,13 +171,7 @@ def _train_view(
 
     from inspection.model.labels import CLASSES
     from inspection.model.registry import ModelCard
-    from inspection.model.topology import (
-        MIN_AREA,
-        as_rows,
-        choose_min_areas,
-        likelihood_bias,
-        signatures,
-    )
+    from inspection.model.topology import as_rows, likelihood_bias, signatures
     from training.crop_table import build_table
     from training.trainer import train_with_progress
 
@@ -195,12 +189,10 @@ def _train_view(
         console, train_t.crops, train_t.labels, val_t.crops, val_t.labels, arch=arch,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads, max_zoom=zoom,
     )  # fmt: skip
-    bias, areas = None, (MIN_AREA, MIN_AREA)
+    bias = None
     if topology:
         with console.status("topology signatures of the training crops"):
-            areas = choose_min_areas(train_t.crops, train_t.labels, len(CLASSES))
-            bias = likelihood_bias(signatures(train_t.crops, areas), train_t.labels, len(CLASSES))
-        console.log(f"topology prior: pieces from {areas[0]} dark / {areas[1]} light px")
+            bias = likelihood_bias(signatures(train_t.crops), train_t.labels, len(CLASSES))
     card = ModelCard(
         version=version,
         arch=arch,
@@ -208,7 +200,6 @@ def _train_view(
         crop_min_side=side,
         metrics={"region_val": result.metrics, **common},
         topology_bias=as_rows(bias),
-        topology_min_areas=areas,
         torch_version=torch.__version__,
     )
     return _View(result.module, card, train_t.crops, (val_t.crops, val_t.labels))

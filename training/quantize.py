@@ -28,7 +28,6 @@ from inspection.model.registry import (
     IR_INT8_XML,
     IR_OUTPUT_NAME,
     IR_XML,
-    ModelCard,
     load_card,
 )
 from inspection.model.topology import offsets
@@ -77,7 +76,9 @@ def quantize_int8(
                 fast_bias_correction=fast_bias_correction,
             )
         else:
-            val_items, accuracy = _validation(validation, card)
+            val_items, accuracy = _validation(
+                validation, card.input_size, card.topology(), len(card.classes)
+            )
             quantized = nncf.quantize_with_accuracy_control(
                 model,
                 nncf.Dataset(items),
@@ -99,7 +100,10 @@ Item = tuple[np.ndarray, int, np.ndarray]
 
 
 def _validation(
-    validation: tuple[np.ndarray, np.ndarray], card: ModelCard
+    validation: tuple[np.ndarray, np.ndarray],
+    size: int,
+    bias: np.ndarray | None,
+    num_classes: int,
 ) -> tuple[list[Item], Callable[[Any, Iterable[Item]], tuple[float, list[float]]]]:
     """NNCF validation items (one preprocessed crop, its label, its prior row) and the
     function scoring a compiled model on them: region accuracy, and per crop 1 or 0."""
@@ -107,8 +111,8 @@ def _validation(
     if len(crops) != len(labels) or len(crops) == 0:
         raise ValueError(f"validation needs as many labels as crops (≥ 1), got {len(crops)} "
                          f"crops and {len(labels)} labels")  # fmt: skip
-    x = preprocess(crops, card.input_size)
-    rows = offsets(crops, card.topology(), len(card.classes), card.topology_min_areas)
+    x = preprocess(crops, size)
+    rows = offsets(crops, bias, num_classes)
     items: list[Item] = [(x[i : i + 1], int(labels[i]), rows[i]) for i in range(len(x))]
 
     def accuracy(compiled: Any, data: Iterable[Item]) -> tuple[float, list[float]]:

@@ -29,9 +29,7 @@ class FeatureExtractor:
         pool, _weight = pool_and_weight(model, xml)
         model.add_outputs([pool.output(0)])
         self._request = compile_f32(core, model, device, threads).create_infer_request()
-        card = load_card(model_dir)
-        self._topology = card.topology_bias is not None
-        self._topology_areas = card.topology_min_areas
+        self._topology = load_card(model_dir).topology_bias is not None
 
     def features(self, crops: np.ndarray, batch: int = 512) -> np.ndarray:
         parts = []
@@ -40,8 +38,7 @@ class FeatureExtractor:
             pooled = self._request.get_output_tensor(1).data
             rows = pooled.reshape(pooled.shape[0], -1)
             if self._topology:
-                signature = one_hot(crops[start : start + batch], self._topology_areas)
-                rows = np.concatenate([rows, signature], axis=1)
+                rows = np.concatenate([rows, one_hot(crops[start : start + batch])], axis=1)
             parts.append(rows.copy())
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 

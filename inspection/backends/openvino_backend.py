@@ -51,7 +51,6 @@ class OpenVINOClassifier:
         self.crop_sides: tuple[int, ...] = card.crop_sides
         self.classes: tuple[str, ...] = card.classes
         self.topology_bias = card.topology()
-        self.topology_areas = card.topology_min_areas
         self.device = device
         if hint not in _HINTS:
             raise ValueError(f"hint must be one of {list(_HINTS)}, got {hint!r}")
@@ -133,7 +132,7 @@ class OpenVINOClassifier:
                 f"model {self.version} returned logits {logits.shape}, expected "
                 f"({n}, {len(self.classes)})"
             )
-        probs = softmax(add_bias(logits, crops, self.topology_bias, self.topology_areas))
+        probs = softmax(add_bias(logits, crops, self.topology_bias))
         return probs, (outs[1] if with_features else None)
 
     def _infer_parallel(self, x: np.ndarray) -> list[np.ndarray]:

@@ -42,7 +42,6 @@ class TorchClassifier:
         self.crop_sides: tuple[int, ...] = card.crop_sides
         self.classes: tuple[str, ...] = card.classes
         self.topology_bias = card.topology()
-        self.topology_areas = card.topology_min_areas
         dev = torch.device(device)
         if dev.type not in ("cpu", "cuda"):
             raise ValueError(f"torch backend device must be 'cpu' or 'cuda[:i]', got {device!r}")
@@ -60,16 +59,13 @@ class TorchClassifier:
             self.module.classifier.weight.detach().float().cpu().numpy()
         )
 
-    def _with_prior(self, logits: np.ndarray, crops: np.ndarray) -> np.ndarray:
-        return add_bias(logits, crops, self.topology_bias, self.topology_areas)
-
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:
         x = preprocess(crops, self.input_size)
         if x.shape[0] == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         with torch.inference_mode():
             logits = self.module(torch.from_numpy(x).to(self.device))
-        return softmax(self._with_prior(logits.float().cpu().numpy(), crops))
+        return softmax(add_bias(logits.float().cpu().numpy(), crops, self.topology_bias))
 
     def predict_with_features(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and the last feature maps (N, C, h, w) of one forward pass."""
@@ -79,5 +75,5 @@ class TorchClassifier:
         with torch.inference_mode():
             feats = self.module.features(torch.from_numpy(x).to(self.device))
             logits = self.module.classifier(feats.mean(dim=(2, 3)))
-        probs = softmax(self._with_prior(logits.float().cpu().numpy(), crops))
+        probs = softmax(add_bias(logits.float().cpu().numpy(), crops, self.topology_bias))
         return probs, feats.float().cpu().numpy()

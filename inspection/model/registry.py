@@ -121,11 +121,6 @@ class ModelCard(BaseModel):
         description="the topology prior (inspection.model.topology): a (9, classes) bias "
         "added to the logits by each crop's connectivity signature; None: no prior",
     )
-    topology_min_areas: tuple[int, int] = Field(
-        default=(8, 8),
-        description="the smallest dark and light piece (crop pixels) the signature counts, "
-        "chosen with the prior on the training crops; (8, 8) in models trained before",
-    )
     created_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
     torch_version: str | None = None
     openvino_version: str | None = None

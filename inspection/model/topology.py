@@ -22,14 +22,6 @@ On a third of DeepPCB's truth boxes (crops as served, min area 8) the signature 
 separates the confused pairs: 85 % of opens are (+1 dark, −1 light) against 0 % of
 mousebites (88 % of which are (0, 0)); 96 % of shorts lose a dark piece against 1 % of
 spurs. It costs about 0.14 ms per crop (four connected-component passes on 64 × 64).
-
-What counts as a piece is learned with the prior: :func:`choose_min_areas` picks the
-smallest dark and light piece (``min_areas``, stored in the card) that makes the
-signature say the most about the class on the training crops (their mutual information).
-Specks left inside a ragged mousebite or a scanner's noise would otherwise count as new
-pieces and make a bite look like an open or spurious copper; on DeepPCB every
-leave-one-group-out training set picks 64 px dark and 32–48 px light pieces over the
-former 8 / 8 (BENCHMARKS.md "Pieces that count").
 """
 
 from __future__ import annotations
@@ -38,112 +30,56 @@ import cv2
 import numpy as np
 
 MIN_AREA = 8
-"""Pixels a connected piece of a crop needs to count (at the crop's resolution) in models
-whose card names no ``topology_min_areas`` (trained before they were learned)."""
-DARK_AREAS = (8, 16, 32, 48, 64, 96)
-LIGHT_AREAS = (8, 16, 32, 48, 64)
-"""The piece sizes :func:`choose_min_areas` tries (pixels of a 64 × 64 crop)."""
-Areas = tuple[int, int]
-"""Smallest dark piece, smallest light piece that counts."""
+"""Pixels a connected piece of a crop needs to count (at the crop's resolution)."""
 BINARY_THRESHOLD = 128
 """Grey level splitting dark from light (DeepPCB's scans are binary; 128 is their middle)."""
 SIGNATURES = 9
 """(sign of Δ dark pieces + 1) × 3 + (sign of Δ light pieces + 1)."""
 
 
-def _areas(mask: np.ndarray, connectivity: int) -> np.ndarray:
-    """Pixel counts of the mask's connected pieces."""
+def _pieces(mask: np.ndarray, connectivity: int) -> int:
     # 16-bit labels: about 3x faster than the default call on a 64x64 crop (<=4096 pieces)
     n, _labels, stats, _centroids = cv2.connectedComponentsWithStatsWithAlgorithm(
         mask, connectivity, cv2.CV_16U, cv2.CCL_DEFAULT
     )
-    return np.asarray(stats[1:n, cv2.CC_STAT_AREA])
+    return int(np.count_nonzero(stats[1:n, cv2.CC_STAT_AREA] >= MIN_AREA))
 
 
-def _crop_areas(crop: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Piece areas of a crop: board dark, reference dark, board light, reference light."""
-    board = (crop[0] < BINARY_THRESHOLD).astype(np.uint8)
-    reference = (crop[1] < BINARY_THRESHOLD).astype(np.uint8)
-    return _areas(board, 8), _areas(reference, 8), _areas(1 - board, 4), _areas(1 - reference, 4)
-
-
-def _signature(areas: tuple[np.ndarray, ...], min_areas: Areas) -> int:
-    board_d, ref_d, board_l, ref_l = areas
-    dark_min, light_min = min_areas
-    dark = np.count_nonzero(board_d >= dark_min) - np.count_nonzero(ref_d >= dark_min)
-    light = np.count_nonzero(board_l >= light_min) - np.count_nonzero(ref_l >= light_min)
-    return (int(np.sign(dark)) + 1) * 3 + int(np.sign(light)) + 1
-
-
-def _check(crops: np.ndarray) -> None:
+def signatures(crops: np.ndarray) -> np.ndarray:
+    """(N,) int64 signature in [0, 9) of uint8 crops (N, 3, S, S): board, reference, |diff|."""
     if crops.ndim != 4 or crops.shape[1] < 2 or crops.dtype != np.uint8:
         raise ValueError(f"crops must be uint8 (N, 3, S, S), got {crops.shape} {crops.dtype}")
+    out = np.empty(len(crops), np.int64)
+    for i, crop in enumerate(crops):
+        board = (crop[0] < BINARY_THRESHOLD).astype(np.uint8)
+        reference = (crop[1] < BINARY_THRESHOLD).astype(np.uint8)
+        dark = _pieces(board, 8) - _pieces(reference, 8)
+        light = _pieces(1 - board, 4) - _pieces(1 - reference, 4)
+        out[i] = (int(np.sign(dark)) + 1) * 3 + int(np.sign(light)) + 1
+    return out
 
 
-def signatures(crops: np.ndarray, min_areas: Areas = (MIN_AREA, MIN_AREA)) -> np.ndarray:
-    """(N,) int64 signature in [0, 9) of uint8 crops (N, 3, S, S): board, reference, |diff|;
-    a piece counts from ``min_areas`` (dark, light) pixels."""
-    _check(crops)
-    return np.array([_signature(_crop_areas(c), min_areas) for c in crops], np.int64)
-
-
-def _mutual_information(signature: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    joint = np.zeros((SIGNATURES, num_classes))
-    np.add.at(joint, (signature, labels), 1.0)
-    joint /= joint.sum()
-    independent = joint.sum(1, keepdims=True) @ joint.sum(0, keepdims=True)
-    seen = joint > 0
-    return float((joint[seen] * np.log(joint[seen] / independent[seen])).sum())
-
-
-def choose_min_areas(crops: np.ndarray, labels: np.ndarray, num_classes: int) -> Areas:
-    """The (dark, light) piece sizes of :data:`DARK_AREAS` × :data:`LIGHT_AREAS` whose
-    signatures carry the most information about ``labels`` (ties: the smaller sizes)."""
-    _check(crops)
-    if len(crops) != len(labels) or len(crops) == 0:
-        raise ValueError(f"need as many labels as crops (≥ 1), got {len(crops)} and {len(labels)}")
-    areas = [_crop_areas(c) for c in crops]  # the components once, every size counted from them
-    best: tuple[float, Areas] | None = None
-    for pair in ((d, li) for d in DARK_AREAS for li in LIGHT_AREAS):
-        sig = np.array([_signature(a, pair) for a in areas], np.int64)
-        info = _mutual_information(sig, labels, num_classes)
-        if best is None or info > best[0] + 1e-12:
-            best = (info, pair)
-    assert best is not None
-    return best[1]
-
-
-def one_hot(crops: np.ndarray, min_areas: Areas = (MIN_AREA, MIN_AREA)) -> np.ndarray:
+def one_hot(crops: np.ndarray) -> np.ndarray:
     """(N, 9) float32 one-hot of :func:`signatures` (the boosted-tree head's extra columns)."""
-    return np.eye(SIGNATURES, dtype=np.float32)[signatures(crops, min_areas)]
+    return np.eye(SIGNATURES, dtype=np.float32)[signatures(crops)]
 
 
-def offsets(
-    crops: np.ndarray,
-    bias: np.ndarray | None,
-    num_classes: int,
-    min_areas: Areas = (MIN_AREA, MIN_AREA),
-) -> np.ndarray:
+def offsets(crops: np.ndarray, bias: np.ndarray | None, num_classes: int) -> np.ndarray:
     """(N, C) float32: each crop's row of ``bias`` (9, C), zeros when the model has no
     topology prior (``bias`` None)."""
     if bias is None:
         return np.zeros((len(crops), num_classes), np.float32)
     if bias.shape != (SIGNATURES, num_classes):
         raise ValueError(f"topology bias must be ({SIGNATURES}, {num_classes}), got {bias.shape}")
-    return bias[signatures(crops, min_areas)]
+    return bias[signatures(crops)]
 
 
-def add_bias(
-    logits: np.ndarray,
-    crops: np.ndarray,
-    bias: np.ndarray | None,
-    min_areas: Areas = (MIN_AREA, MIN_AREA),
-) -> np.ndarray:
+def add_bias(logits: np.ndarray, crops: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     """``logits`` (N, C) plus each crop's :func:`offsets`; the same array when the model has
     no topology prior."""
     if bias is None or len(logits) == 0:
         return logits
-    return logits + offsets(crops, bias, logits.shape[1], min_areas)
+    return logits + offsets(crops, bias, logits.shape[1])
 
 
 def likelihood_bias(
