@@ -31,6 +31,8 @@ def test_bench_measures_every_ratio_in_one_run(settings: Settings, model_dir: Pa
     assert result["e2e_over_raw"] == pytest.approx(
         result["e2e_boards_per_s"] / result["raw_boards_per_s"]
     )
+    # each worker's own span is within the group's: summed, they decide at least as fast
+    assert result["e2e_group_boards_per_s"] <= result["e2e_boards_per_s"] * (1 + 1e-9)
     # the last verdict comes after its board reached the broker (its ack may trail a little)
     assert result["e2e_boards_per_s"] <= 1.1 * result["e2e_published_boards_per_s"]
     assert result["batched_over_unbatched"] == pytest.approx(
@@ -57,6 +59,11 @@ def test_bench_measures_every_ratio_in_one_run(settings: Settings, model_dir: Pa
     # open-loop arrivals at half the saturation rate: the line ran slower than saturated
     assert result["latency_rate"] < result["e2e_boards_per_s"] * (LATENCY_AT + 0.4)
     assert result["e2e_boards_per_s_1_workers"] > 0
+    # the saturation run's 16 boards went round robin to the partitions, one per worker
+    assert result["e2e_busiest_worker_share"] == pytest.approx(0.5)
+    # the CPU of each part was read: the workers inspected, the broker carried the boards
+    assert result["e2e_cpu_ms_worker"] > 0 and result["e2e_cpu_ms_broker"] > 0
+    assert result["paced_cpu_ms_worker"] > 0 and result["unbatched_cpu_ms_worker"] > 0
     # the untrained test model finds every candidate doubtful: explanations were written
     assert result["explained_boards"] > 0
     assert result["raw_boards_per_s_no_explain"] > 0

@@ -39,7 +39,7 @@ def _percentile(values: list[float], q: float) -> float:
 def run_bench(
     settings: Settings,
     *,
-    boards: int = 400,
+    boards: int = 1000,
     workers: int = 2,
     seed: int = 11,
     scale: tuple[int, ...] = (),
@@ -95,13 +95,16 @@ def run_bench(
         with console.status(f"end to end: {workers} workers, batch 1"):
             single, _ = e2e_runs(live, events, workers, 1, f"{tag}-unbatched")
         out.update(
-            e2e_boards_per_s=batched.boards_per_s,
-            e2e_over_raw=batched.boards_per_s / on.boards_per_s,
+            # summed over the workers as raw sums its processes (bench.e2e.measure)
+            e2e_boards_per_s=batched.per_worker_per_s,
+            e2e_over_raw=batched.per_worker_per_s / on.boards_per_s,
+            # the whole group: first publish → the last verdict of any worker
+            e2e_group_boards_per_s=batched.boards_per_s,
             # the broker's intake in that run (publisher, broker and workers on the same
             # cores): end to end cannot pass it
             e2e_published_boards_per_s=batched.published_per_s,
-            e2e_unbatched_boards_per_s=single.boards_per_s,
-            batched_over_unbatched=batched.boards_per_s / single.boards_per_s,
+            e2e_unbatched_boards_per_s=single.per_worker_per_s,
+            batched_over_unbatched=batched.per_worker_per_s / single.per_worker_per_s,
             latency_rate=paced.boards_per_s,
             p50_ms=_percentile(paced.latency_ms, 50),
             p99_ms=_percentile(paced.latency_ms, 99),
@@ -118,11 +121,18 @@ def run_bench(
             p99_waiting_ms=_percentile(waiting, 99),
             p99_own_ms=_percentile(paced.own_ms, 99),
             saturated_p50_ms=_percentile(batched.latency_ms, 50),
+            # the saturation run's boards are spread evenly over the partitions (bench.e2e)
+            e2e_busiest_worker_share=batched.busiest_share,
+            e2e_steady_boards_per_s=batched.steady_per_s,
         )
+        # CPU ms per board of each part (workers, broker, postgres, redis, bench, other,
+        # idle) in each run: what the workers share the cores with (bench.cpu)
+        for prefix, run_ in (("e2e", batched), ("paced", paced), ("unbatched", single)):
+            out.update({f"{prefix}_cpu_ms_{k}": v for k, v in run_.cpu_ms.items()})
         for n in scale:
             with console.status(f"scaling: {n} worker(s)"):
                 run, _ = e2e_runs(live, events, n, live.kafka.batch_size, f"{tag}-scale{n}")
-            out[f"e2e_boards_per_s_{n}_workers"] = run.boards_per_s
+            out[f"e2e_boards_per_s_{n}_workers"] = run.per_worker_per_s
     with console.status("classify stage: OpenVINO, torch, INT8"):
         crops = candidate_crops(seed, min(classify_boards, boards), load_card(model_dir))
         per_call = settings.model.boards_per_call

@@ -2,6 +2,11 @@
 consume pre-serialized boards, write audit rows and publish verdicts; throughput at
 saturation and publish-to-verdict latency under open-loop arrivals.
 
+The saturation run spreads its boards evenly over the partitions (round robin): a
+line's hashed keys do that over a day, but 400 random keys leave one worker 5–8 % more
+boards than the other, and the run then measures the sample, not the pipeline. The
+latency run keeps the keyed producer's own choice (each worker's arrivals stay Poisson).
+
 Times come from the messages themselves: a board's publish time is taken when it is handed
 to a producer already connected (:func:`warm_producer`), its verdict's is the verdict
 message's timestamp (set by the worker's
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +32,7 @@ from infra.db import upgrade
 from infra.kafka_admin import ensure_topics
 from infra.settings import Settings
 from inspection.products import register_products
+from linecheck.bench.cpu import ms_per_board, snapshot
 from linecheck.processes import WorkerProcess, start_workers, stop_workers, wait_ready
 from producers.publisher import producer_config
 from schemas.events import FlaggedBoard
@@ -37,10 +44,14 @@ class E2eRun:
     batch_size: int
     boards: int
     boards_per_s: float  # first publish → last verdict
+    per_worker_per_s: float  # each worker's boards / first publish → its last verdict, summed
     latency_ms: list[float]  # publish → verdict, per board
     to_decided_ms: list[float]  # publish → the verdict made (waiting, polling, inspection)
     own_ms: list[float]  # the board's own inspection (its verdict's timings.total_ms)
     published_per_s: float  # first publish → the broker's last ack: the ceiling of the above
+    busiest_share: float  # the share of the boards decided by the busiest worker
+    steady_per_s: float  # between the 10th and the 90th percentile verdict: no fill or drain
+    cpu_ms: dict[str, float]  # CPU ms per board of the workers, broker, … (bench.cpu)
 
 
 def with_new_ids(events: list[bytes]) -> list[tuple[str, bytes]]:
@@ -73,6 +84,7 @@ class VerdictWatch:
         self.seen: dict[str, float] = {}  # event id → verdict timestamp (s)
         self.decided: dict[str, float] = {}  # event id → the verdict's decided_at (s)
         self.own: dict[str, float] = {}  # event id → its inspection's total ms
+        self.worker: dict[str, str] = {}  # event id → the worker that decided it
 
     def wait_for(self, ids: set[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -80,7 +92,8 @@ class VerdictWatch:
             if time.monotonic() > deadline:
                 missing = len(ids - self.seen.keys())
                 raise TimeoutError(f"{missing} of {len(ids)} verdicts missing after {timeout}s")
-            for msg in self._consumer.consume(500, 0.2):
+            # a short wait: the CPU snapshot after the last verdict comes soon after it
+            for msg in self._consumer.consume(500, 0.02):
                 error = msg.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
@@ -97,18 +110,26 @@ class VerdictWatch:
                         verdict["decided_at"]
                     ).timestamp()
                     self.own[event_id] = float(verdict["timings"]["total_ms"])
+                    self.worker[event_id] = str(verdict["worker"])
 
     def close(self) -> None:
         self._consumer.close()
 
 
 def publish(
-    settings: Settings, events: list[tuple[str, bytes]], rate: float | None, seed: int = 0
+    settings: Settings,
+    events: list[tuple[str, bytes]],
+    rate: float | None,
+    seed: int = 0,
+    spread: int | None = None,
+    producer: Producer | None = None,
 ) -> tuple[dict[str, float], float]:
     """Hand ``events`` to a producer, as fast as possible or at Poisson arrivals of mean
     ``rate`` boards/s (open loop: the schedule does not wait for the workers); returns each
-    event's publish time and when the broker had acknowledged them all."""
-    producer = warm_producer(settings)
+    event's publish time and when the broker had acknowledged them all. ``spread``: the
+    topic's partitions, to send board k to partition k mod ``spread`` (else the key's).
+    ``producer``: one already warm (else one is made and warmed first)."""
+    producer = producer or warm_producer(settings)
     gaps = (
         np.random.default_rng(seed).exponential(1.0 / rate, len(events))
         if rate
@@ -116,14 +137,19 @@ def publish(
     )
     due = time.time()
     sent: dict[str, float] = {}
-    for (event_id, value), gap in zip(events, gaps, strict=True):
+    for k, ((event_id, value), gap) in enumerate(zip(events, gaps, strict=True)):
         due += float(gap)
         wait = due - time.time()
         if wait > 0:
             time.sleep(wait)
         while True:
             try:
-                producer.produce(settings.topics.flagged, value=value, key=event_id.encode())
+                producer.produce(
+                    settings.topics.flagged,
+                    value=value,
+                    key=event_id.encode(),
+                    partition=-1 if spread is None else k % spread,  # -1: the key decides
+                )
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -164,23 +190,51 @@ def worker_group(
 
 
 def measure(
-    settings: Settings, watch: VerdictWatch, events: list[bytes], rate: float | None
-) -> tuple[float, list[float], list[float], list[float], float]:
-    """Boards/s (first publish → last verdict), each board's publish → verdict ms, its
-    publish → decided ms (the rest is the sinks: the audit insert, then the send), its own
-    inspection's ms (publish → decided less this is its wait: the broker, the poll and the
-    boards inspected before it), and boards/s from the first publish to the broker's last
-    ack (the workers cannot decide boards faster than the broker takes them)."""
+    settings: Settings,
+    watch: VerdictWatch,
+    events: list[bytes],
+    rate: float | None,
+    workers: set[int],
+) -> tuple[
+    float, float, list[float], list[float], list[float], float, float, float, dict[str, float]
+]:
+    """Boards/s (first publish → last verdict); the workers' boards/s summed (each
+    worker's boards over first publish → its last verdict, as the raw figure sums its
+    processes: a worker that finished first is not charged for the other); each board's
+    publish → verdict ms, its publish → decided ms (the rest is the sinks: the audit insert,
+    then the send), its own inspection's ms (publish → decided less this is its wait: the
+    broker, the poll and the boards inspected before it); boards/s from the first publish
+    to the broker's last ack (the workers cannot decide boards faster than the broker takes
+    them); the busiest worker's share of the boards; boards/s between the 10th and 90th
+    percentile verdict (the pipeline full: no fill at the start, no drain at the end); and
+    the CPU ms per board of each part of the pipeline (``workers``: the worker processes'
+    pids). Saturation runs (no ``rate``) spread the boards evenly over the partitions."""
     batch = with_new_ids(events)
-    sent, acked = publish(settings, batch, rate)
+    producer = warm_producer(settings)
+    before = snapshot(workers)
+    spread = None if rate else settings.kafka.partitions
+    sent, acked = publish(settings, batch, rate, spread=spread, producer=producer)
     watch.wait_for(set(sent), timeout=120 + 2.0 * len(batch))
+    cpu = ms_per_board(before, snapshot(workers), len(batch))
     done = [watch.seen[i] for i in sent]
     elapsed = max(done) - min(sent.values())
     latency = [(watch.seen[i] - t) * 1e3 for i, t in sent.items()]
     to_decided = [(watch.decided[i] - t) * 1e3 for i, t in sent.items()]
     own = [watch.own[i] for i in sent]
     published = len(batch) / max(1e-9, acked - min(sent.values()))
-    return len(batch) / elapsed, latency, to_decided, own, published
+    shares = Counter(watch.worker[i] for i in sent)
+    busiest = max(shares.values()) / len(batch)
+    start = min(sent.values())
+    last: dict[str, float] = {}
+    for i in sent:
+        last[watch.worker[i]] = max(last.get(watch.worker[i], start), watch.seen[i])
+    per_worker = sum(n / max(1e-9, last[w] - start) for w, n in shares.items())
+    t10, t90 = np.percentile(done, [10, 90])
+    steady = 0.8 * len(batch) / max(1e-9, float(t90 - t10))
+    return (
+        len(batch) / elapsed, per_worker, latency, to_decided, own, published, busiest,
+        steady, cpu,
+    )  # fmt: skip
 
 
 def e2e_runs(
@@ -197,17 +251,18 @@ def e2e_runs(
     upgrade(url)
     products = sorted({json.loads(e)["product"] for e in events})
     register_products(url, products, "reference", "bench", "linecheck bench")
-    with worker_group(live, workers, batch_size, run) as (settings, _):
+    with worker_group(live, workers, batch_size, run) as (settings, procs):
         watch = VerdictWatch(settings)
+        pids = {p.proc.pid for p in procs}
         try:
             saturated = E2eRun(
-                workers, batch_size, len(events), *measure(settings, watch, events, None)
+                workers, batch_size, len(events), *measure(settings, watch, events, None, pids)
             )
             paced = None
             if latency_at is not None:
-                rate = saturated.boards_per_s * latency_at
+                rate = saturated.per_worker_per_s * latency_at
                 paced = E2eRun(
-                    workers, batch_size, len(events), *measure(settings, watch, events, rate)
+                    workers, batch_size, len(events), *measure(settings, watch, events, rate, pids)
                 )
         finally:
             watch.close()
