@@ -248,7 +248,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             # inspected on the inspection thread while the next batch is polled: the batch
             # after it waits there, so the thread goes from one to the next without waiting
             # for the event loop (`linecheck bench`: the cores' idle time at saturation 1.6–2.1
-            # → 1.3–1.7 ms a board, BENCHMARKS "Speed")
+            # → 1.3–2.0 ms a board, BENCHMARKS "Speed")
             batch = asyncio.wrap_future(inspecting.submit(inspect_all))
             window = 2 * settings.kafka.batch_size
         else:
