@@ -1,9 +1,10 @@
 """The worker: a FastStream (confluent) application around `Inspector`.
 
 Delivery is at least once, with idempotent sinks. The worker consumes batches (up to
-`kafka.batch_size` events, whatever the poll returned) and inspects each event, itself or in
-`worker.processes` child processes (:mod:`workers.inspection_processes`: the next batches
-are polled while they work). A batch's sinks run in the background while the next one is
+`kafka.batch_size` events, whatever the poll returned) and inspects each event, on its
+inspection thread or in `worker.processes` child processes
+(:mod:`workers.inspection_processes`); either way the next batches are polled while they
+work. A batch's sinks run in the background while the next one is
 inspected (:mod:`workers.batch_sinks`): its audit rows in one statement (a redelivered event
 gets its audited verdict, a reused id with another payload is a `conflict` dead letter),
 then its verdicts and dead letters (waiting for the broker's acks), then its offsets are

@@ -3,8 +3,9 @@ consume pre-serialized boards, write audit rows and publish verdicts; throughput
 saturation and publish-to-verdict latency under open-loop arrivals.
 
 The saturation run spreads its boards evenly over the partitions (round robin): a
-line's hashed keys do that over a day, but 400 random keys leave one worker 5–8 % more
-boards than the other, and the run then measures the sample, not the pipeline. The
+line's hashed keys do that over a day, but a worker's share of 400 random keys has a
+standard deviation of 2.5 %, the run ends when the busier worker does, and it then
+measures the sample, not the pipeline. The
 latency run keeps the keyed producer's own choice (each worker's arrivals stay Poisson).
 
 Times come from the messages themselves: a board's publish time is taken when it is handed
