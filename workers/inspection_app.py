@@ -234,38 +234,49 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
                 results, sources, bodies, records, consumer, ctx.inspector.take_shadow_decisions()
             )
 
-        async def in_processes(processes: InspectionProcesses) -> BatchResult:
+        async def in_processes(processes: InspectionProcesses, at: slice) -> BatchResult:
             try:
-                results, shadowed = await processes.inspect(bodies, sources, delay)
+                results, shadowed = await processes.inspect(bodies[at], sources[at], delay)
             except BrokenProcessPool:
                 # a child died (killed, out of memory): start again, as an in-process worker
                 # that died would; the batch is redone from the committed offsets
                 log.critical("an inspection process died: exiting for a restart")
                 os._exit(EXIT_CHILD_DIED)
-            return BatchResult(results, sources, bodies, records, consumer, shadowed)
+            return BatchResult(
+                results, sources[at], list(bodies[at]), records[at], consumer, shadowed
+            )
 
-        batch: BatchResult | Awaitable[BatchResult]
+        if (failed := pipeline.take_failure()) is not None:
+            # sinks failed since the last poll: consume this batch again with the failed one
+            # (never store its offsets past theirs), after a pause
+            failed_records, pause = failed
+            await rewind(consumer, failed_records, records)
+            await anyio.sleep(pause)
+            return
+        parts: list[tuple[Awaitable[BatchResult], tuple[Any, ...]]]
         if ctx.processes is None:
             # inspected on the inspection thread while the next batch is polled: the batch
             # after it waits there, so the thread goes from one to the next without waiting
             # for the event loop (`linecheck bench`: the cores' idle time at saturation 1.6–2.1
             # → 1.3–2.0 ms a board, BENCHMARKS "Speed")
-            batch = asyncio.wrap_future(inspecting.submit(inspect_all))
+            parts = [(asyncio.wrap_future(inspecting.submit(inspect_all)), records)]
             window = 2 * settings.kafka.batch_size
         else:
             # the children take it while the next batches are polled, up to 4 batches' worth
             # in flight (one batch's worth left the children idle at every batch boundary:
-            # 83 → 92 boards/s at saturation, BENCHMARKS "One consumer, N processes")
-            batch = in_processes(ctx.processes)
+            # 83 → 92 boards/s at saturation, BENCHMARKS "One consumer, N processes"). A
+            # small batch (a line below saturation) goes board by board: a decided board joins
+            # the next sink round without waiting for the boards polled with it (offsets are
+            # stored in poll order all the same); a full one stays whole, so that a round's
+            # audit statement and sends cover many boards
+            step = 1 if 4 * len(records) <= settings.kafka.batch_size else len(records)
+            parts = [
+                (in_processes(ctx.processes, slice(i, i + step)), records[i : i + step])
+                for i in range(0, len(records), step)
+            ]
             window = 4 * settings.kafka.batch_size
-        if (failed := pipeline.take_failure()) is not None:
-            # sinks failed while this batch was inspected: consume it again with the failed
-            # one (never store its offsets past theirs), after a pause
-            failed_records, pause = failed
-            await rewind(consumer, failed_records, records)
-            await anyio.sleep(pause)
-            return
-        pipeline.submit(batch, records, consumer)
+        for inspected, its_records in parts:
+            pipeline.submit(inspected, its_records, consumer)
         await pipeline.room(window)
         if (failed := pipeline.take_failure()) is not None:
             await anyio.sleep(failed[1])  # this batch was rewound with the one that failed
