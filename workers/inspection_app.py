@@ -217,21 +217,22 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
         delay = injected_delay(settings.worker.fault_slow_file)
         consumer = confluent_consumer(msg)
 
-        def inspect_all() -> BatchResult:
+        def inspect_all(at: slice) -> BatchResult:
             assert ctx.inspector is not None
-            if ctx.swapper is not None:  # between batches: a whole batch has one model set
+            if ctx.swapper is not None:  # between calls: the boards of one have one model set
                 ctx.swapper.refresh(ctx.inspector)
             # the crops of up to boards_per_call boards go to the classifier in one call
             results = inspect_batch(
                 ctx.inspector,
-                bodies,
-                sources,
+                bodies[at],
+                sources[at],
                 (lambda: time.sleep(delay)) if delay else None,
                 boards_per_call=settings.model.boards_per_call,
                 pool=ctx.pool,
             )
+            shadowed = ctx.inspector.take_shadow_decisions()
             return BatchResult(
-                results, sources, bodies, records, consumer, ctx.inspector.take_shadow_decisions()
+                results, sources[at], list(bodies[at]), records[at], consumer, shadowed
             )
 
         async def in_processes(processes: InspectionProcesses, at: slice) -> BatchResult:
@@ -253,27 +254,28 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             await rewind(consumer, failed_records, records)
             await anyio.sleep(pause)
             return
+        # A small batch (a line below saturation) goes board by board: a decided board joins
+        # the next sink round without waiting for the boards polled with it (offsets are
+        # stored in poll order all the same); a full one stays whole, so that a round's audit
+        # statement and sends cover many boards (BENCHMARKS "Small batches board by board")
+        step = 1 if 4 * len(records) <= settings.kafka.batch_size else len(records)
+        spans = [slice(i, i + step) for i in range(0, len(records), step)]
         parts: list[tuple[Awaitable[BatchResult], tuple[Any, ...]]]
         if ctx.processes is None:
             # inspected on the inspection thread while the next batch is polled: the batch
             # after it waits there, so the thread goes from one to the next without waiting
             # for the event loop (`linecheck bench`: the cores' idle time at saturation 1.6–2.1
             # → 1.3–2.0 ms a board, BENCHMARKS "Speed")
-            parts = [(asyncio.wrap_future(inspecting.submit(inspect_all)), records)]
+            parts = [
+                (asyncio.wrap_future(inspecting.submit(inspect_all, at)), records[at])
+                for at in spans
+            ]
             window = 2 * settings.kafka.batch_size
         else:
             # the children take it while the next batches are polled, up to 4 batches' worth
             # in flight (one batch's worth left the children idle at every batch boundary:
-            # 83 → 92 boards/s at saturation, BENCHMARKS "One consumer, N processes"). A
-            # small batch (a line below saturation) goes board by board: a decided board joins
-            # the next sink round without waiting for the boards polled with it (offsets are
-            # stored in poll order all the same); a full one stays whole, so that a round's
-            # audit statement and sends cover many boards
-            step = 1 if 4 * len(records) <= settings.kafka.batch_size else len(records)
-            parts = [
-                (in_processes(ctx.processes, slice(i, i + step)), records[i : i + step])
-                for i in range(0, len(records), step)
-            ]
+            # 83 → 92 boards/s at saturation, BENCHMARKS "One consumer, N processes")
+            parts = [(in_processes(ctx.processes, at), records[at]) for at in spans]
             window = 4 * settings.kafka.batch_size
         for inspected, its_records in parts:
             pipeline.submit(inspected, its_records, consumer)
