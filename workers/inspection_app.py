@@ -37,7 +37,7 @@ from infra.settings import Settings
 from schemas.events import DeadLetter, Verdict
 from workers import metrics
 from workers.audit_sink import AuditStore, LiveStats
-from workers.batch_inspection import inspect_batch, inspection_pool
+from workers.batch_inspection import Result, inspect_batch, inspection_pool
 from workers.batch_sinks import BatchResult, SinkPipeline, rewind
 from workers.delivery import (
     Backoff,
@@ -217,6 +217,9 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
         delay = injected_delay(settings.worker.fault_slow_file)
         consumer = confluent_consumer(msg)
 
+        def as_batch(at: slice, results: list[Result], shadowed: list[Any]) -> BatchResult:
+            return BatchResult(results, sources[at], bodies[at], records[at], consumer, shadowed)
+
         def inspect_all(at: slice) -> BatchResult:
             assert ctx.inspector is not None
             if ctx.swapper is not None:  # between calls: the boards of one have one model set
@@ -230,10 +233,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
                 boards_per_call=settings.model.boards_per_call,
                 pool=ctx.pool,
             )
-            shadowed = ctx.inspector.take_shadow_decisions()
-            return BatchResult(
-                results, sources[at], list(bodies[at]), records[at], consumer, shadowed
-            )
+            return as_batch(at, results, ctx.inspector.take_shadow_decisions())
 
         async def in_processes(processes: InspectionProcesses, at: slice) -> BatchResult:
             try:
@@ -243,9 +243,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
                 # that died would; the batch is redone from the committed offsets
                 log.critical("an inspection process died: exiting for a restart")
                 os._exit(EXIT_CHILD_DIED)
-            return BatchResult(
-                results, sources[at], list(bodies[at]), records[at], consumer, shadowed
-            )
+            return as_batch(at, results, shadowed)
 
         if (failed := pipeline.take_failure()) is not None:
             # sinks failed since the last poll: consume this batch again with the failed one

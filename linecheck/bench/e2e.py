@@ -196,20 +196,13 @@ def measure(
     events: list[bytes],
     rate: float | None,
     workers: set[int],
-) -> tuple[
-    float, float, list[float], list[float], list[float], float, float, float, dict[str, float]
-]:
-    """Boards/s (first publish → last verdict); the workers' boards/s summed (each
-    worker's boards over first publish → its last verdict, as the raw figure sums its
-    processes: a worker that finished first is not charged for the other); each board's
-    publish → verdict ms, its publish → decided ms (the rest is the sinks: the audit insert,
-    then the send), its own inspection's ms (publish → decided less this is its wait: the
-    broker, the poll and the boards inspected before it); boards/s from the first publish
-    to the broker's last ack (the workers cannot decide boards faster than the broker takes
-    them); the busiest worker's share of the boards; boards/s between the 10th and 90th
-    percentile verdict (the pipeline full: no fill at the start, no drain at the end); and
-    the CPU ms per board of each part of the pipeline (``workers``: the worker processes'
-    pids). Saturation runs (no ``rate``) spread the boards evenly over the partitions."""
+) -> E2eRun:
+    """Publish ``events`` to the group's workers (``workers``: their pids) and time them
+    (:class:`E2eRun`): as fast as possible (a saturation run, the boards spread evenly over
+    the partitions) or at Poisson arrivals of mean ``rate`` boards/s. The workers' summed
+    rate charges each worker only for its own span (first publish → its last verdict), as
+    the raw figure sums its processes; the steady rate is the one between the 10th and 90th
+    percentile verdict (the pipeline full: no fill at the start, no drain at the end)."""
     batch = with_new_ids(events)
     producer = warm_producer(settings)
     before = snapshot(workers)
@@ -217,25 +210,27 @@ def measure(
     sent, acked = publish(settings, batch, rate, spread=spread, producer=producer)
     watch.wait_for(set(sent), timeout=120 + 2.0 * len(batch))
     cpu = ms_per_board(before, snapshot(workers), len(batch))
-    done = [watch.seen[i] for i in sent]
-    elapsed = max(done) - min(sent.values())
-    latency = [(watch.seen[i] - t) * 1e3 for i, t in sent.items()]
-    to_decided = [(watch.decided[i] - t) * 1e3 for i, t in sent.items()]
-    own = [watch.own[i] for i in sent]
-    published = len(batch) / max(1e-9, acked - min(sent.values()))
-    shares = Counter(watch.worker[i] for i in sent)
-    busiest = max(shares.values()) / len(batch)
     start = min(sent.values())
+    done = [watch.seen[i] for i in sent]
+    shares = Counter(watch.worker[i] for i in sent)
     last: dict[str, float] = {}
     for i in sent:
         last[watch.worker[i]] = max(last.get(watch.worker[i], start), watch.seen[i])
-    per_worker = sum(n / max(1e-9, last[w] - start) for w, n in shares.items())
     t10, t90 = np.percentile(done, [10, 90])
-    steady = 0.8 * len(batch) / max(1e-9, float(t90 - t10))
-    return (
-        len(batch) / elapsed, per_worker, latency, to_decided, own, published, busiest,
-        steady, cpu,
-    )  # fmt: skip
+    return E2eRun(
+        workers=len(workers),
+        batch_size=settings.kafka.batch_size,
+        boards=len(batch),
+        boards_per_s=len(batch) / (max(done) - start),
+        per_worker_per_s=sum(n / max(1e-9, last[w] - start) for w, n in shares.items()),
+        latency_ms=[(watch.seen[i] - t) * 1e3 for i, t in sent.items()],
+        to_decided_ms=[(watch.decided[i] - t) * 1e3 for i, t in sent.items()],
+        own_ms=[watch.own[i] for i in sent],
+        published_per_s=len(batch) / max(1e-9, acked - start),
+        busiest_share=max(shares.values()) / len(batch),
+        steady_per_s=0.8 * len(batch) / max(1e-9, float(t90 - t10)),
+        cpu_ms=cpu,
+    )
 
 
 def e2e_runs(
@@ -256,15 +251,11 @@ def e2e_runs(
         watch = VerdictWatch(settings)
         pids = {p.proc.pid for p in procs}
         try:
-            saturated = E2eRun(
-                workers, batch_size, len(events), *measure(settings, watch, events, None, pids)
-            )
+            saturated = measure(settings, watch, events, None, pids)
             paced = None
             if latency_at is not None:
                 rate = saturated.per_worker_per_s * latency_at
-                paced = E2eRun(
-                    workers, batch_size, len(events), *measure(settings, watch, events, rate, pids)
-                )
+                paced = measure(settings, watch, events, rate, pids)
         finally:
             watch.close()
     return saturated, paced
