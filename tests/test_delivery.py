@@ -1,18 +1,20 @@
 """The worker's batch poll on the real broker: a batch is what has arrived when its first
 record comes, not what arrives until the poll times out (a quiet line's boards used to
-wait the whole poll timeout)."""
+wait the whole poll timeout); offsets stored by the thread that polls."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
-from confluent_kafka import Producer
-from faststream.confluent import KafkaBroker
+from confluent_kafka import Consumer, Producer, TopicPartition
+from faststream import AckPolicy
+from faststream.confluent import KafkaBroker, KafkaMessage
 
 from infra.kafka_admin import ensure_topics
 from infra.settings import Settings
-from workers.delivery import poll_ready_batches
+from workers.delivery import broker_config, commit_stored, poll_ready_batches
 
 WAIT_S = 3.0  # the poll's timeout: the old poll held every short batch this long
 
@@ -73,3 +75,69 @@ def test_a_short_batch_is_handed_over_without_waiting_for_the_poll_timeout(
             assert sum(burst) == 40 and max(burst) <= 16
 
     asyncio.run(run())
+
+
+def test_offsets_are_stored_by_the_polling_thread_and_committed_when_partitions_move(
+    settings: Settings,
+) -> None:
+    """confluent-kafka serialises the calls on one consumer, so a worker's offsets are stored
+    by the thread that polls (``ConsumerCalls``): queued when processed, stored before the next
+    poll, and in the revoke callback (called inside the poll), which then commits them before
+    the partitions move to another member of the group."""
+    topic = settings.topics.flagged
+    group = f"{settings.kafka.group_id}-calls"
+    bootstrap = settings.kafka.bootstrap_servers
+    ensure_topics(bootstrap, settings.topics, 1)
+    handled: list[bytes] = []
+    revokes: list[int] = []
+
+    def committed_after_a_second_member_joins() -> int:
+        other = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+        try:
+            other.subscribe([topic])
+            deadline = time.monotonic() + 60
+            while not revokes and time.monotonic() < deadline:
+                other.poll(0.2)  # joins the group: the first member's partition is revoked
+            assert revokes, "the first member's partition was never revoked"
+            [tp] = other.committed([TopicPartition(topic, 0)], timeout=10)
+            return int(tp.offset)
+        finally:
+            other.close()
+
+    async def run() -> int:
+        def on_revoke(consumer: Any, partitions: list[Any]) -> None:
+            calls.apply()  # on the polling thread, inside its poll: admitted at once
+            commit_stored(consumer)
+            revokes.append(len(partitions))
+
+        broker = KafkaBroker(bootstrap, config=broker_config(fetch_wait_ms=25))
+        subscriber = broker.subscriber(
+            topic,
+            group_id=group,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            batch=True,
+            max_records=16,
+            on_revoke=on_revoke,
+        )
+        calls = poll_ready_batches(subscriber, 16, 0.1)
+
+        @subscriber
+        async def handle(bodies: list[bytes], msg: KafkaMessage) -> None:
+            handled.extend(bodies)
+            records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+            calls.processed(records)  # stored by the polling thread, not here
+
+        producer = Producer({"bootstrap.servers": bootstrap})
+        for i in range(5):
+            producer.produce(topic, f"board {i}".encode())
+        producer.flush(10)
+        async with broker:
+            await broker.start()
+            deadline = time.monotonic() + 60
+            while len(handled) < 5 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert len(handled) == 5
+            return await asyncio.to_thread(committed_after_a_second_member_joins)
+
+    assert asyncio.run(run()) == 5  # every processed record, committed by the revoke

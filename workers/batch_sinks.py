@@ -29,11 +29,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
-
 from schemas.events import DeadLetter, Verdict
 from workers import metrics
-from workers.delivery import Backoff, store_processed
+from workers.delivery import Backoff, ConsumerCalls
 from workers.inspector import SourceInfo
 
 log = logging.getLogger("linecheck.worker")
@@ -47,7 +45,7 @@ class BatchResult:
     sources: list[SourceInfo]
     bodies: list[bytes]
     records: tuple[Any, ...]  # the confluent Messages, for offsets and rewinds
-    consumer: Any  # the confluent Consumer that polled them
+    consumer: ConsumerCalls  # of the consumer that polled them: offsets and rewinds
     shadowed: list[Any] = field(default_factory=list)
 
     def joined(self, other: BatchResult) -> BatchResult:
@@ -66,7 +64,7 @@ class BatchResult:
 class _Queued:
     done: asyncio.Future[BatchResult]
     records: tuple[Any, ...]
-    consumer: Any
+    consumer: ConsumerCalls
     taken: bool = False  # in a round
     sunk: bool = False  # through every stage: its offsets may be stored
 
@@ -92,25 +90,14 @@ def earliest_offsets(records: Sequence[Any]) -> dict[tuple[str, int], int]:
     return earliest
 
 
-async def rewind(consumer: Any, *batches: Sequence[Any]) -> None:
-    """Seek each partition of ``batches`` back to its earliest record, so the consumer
-    fetches them again. A partition no longer assigned (a rebalance took it) is skipped:
-    its new owner starts from the committed offset."""
-    from confluent_kafka import KafkaException, TopicPartition
-
+def rewind(calls: ConsumerCalls, *batches: Sequence[Any]) -> None:
+    """Have each partition of ``batches`` sought back to its earliest record before the
+    consumer's next poll, so that it fetches them again (:meth:`ConsumerCalls.rewind`)."""
     earliest: dict[tuple[str, int], int] = {}
     for records in batches:
         for key, offset in earliest_offsets(records).items():
             earliest[key] = min(earliest.get(key, offset), offset)
-
-    def seek() -> None:
-        for (topic, partition), offset in earliest.items():
-            try:
-                consumer.seek(TopicPartition(topic, partition, offset))
-            except KafkaException as exc:
-                log.info("not rewinding %s/%d: %s", topic, partition, exc)
-
-    await anyio.to_thread.run_sync(seek)
+    calls.rewind(earliest)
 
 
 class SinkPipeline:
@@ -136,8 +123,6 @@ class SinkPipeline:
         self._rounds: list[_Round] = []  # in the stages, in the order formed
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
-        self._storing = asyncio.Lock()  # offsets stored one call at a time, never backwards
-        self._storing_boards = 0  # in the store call under way
         self._failure: tuple[tuple[Any, ...], float] | None = None
         self._changed = asyncio.Event()
         self._arrived = asyncio.Event()
@@ -147,10 +132,13 @@ class SinkPipeline:
     @property
     def boards(self) -> int:
         """Boards submitted whose offsets are not stored yet (nor dropped by a failure)."""
-        return sum(len(e.records) for e in self._entries) + self._storing_boards
+        return sum(len(e.records) for e in self._entries)
 
     def submit(
-        self, batch: BatchResult | Awaitable[BatchResult], records: tuple[Any, ...], consumer: Any
+        self,
+        batch: BatchResult | Awaitable[BatchResult],
+        records: tuple[Any, ...],
+        consumer: ConsumerCalls,
     ) -> None:
         """Queue ``batch`` (its ``records`` and ``consumer`` for a rewind before it is
         inspected) behind the batches already submitted."""
@@ -204,7 +192,7 @@ class SinkPipeline:
             broken = next((e for e in ready if e.done.cancelled() or e.done.exception()), None)
             if broken is not None:  # the inspection itself raised: retry it with the rest
                 exc = broken.done.exception() if not broken.done.cancelled() else None
-                await rewind(broken.consumer, self._failed(exc or RuntimeError("cancelled")))
+                rewind(broken.consumer, self._failed(exc or RuntimeError("cancelled")))
                 continue
             batch = ready[0].done.result()
             for e in ready[1:]:
@@ -232,11 +220,11 @@ class SinkPipeline:
                 round_.left[k].set()
             for e in round_.entries:
                 e.sunk = True
-            await self._store_ready()
+            self._store_ready()
             self.backoff.reset()
         except Exception as exc:
             if not round_.dropped:
-                await rewind(round_.batch.consumer, self._failed(exc))
+                rewind(round_.batch.consumer, self._failed(exc))
         finally:
             for event in round_.left:  # the rounds behind never wait for a dropped one
                 event.set()
@@ -244,24 +232,20 @@ class SinkPipeline:
             self._changed.set()
             self._check_idle()
 
-    async def _store_ready(self) -> None:
-        """Store the offsets of the oldest batches, as far as all are through the stages."""
-        async with self._storing:
-            done: list[_Queued] = []
-            while self._entries and self._entries[0].sunk:
-                done.append(self._entries.popleft())
-            if done:
-                records = tuple(r for e in done for r in e.records)
-                self._storing_boards = len(records)
-                try:
-                    await store_processed(done[0].consumer, records)
-                finally:
-                    self._storing_boards = 0
+    def _store_ready(self) -> None:
+        """Queue the offsets of the oldest batches, as far as all are through the stages, to
+        be stored by the consumer's thread (in poll order: never backwards)."""
+        done: list[_Queued] = []
+        while self._entries and self._entries[0].sunk:
+            done.append(self._entries.popleft())
+        if done:
+            done[0].consumer.processed(tuple(r for e in done for r in e.records))
 
     def _failed(self, exc: BaseException) -> tuple[Any, ...]:
         """Drop every round and batch not stored yet, and record the failure (before any
         await: a batch the handler submits from now on sees it); their records, which the
-        caller rewinds now, not at the next poll (an idle line must get its boards again)."""
+        caller rewinds now (sought back before the consumer's next poll, which an idle line
+        makes too: it gets its boards again without a new batch to notice the failure)."""
         for r in self._rounds:
             r.dropped = True
         dropped = list(self._entries)
@@ -277,5 +261,5 @@ class SinkPipeline:
         return records
 
     def _check_idle(self) -> None:
-        if not self._entries and not self._rounds and not self._storing_boards:
+        if not self._entries and not self._rounds:
             self._idle.set()

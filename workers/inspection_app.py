@@ -44,7 +44,6 @@ from workers.delivery import (
     broker_config,
     check_poll_budget,
     commit_stored,
-    confluent_consumer,
     poll_budget_s,
     poll_ready_batches,
 )
@@ -168,9 +167,12 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
 
     def on_revoke(consumer: Any, partitions: list[Any]) -> None:
         # let the batch in flight finish and commit it before the partitions move, so that
-        # their new owner does not redo it (it would be decided once anyway: the sinks dedupe)
+        # their new owner does not redo it (it would be decided once anyway: the sinks dedupe);
+        # called inside the poll (or the close), on the consumer's thread: the one that may
+        # store its offsets (ConsumerCalls)
         try:
             if pipeline.drain_blocking(poll_budget_s(settings)):
+                calls.apply()
                 commit_stored(consumer)
         except Exception as exc:  # the new owner redoes the batch: the sinks dedupe
             log.warning("could not commit before the rebalance: %s", exc)
@@ -201,7 +203,9 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
         description="FlaggedBoard events (JSON, see schemas/) from line test machines",
     )
     # a batch is what has arrived by the time its first record comes: no wait for a full one
-    poll_ready_batches(flagged, settings.kafka.batch_size, settings.kafka.poll_wait_ms / 1e3)
+    calls = poll_ready_batches(
+        flagged, settings.kafka.batch_size, settings.kafka.poll_wait_ms / 1e3
+    )
 
     @flagged
     async def handle(bodies: list[bytes], msg: KafkaMessage) -> None:
@@ -215,7 +219,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             for r in records
         ]
         delay = injected_delay(settings.worker.fault_slow_file)
-        consumer = confluent_consumer(msg)
+        consumer = calls  # offsets stored and rewinds made by the thread that polls
 
         def as_batch(at: slice, results: list[Result], shadowed: list[Any]) -> BatchResult:
             return BatchResult(results, sources[at], bodies[at], records[at], consumer, shadowed)
@@ -249,7 +253,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             # sinks failed since the last poll: consume this batch again with the failed one
             # (never store its offsets past theirs), after a pause
             failed_records, pause = failed
-            await rewind(consumer, failed_records, records)
+            rewind(consumer, failed_records, records)
             await anyio.sleep(pause)
             return
         # A small batch (a line below saturation) goes board by board: a decided board joins
