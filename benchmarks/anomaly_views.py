@@ -7,8 +7,12 @@ and test parts never in a memory bank).
         [--views 48,64,96,128,192,256,64a,96a,128a,192a,64as,96as] [--bank 4000] [--top 10]
         [--scores max,top0.5] [--bank-flips] [--backbone lite2 --layers 6,14]
 
-A view is written SIZE[a][s]: SIZE² square; ``a`` keeps the aspect ratio at SIZE² of area;
-``s`` standardises the grey levels (:class:`inspection.anomaly.AnomalyView`). Per view:
+A view is written SIZE[a][s][g]: SIZE² square; ``a`` keeps the aspect ratio at SIZE² of area;
+``s`` standardises the grey levels (:class:`inspection.anomaly.AnomalyView`); ``g`` scores a
+patch by its Mahalanobis distance to one Gaussian of every good training patch of the view
+(PaDiM's statistics, pooled over positions) instead of its nearest memory-bank patch; each
+``p`` mirrors the view's input out by 16 px on each side before the extractor (its features
+then cut back to the image), so that the image's edge is not seen against zero padding. Per view:
 Lite0 blocks 4+10 patch features (torch, the extractor the trainer exports), a greedy
 k-center coreset of at most ``--bank`` good training patches (a quarter of them when fewer),
 nearest-neighbour distances resized to a quarter of the image and blurred (σ 1 = 4 image px).
@@ -59,15 +63,26 @@ def view_maps(
     flips: bool = False,
     pool: int = 100_000,
     backbone: tuple[str, tuple[int, ...]] = ("lite0", (4, 10)),
+    gauss: bool = False,
+    pad: int = 0,
 ) -> dict[str, list[np.ndarray]]:
-    """Raw maps (a quarter of each image's size) of the calibration and test images."""
+    """Raw maps (a quarter of each image's size) of the calibration and test images; with
+    ``gauss`` each patch's Mahalanobis distance to one Gaussian of all good training patches
+    instead of its nearest memory-bank patch; ``pad``: the model input mirrored out by that
+    many pixels on each side (a multiple of 16) and the features cut back to the image."""
     import torch
 
     variant, layers = backbone
     net = patch_feature_net(layers, variant)
 
     def features(image: np.ndarray) -> torch.Tensor:
-        return net(torch.from_numpy(model_input(image, view)))[0]
+        x = model_input(image, view)
+        if pad:  # mirrored margins, cut off the features again: no zero padding at the edge
+            x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect")
+            f = net(torch.from_numpy(x))[0]
+            k = pad // 8  # the features' stride
+            return f[:, k:-k, k:-k]
+        return net(torch.from_numpy(x))[0]
 
     with torch.no_grad():
         good = images["train"]
@@ -81,15 +96,26 @@ def view_maps(
         if flips and len(train) > pool:
             rng = torch.Generator().manual_seed(0)
             train = train[torch.randperm(len(train), generator=rng)[:pool]]
-        bank = train[torch.from_numpy(greedy_coreset(train, n))].numpy()
-        bank_sq = (bank * bank).sum(1)
+        if gauss:  # every good patch's features as one Gaussian: Mahalanobis distance
+            x = train.numpy().astype(np.float64)
+            mean = x.mean(0)
+            cov = np.cov(x, rowvar=False) + 0.01 * np.eye(x.shape[1])
+            precision = np.linalg.inv(cov).astype(np.float32)
+        else:
+            bank = train[torch.from_numpy(greedy_coreset(train, n))].numpy()
+            bank_sq = (bank * bank).sum(1)
         out: dict[str, list[np.ndarray]] = {}
         for part in PARTS:
             maps = []
             for image in images[part]:
                 f = features(image)
                 c, h, w = f.shape
-                d = nearest_distances(f.reshape(c, -1).T.numpy(), bank, bank_sq).reshape(h, w)
+                q = f.reshape(c, -1).T.numpy()
+                if gauss:
+                    z = q - mean.astype(np.float32)
+                    d = np.sqrt(np.maximum(((z @ precision) * z).sum(1), 0.0)).reshape(h, w)
+                else:
+                    d = nearest_distances(q, bank, bank_sq).reshape(h, w)
                 small = cv2.resize(d, (image.shape[1] // 4, image.shape[0] // 4))
                 maps.append(cv2.GaussianBlur(small, (0, 0), 1.0))
             out[part] = maps
@@ -148,9 +174,12 @@ def main() -> None:
         image_score(np.zeros((2, 2)), score)  # a bad name fails now, not after the maps
     scaled: dict[str, dict[str, list[np.ndarray]]] = {}
     for spec in specs:
+        base = spec.rstrip("gp")
+        gauss, pad = "g" in spec[len(base) :], 16 * spec[len(base) :].count("p")
         raw = view_maps(
-            images, AnomalyView.parse(spec), args.bank, args.bank_flips, args.pool, backbone
-        )
+            images, AnomalyView.parse(base), args.bank, args.bank_flips, args.pool, backbone,
+            gauss, pad,
+        )  # fmt: skip
         good = [m for m, bad in zip(raw["calibration"], labels["calibration"], strict=True)
                 if not bad]  # fmt: skip
         lo = float(np.median(np.concatenate([m.ravel() for m in good])))
