@@ -194,16 +194,21 @@ _MIGRATION_LOCK_ID = 0x11EC4EC
 
 
 def make_engine(
-    url: str, connect_timeout_s: int = 10, statement_timeout_ms: int | None = None
+    url: str,
+    connect_timeout_s: int = 10,
+    statement_timeout_ms: int | None = None,
+    pre_ping: bool = True,
 ) -> Engine:
     """An engine whose connections give up after ``connect_timeout_s`` and whose statements
     are cancelled after ``statement_timeout_ms`` when given (a hung server must not hold a
-    worker past Kafka's poll interval)."""
+    worker past Kafka's poll interval). ``pre_ping``: test each pooled connection with a
+    round trip before handing it out (a caller that retries a failed call anyway can save
+    that round trip: a dead connection then fails one call and the pool is renewed)."""
     connect_args: dict[str, object] = {"connect_timeout": connect_timeout_s}
     if statement_timeout_ms is not None:
         connect_args["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
     return sa.create_engine(
-        url, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=connect_args
+        url, pool_pre_ping=pre_ping, pool_size=2, max_overflow=2, connect_args=connect_args
     )
 
 

@@ -62,7 +62,12 @@ class AuditStore:
         connect_timeout_s: int = 10,
         statement_timeout_ms: int | None = None,
     ) -> None:
-        self.engine: Engine = make_engine(url, connect_timeout_s, statement_timeout_ms)
+        # no ping before each batch's transaction: a failed one is retried from the batch's
+        # offsets anyway (the sinks' rewind and backoff), and the database's restart costs
+        # one failed round, not a round trip on every batch
+        self.engine: Engine = make_engine(
+            url, connect_timeout_s, statement_timeout_ms, pre_ping=False
+        )
         self.audit_rate = audit_rate
 
     def _row(self, verdict: Verdict, partition: int | None, offset: int | None) -> dict[str, Any]:
