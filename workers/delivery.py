@@ -70,7 +70,8 @@ class ConsumerCalls:
     (called inside the poll) waited for the sinks could not get in at all. So offsets to store
     and partitions to rewind are queued here (:meth:`processed`, :meth:`rewind`, from any
     thread) and applied (:meth:`apply`) on the consumer's thread: before each poll of
-    :func:`poll_ready_batches` and by the worker's revoke callback before it commits."""
+    :func:`poll_ready_batches`, and by the revoke callback (which the consumer's close calls
+    too) before it commits."""
 
     def __init__(self) -> None:
         self._consumer: Any = None  # FastStream's async consumer, once polling
