@@ -65,13 +65,13 @@ class ConsumerCalls:
     confluent-kafka (2.16 on) serialises the calls on one Consumer: a call from another
     thread waits, waking every millisecond, until the call in progress returns. A worker's
     consumer is nearly always inside a poll, so a store from another thread waited for the
-    next record or the poll's timeout (17 ms at the median, 164–172 ms at the p99 in the
-    bench's latency run, measured on a worker), and one made while a rebalance callback
-    (called inside the poll) waited for the sinks could not get in at all. So offsets to store
-    and partitions to rewind are queued here (:meth:`processed`, :meth:`rewind`, from any
-    thread) and applied (:meth:`apply`) on the consumer's thread: before each poll of
-    :func:`poll_ready_batches`, and by the revoke callback (which the consumer's close calls
-    too) before it commits."""
+    next record or the poll's timeout (17 ms at the median, 164–172 ms at the p99, two
+    workers paced at 48 boards/s: BENCHMARKS "Offsets stored by the thread that polls"), and
+    one made while a rebalance callback (called inside the poll) waited for the sinks could
+    not get in at all. So offsets to store and partitions to rewind are queued here
+    (:meth:`processed`, :meth:`rewind`, from any thread) and applied (:meth:`apply`) on the
+    consumer's thread: before each poll of :func:`poll_ready_batches`, and by the revoke
+    callback (which the consumer's close calls too) before it commits."""
 
     def __init__(self) -> None:
         self._consumer: Any = None  # FastStream's async consumer, once polling
