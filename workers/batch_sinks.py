@@ -45,7 +45,7 @@ class BatchResult:
     sources: list[SourceInfo]
     bodies: list[bytes]
     records: tuple[Any, ...]  # the confluent Messages, for offsets and rewinds
-    consumer: ConsumerCalls  # of the consumer that polled them: offsets and rewinds
+    calls: ConsumerCalls  # of the consumer that polled them: offsets and rewinds
     shadowed: list[Any] = field(default_factory=list)
 
     def joined(self, other: BatchResult) -> BatchResult:
@@ -55,7 +55,7 @@ class BatchResult:
             [*self.sources, *other.sources],
             [*self.bodies, *other.bodies],
             (*self.records, *other.records),
-            self.consumer,
+            self.calls,
             [*self.shadowed, *other.shadowed],
         )
 
@@ -64,7 +64,7 @@ class BatchResult:
 class _Queued:
     done: asyncio.Future[BatchResult]
     records: tuple[Any, ...]
-    consumer: ConsumerCalls
+    calls: ConsumerCalls
     taken: bool = False  # in a round
     sunk: bool = False  # through every stage: its offsets may be stored
 
@@ -138,17 +138,17 @@ class SinkPipeline:
         self,
         batch: BatchResult | Awaitable[BatchResult],
         records: tuple[Any, ...],
-        consumer: ConsumerCalls,
+        calls: ConsumerCalls,
     ) -> None:
-        """Queue ``batch`` (its ``records`` and ``consumer`` for a rewind before it is
-        inspected) behind the batches already submitted."""
+        """Queue ``batch`` (its ``records`` and its consumer's ``calls``, for a rewind before
+        it is inspected) behind the batches already submitted."""
         done: asyncio.Future[BatchResult]
         if isinstance(batch, BatchResult):
             done = asyncio.get_running_loop().create_future()
             done.set_result(batch)
         else:
             done = asyncio.ensure_future(batch)
-        self._entries.append(_Queued(done, records, consumer))
+        self._entries.append(_Queued(done, records, calls))
         self._idle.clear()
         self._arrived.set()
         if self._runner is None or self._runner.done():
@@ -192,7 +192,7 @@ class SinkPipeline:
             broken = next((e for e in ready if e.done.cancelled() or e.done.exception()), None)
             if broken is not None:  # the inspection itself raised: retry it with the rest
                 exc = broken.done.exception() if not broken.done.cancelled() else None
-                rewind(broken.consumer, self._failed(exc or RuntimeError("cancelled")))
+                rewind(broken.calls, self._failed(exc or RuntimeError("cancelled")))
                 continue
             batch = ready[0].done.result()
             for e in ready[1:]:
@@ -224,7 +224,7 @@ class SinkPipeline:
             self.backoff.reset()
         except Exception as exc:
             if not round_.dropped:
-                rewind(round_.batch.consumer, self._failed(exc))
+                rewind(round_.batch.calls, self._failed(exc))
         finally:
             for event in round_.left:  # the rounds behind never wait for a dropped one
                 event.set()
@@ -239,7 +239,7 @@ class SinkPipeline:
         while self._entries and self._entries[0].sunk:
             done.append(self._entries.popleft())
         if done:
-            done[0].consumer.processed(tuple(r for e in done for r in e.records))
+            done[0].calls.processed(tuple(r for e in done for r in e.records))
 
     def _failed(self, exc: BaseException) -> tuple[Any, ...]:
         """Drop every round and batch not stored yet, and record the failure (before any

@@ -58,6 +58,16 @@ def broker_config(
     return config
 
 
+def next_offsets(records: Sequence[Any]) -> dict[tuple[str, int], int]:
+    """Per (topic, partition), the offset after the last of ``records``: what to store once
+    they are processed."""
+    after: dict[tuple[str, int], int] = {}
+    for r in records:
+        key = (r.topic(), r.partition())
+        after[key] = max(after.get(key, -1), r.offset() + 1)
+    return after
+
+
 class ConsumerCalls:
     """The calls a worker makes on its consumer besides the poll (storing the offsets of
     processed boards, rewinding after a failure), made by the thread that polls it.
@@ -107,9 +117,8 @@ class ConsumerCalls:
     def processed(self, records: Sequence[Any]) -> None:
         """Queue the offsets after ``records`` (processed, in poll order) to be stored."""
         with self._lock:
-            for r in records:
-                key = (r.topic(), r.partition())
-                self._store[key] = max(self._store.get(key, -1), r.offset() + 1)
+            for key, offset in next_offsets(records).items():
+                self._store[key] = max(self._store.get(key, -1), offset)
 
     def rewind(self, earliest: dict[tuple[str, int], int]) -> None:
         """Queue a seek of each partition back to its ``earliest`` record (fetched again)."""
@@ -184,15 +193,8 @@ async def store_processed(consumer: Any, records: tuple[Any, ...]) -> None:
     commits). ``consumer``: the confluent ``Consumer``."""
     from confluent_kafka import TopicPartition
 
-    last: dict[tuple[str, int], int] = {}
-    for r in records:
-        key = (r.topic(), r.partition())
-        last[key] = max(last.get(key, -1), r.offset())
-    await anyio.to_thread.run_sync(
-        lambda: consumer.store_offsets(
-            offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-        )
-    )
+    offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets(records).items()]
+    await anyio.to_thread.run_sync(lambda: consumer.store_offsets(offsets=offsets))
 
 
 def commit_stored(consumer: Any) -> None:

@@ -219,10 +219,9 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             for r in records
         ]
         delay = injected_delay(settings.worker.fault_slow_file)
-        consumer = calls  # offsets stored and rewinds made by the thread that polls
 
         def as_batch(at: slice, results: list[Result], shadowed: list[Any]) -> BatchResult:
-            return BatchResult(results, sources[at], bodies[at], records[at], consumer, shadowed)
+            return BatchResult(results, sources[at], bodies[at], records[at], calls, shadowed)
 
         def inspect_all(at: slice) -> BatchResult:
             assert ctx.inspector is not None
@@ -253,7 +252,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             # sinks failed since the last poll: consume this batch again with the failed one
             # (never store its offsets past theirs), after a pause
             failed_records, pause = failed
-            rewind(consumer, failed_records, records)
+            rewind(calls, failed_records, records)
             await anyio.sleep(pause)
             return
         # A small batch (a line below saturation) goes board by board: a decided board joins
@@ -280,7 +279,7 @@ def create_inspection_app(settings: Settings, context: WorkerContext | None = No
             parts = [(in_processes(ctx.processes, at), records[at]) for at in spans]
             window = 4 * settings.kafka.batch_size
         for inspected, its_records in parts:
-            pipeline.submit(inspected, its_records, consumer)
+            pipeline.submit(inspected, its_records, calls)
         await pipeline.room(window)
         if (failed := pipeline.take_failure()) is not None:
             await anyio.sleep(failed[1])  # this batch was rewound with the one that failed
