@@ -65,6 +65,8 @@ def view_maps(
     backbone: tuple[str, tuple[int, ...]] = ("lite0", (4, 10)),
     gauss: bool = False,
     pad: int = 0,
+    own: str = "",
+    own_radius: int = 2,
 ) -> dict[str, list[np.ndarray]]:
     """Raw maps (a quarter of each image's size) of the calibration and test images; with
     ``gauss`` each patch's Mahalanobis distance to one Gaussian of all good training patches
@@ -116,10 +118,24 @@ def view_maps(
                     d = np.sqrt(np.maximum(((z @ precision) * z).sum(1), 0.0)).reshape(h, w)
                 else:
                     d = nearest_distances(q, bank, bank_sq).reshape(h, w)
+                if own:
+                    o = own_distances(q, h, w, own_radius)
+                    d = o if own == "x" else np.minimum(d, o)
                 small = cv2.resize(d, (image.shape[1] // 4, image.shape[0] // 4))
                 maps.append(cv2.GaussianBlur(small, (0, 0), 1.0))
             out[part] = maps
     return out
+
+
+def own_distances(q: np.ndarray, h: int, w: int, radius: int) -> np.ndarray:
+    """Each patch's distance to the nearest patch of the *same* image outside the
+    (2 radius + 1)² cells around it: a defect is unique in its tile, texture repeats."""
+    sq = (q * q).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (q @ q.T), 0.0)
+    yy, xx = np.divmod(np.arange(h * w), w)
+    near = (np.abs(yy[:, None] - yy[None, :]) <= radius) & (np.abs(xx[:, None] - xx[None, :]) <= radius)
+    d2[near] = np.inf
+    return np.sqrt(d2.min(1)).reshape(h, w)
 
 
 def image_score(amap: np.ndarray, how: str) -> float:
@@ -156,6 +172,8 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=100_000, help="--bank-flips: patches pooled")
     ap.add_argument("--backbone", default="lite0", choices=("lite0", "lite1", "lite2"))
     ap.add_argument("--layers", default="4,10", help="the backbone's blocks the patches come from")
+    ap.add_argument("--own-radius", type=int, default=2,
+                    help="x/u views: cells around a patch left out of its own image's search")
     args = ap.parse_args()
     backbone = (args.backbone, tuple(int(x) for x in args.layers.split(",")))
     import torch
@@ -174,11 +192,13 @@ def main() -> None:
         image_score(np.zeros((2, 2)), score)  # a bad name fails now, not after the maps
     scaled: dict[str, dict[str, list[np.ndarray]]] = {}
     for spec in specs:
-        base = spec.rstrip("gp")
-        gauss, pad = "g" in spec[len(base) :], 16 * spec[len(base) :].count("p")
+        base = spec.rstrip("gpxu")
+        flags = spec[len(base) :]
+        gauss, pad = "g" in flags, 16 * flags.count("p")
+        own = "x" if "x" in flags else "u" if "u" in flags else ""
         raw = view_maps(
             images, AnomalyView.parse(base), args.bank, args.bank_flips, args.pool, backbone,
-            gauss, pad,
+            gauss, pad, own, args.own_radius,
         )  # fmt: skip
         good = [m for m, bad in zip(raw["calibration"], labels["calibration"], strict=True)
                 if not bad]  # fmt: skip
