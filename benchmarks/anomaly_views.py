@@ -36,9 +36,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -67,6 +70,7 @@ def view_maps(
     pad: int = 0,
     own: str = "",
     own_radius: int = 2,
+    disc: tuple[float, int] | None = None,
 ) -> dict[str, list[np.ndarray]]:
     """Raw maps (a quarter of each image's size) of the calibration and test images; with
     ``gauss`` each patch's Mahalanobis distance to one Gaussian of all good training patches
@@ -98,7 +102,9 @@ def view_maps(
         if flips and len(train) > pool:
             rng = torch.Generator().manual_seed(0)
             train = train[torch.randperm(len(train), generator=rng)[:pool]]
-        if gauss:  # every good patch's features as one Gaussian: Mahalanobis distance
+        if disc is not None:
+            critic = train_discriminator(train, *disc)
+        elif gauss:  # every good patch's features as one Gaussian: Mahalanobis distance
             x = train.numpy().astype(np.float64)
             mean = x.mean(0)
             cov = np.cov(x, rowvar=False) + 0.01 * np.eye(x.shape[1])
@@ -113,7 +119,9 @@ def view_maps(
                 f = features(image)
                 c, h, w = f.shape
                 q = f.reshape(c, -1).T.numpy()
-                if gauss:
+                if disc is not None:
+                    d = critic(q).reshape(h, w)
+                elif gauss:
                     z = q - mean.astype(np.float32)
                     d = np.sqrt(np.maximum(((z @ precision) * z).sum(1), 0.0)).reshape(h, w)
                 else:
@@ -127,13 +135,59 @@ def view_maps(
     return out
 
 
+def train_discriminator(
+    train: Any, sigma: float, epochs: int, seed: int = 0
+) -> Callable[[np.ndarray], np.ndarray]:
+    """SimpleNet's scorer on the view's good training patches: a linear feature adaptor and
+    an MLP discriminator trained to tell adapted good patches from the same plus Gaussian
+    noise (``sigma`` in units of each channel's sd), with its truncated L1 loss; returns the
+    anomaly score of (P, C) patches (minus the discriminator's output)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    mu, sd = train.mean(0), train.std(0) + 1e-6
+    x = (train - mu) / sd
+    c = x.shape[1]
+    adaptor = nn.Linear(c, c)
+    critic = nn.Sequential(
+        nn.Linear(c, 256), nn.BatchNorm1d(256), nn.LeakyReLU(0.2), nn.Linear(256, 1)
+    )
+    opt = torch.optim.Adam(
+        [{"params": adaptor.parameters(), "lr": 1e-4}, {"params": critic.parameters(), "lr": 2e-4}]
+    )
+    with torch.enable_grad():
+        for _ in range(epochs):
+            for idx in torch.randperm(len(x)).split(512):
+                a = adaptor(x[idx])
+                fake = a + sigma * torch.randn_like(a)
+                loss = (
+                    torch.clamp(0.5 - critic(a), min=0).mean()
+                    + torch.clamp(0.5 + critic(fake), min=0).mean()
+                )
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    adaptor.eval()
+    critic.eval()
+
+    def score(q: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            z = (torch.from_numpy(np.ascontiguousarray(q)) - mu) / sd
+            return (-critic(adaptor(z))[:, 0]).numpy()
+
+    return score
+
+
 def own_distances(q: np.ndarray, h: int, w: int, radius: int) -> np.ndarray:
     """Each patch's distance to the nearest patch of the *same* image outside the
     (2 radius + 1)² cells around it: a defect is unique in its tile, texture repeats."""
     sq = (q * q).sum(1)
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (q @ q.T), 0.0)
     yy, xx = np.divmod(np.arange(h * w), w)
-    near = (np.abs(yy[:, None] - yy[None, :]) <= radius) & (np.abs(xx[:, None] - xx[None, :]) <= radius)
+    near = (np.abs(yy[:, None] - yy[None, :]) <= radius) & (
+        np.abs(xx[:, None] - xx[None, :]) <= radius
+    )
     d2[near] = np.inf
     return np.sqrt(d2.min(1)).reshape(h, w)
 
@@ -172,13 +226,19 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=100_000, help="--bank-flips: patches pooled")
     ap.add_argument("--backbone", default="lite0", choices=("lite0", "lite1", "lite2"))
     ap.add_argument("--layers", default="4,10", help="the backbone's blocks the patches come from")
-    ap.add_argument("--own-radius", type=int, default=2,
-                    help="x/u views: cells around a patch left out of its own image's search")
+    ap.add_argument(
+        "--own-radius",
+        type=int,
+        default=2,
+        help="x/u views: cells around a patch left out of its own image's search",
+    )
+    ap.add_argument("--disc-sigma", type=float, default=0.5, help="d views: noise, channel sds")
+    ap.add_argument("--disc-epochs", type=int, default=20, help="d views: training epochs")
     args = ap.parse_args()
     backbone = (args.backbone, tuple(int(x) for x in args.layers.split(",")))
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     started = time.monotonic()
     split = split_anomaly_set(class_images(args.data), "MT_Free", seed=0)
     parts: dict[str, list[ClassImage]] = {str(k): v for k, v in split.items()}
@@ -192,13 +252,14 @@ def main() -> None:
         image_score(np.zeros((2, 2)), score)  # a bad name fails now, not after the maps
     scaled: dict[str, dict[str, list[np.ndarray]]] = {}
     for spec in specs:
-        base = spec.rstrip("gpxu")
+        base = spec.rstrip("gpxud")
         flags = spec[len(base) :]
         gauss, pad = "g" in flags, 16 * flags.count("p")
         own = "x" if "x" in flags else "u" if "u" in flags else ""
         raw = view_maps(
             images, AnomalyView.parse(base), args.bank, args.bank_flips, args.pool, backbone,
             gauss, pad, own, args.own_radius,
+            (args.disc_sigma, args.disc_epochs) if "d" in flags else None,
         )  # fmt: skip
         good = [m for m, bad in zip(raw["calibration"], labels["calibration"], strict=True)
                 if not bad]  # fmt: skip
