@@ -6,13 +6,19 @@ and test parts never in a memory bank).
     python benchmarks/anomaly_views.py [--data ../shared/datasets/magnetic-tile]
         [--views 48,64,96,128,192,256,64a,96a,128a,192a,64as,96as] [--bank 4000] [--top 10]
         [--scores max,top0.5] [--bank-flips] [--backbone lite2 --layers 6,14]
+        [--own-radius 2] [--disc-sigma 0.5 --disc-epochs 20]
 
-A view is written SIZE[a][s][g]: SIZE² square; ``a`` keeps the aspect ratio at SIZE² of area;
-``s`` standardises the grey levels (:class:`inspection.anomaly.AnomalyView`); ``g`` scores a
-patch by its Mahalanobis distance to one Gaussian of every good training patch of the view
+A view is written SIZE[a][s][g|x|u|d][p]: SIZE² square; ``a`` keeps the aspect ratio at SIZE²
+of area; ``s`` standardises the grey levels (:class:`inspection.anomaly.AnomalyView`); ``g``
+scores a patch by its Mahalanobis distance to one Gaussian of every good training patch of the view
 (PaDiM's statistics, pooled over positions) instead of its nearest memory-bank patch; each
 ``p`` mirrors the view's input out by 16 px on each side before the extractor (its features
-then cut back to the image), so that the image's edge is not seen against zero padding. Per view:
+then cut back to the image), so that the image's edge is not seen against zero padding; ``x``
+scores a patch by its distance to the nearest patch of the same image outside the
+(2 ``--own-radius`` + 1)² cells around it, ``u`` by the nearer of that and the memory bank;
+``d`` by SimpleNet's discriminator (a linear adaptor and an MLP trained to tell the view's
+good training patches from the same plus Gaussian noise of ``--disc-sigma`` channel sds, for
+``--disc-epochs``) instead of the bank. ``BENCH_THREADS`` sets torch's threads (2). Per view:
 Lite0 blocks 4+10 patch features (torch, the extractor the trainer exports), a greedy
 k-center coreset of at most ``--bank`` good training patches (a quarter of them when fewer),
 nearest-neighbour distances resized to a quarter of the image and blurred (σ 1 = 4 image px).
