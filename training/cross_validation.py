@@ -73,7 +73,7 @@ def cross_validate(
     out: Path,
     *,
     arch: Arch = "small",
-    epochs: int = 10,
+    epochs: int | None = None,
     seed: int = 0,
     threads: int | None = None,
     groups: list[str] | None = None,
@@ -86,12 +86,13 @@ def cross_validate(
     """Run the folds (all groups, or ``groups``); write ``out/cv.json`` and each fold's
     ``metrics.json``; return the report. ``topology``: the recipe's topology prior on/off;
     ``views``: the crop geometry of each network of a fold's model; ``zoom``: the training
-    crops' random scale (default: the recipe's)."""
-    from training.deeppcb_model import AUGMENT_ZOOM, train_deeppcb
+    crops' random scale, ``epochs`` each network's (defaults: the recipe's)."""
+    from training.deeppcb_model import AUGMENT_ZOOM, DEEPPCB_EPOCHS, train_deeppcb
     from training.evaluation import evaluate_model
 
     console = console or Console(stderr=True)
     zoom = AUGMENT_ZOOM if zoom is None else zoom
+    epochs = epochs or DEEPPCB_EPOCHS
     every = sorted({s.group for s in samples_of(data)})
     if len(every) < 3:
         raise ValueError(f"cross-validation needs 3 or more board groups, {data} has {every}")

@@ -85,7 +85,7 @@ def train(
     ] = None,
     epochs: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option(min=1, help="default: 8 synthetic, 10 DeepPCB, 10 classify, 8 locator"),
+        typer.Option(min=1, help="default: 8 synthetic, 20 DeepPCB, 10 classify, 8 locator"),
     ] = None,
     size: Annotated[int, typer.Option(min=16, help="image size for --task classify")] = 128,
     seed: int = 0,
@@ -205,7 +205,7 @@ def train(
         )
         print(model_dir)
         return
-    from training.deeppcb_model import AUGMENT_ZOOM, train_deeppcb
+    from training.deeppcb_model import AUGMENT_ZOOM, DEEPPCB_EPOCHS, train_deeppcb
     from training.image_folder_model import train_image_folder
 
     zoom = AUGMENT_ZOOM if zoom is None else zoom
@@ -225,7 +225,7 @@ def train(
                 data,
                 cv_out,
                 arch=arch,  # type: ignore[arg-type]
-                epochs=epochs or 10,
+                epochs=epochs or DEEPPCB_EPOCHS,
                 seed=seed,
                 threads=threads,
                 groups=[g.strip() for g in cv_groups.split(",")] if cv_groups else None,
@@ -270,7 +270,7 @@ def train(
             data,
             split,
             arch=arch,  # type: ignore[arg-type]
-            epochs=epochs or 10,
+            epochs=epochs or DEEPPCB_EPOCHS,
             seed=seed,
             threads=threads,
             version=version,
