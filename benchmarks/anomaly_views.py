@@ -47,7 +47,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -59,6 +59,9 @@ from board_data.class_folders import ClassImage, class_images, split_anomaly_set
 from inspection.anomaly import AnomalyView, model_input, nearest_distances  # noqa: E402
 from training.anomaly_evaluation import auroc  # noqa: E402
 from training.anomaly_model import greedy_coreset, patch_feature_net  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "magnetic-tile"
 DEFAULT_VIEWS = "48,64,96,128,192,256,64a,96a,128a,192a,64as,96as"
@@ -108,7 +111,9 @@ def view_maps(
         if flips and len(train) > pool:
             rng = torch.Generator().manual_seed(0)
             train = train[torch.randperm(len(train), generator=rng)[:pool]]
-        if disc is not None:
+        if own == "x":
+            pass  # the tile is its own reference: no bank, no model of the good patches
+        elif disc is not None:
             critic = train_discriminator(train, *disc)
         elif gauss:  # every good patch's features as one Gaussian: Mahalanobis distance
             x = train.numpy().astype(np.float64)
@@ -125,16 +130,17 @@ def view_maps(
                 f = features(image)
                 c, h, w = f.shape
                 q = f.reshape(c, -1).T.numpy()
-                if disc is not None:
+                if own == "x":
+                    d = own_distances(q, h, w, own_radius)
+                elif disc is not None:
                     d = critic(q).reshape(h, w)
                 elif gauss:
                     z = q - mean.astype(np.float32)
                     d = np.sqrt(np.maximum(((z @ precision) * z).sum(1), 0.0)).reshape(h, w)
                 else:
                     d = nearest_distances(q, bank, bank_sq).reshape(h, w)
-                if own:
-                    o = own_distances(q, h, w, own_radius)
-                    d = o if own == "x" else np.minimum(d, o)
+                if own == "u":  # good texture found elsewhere in the same tile is normal
+                    d = np.minimum(d, own_distances(q, h, w, own_radius))
                 small = cv2.resize(d, (image.shape[1] // 4, image.shape[0] // 4))
                 maps.append(cv2.GaussianBlur(small, (0, 0), 1.0))
             out[part] = maps
@@ -142,7 +148,7 @@ def view_maps(
 
 
 def train_discriminator(
-    train: Any, sigma: float, epochs: int, seed: int = 0
+    train: torch.Tensor, sigma: float, epochs: int, seed: int = 0
 ) -> Callable[[np.ndarray], np.ndarray]:
     """SimpleNet's scorer on the view's good training patches: a linear feature adaptor and
     an MLP discriminator trained to tell adapted good patches from the same plus Gaussian

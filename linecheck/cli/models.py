@@ -225,7 +225,7 @@ def train(
                 data,
                 cv_out,
                 arch=arch,  # type: ignore[arg-type]
-                epochs=epochs or DEEPPCB_EPOCHS,
+                epochs=epochs,  # None: the recipe's
                 seed=seed,
                 threads=threads,
                 groups=[g.strip() for g in cv_groups.split(",")] if cv_groups else None,
