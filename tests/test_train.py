@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,6 +14,7 @@ from training.trainer import (
     _zoom,
     augment,
     class_weights,
+    fragment_added,
     train_classifier,
 )
 
@@ -117,6 +119,10 @@ def test_train_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="differ"):
         x64, y64 = _shape_crops(4, seed=0, size=64)
         train_classifier(x, y, x64, y64, epochs=1)
+    with pytest.raises(ValueError, match="fragment must lie in"):
+        train_classifier(x, y, x, y, epochs=1, fragment=1.5, fragment_classes=(4,))
+    with pytest.raises(ValueError, match="name the classes"):
+        train_classifier(x, y, x, y, epochs=1, fragment=0.5)
 
 
 def test_class_weights_inverse_frequency_clipped() -> None:
@@ -142,6 +148,35 @@ def test_augment_moves_all_channels_together() -> None:
         flips[:, 0].flatten(1).sort(dim=1).values, batch[:, 0].flatten(1).sort(dim=1).values
     )
     assert augment(batch, np.random.default_rng(1), 3).equal(out)  # seeded
+
+
+def test_fragment_breaks_only_the_added_copper_into_specks() -> None:
+    # Copper is dark: the board has a 12 x 12 spur (dark) on bare ground (light) where the
+    # reference is bare, and a trace that both channels share.
+    board = np.full((32, 32), 230, np.uint8)
+    board[4:8, :] = 20  # trace in both
+    board[8:20, 10:22] = 25  # the spur, board only
+    reference = np.full((32, 32), 230, np.uint8)
+    reference[4:8, :] = 20
+    crop = np.stack([board, reference, cv2.absdiff(board, reference)])[None]
+    batch = torch.from_numpy(crop).repeat(8, 1, 1, 1)
+    out = fragment_added(batch, np.random.default_rng(0))
+    assert out.dtype == torch.uint8 and out.shape == batch.shape
+    spur = np.zeros((32, 32), bool)
+    spur[8:20, 10:22] = True
+    kept = (out[:, 0].numpy() < 128) & spur
+    # each crop keeps part of its spur, between 30 % and 70 % of it gone (2-px blocks)
+    share = 1.0 - kept.sum(axis=(1, 2)) / spur.sum()
+    assert ((share > 0.15) & (share < 0.85)).all() and len(set(share.round(3))) > 1
+    # nothing outside the spur changes; dropped pixels take the reference's value
+    assert torch.equal(
+        out[:, 0][:, ~torch.from_numpy(spur)], batch[:, 0][:, ~torch.from_numpy(spur)]
+    )
+    assert set(np.unique(out[:, 0].numpy()[:, spur])) <= {25, 230}
+    assert torch.equal(out[:, 1], batch[:, 1])
+    expected = (out[:, 0].int() - out[:, 1].int()).abs()
+    assert torch.equal(out[:, 2].int(), expected)
+    assert fragment_added(batch, np.random.default_rng(0)).equal(out)  # seeded
 
 
 def test_zoom_scales_each_crop_about_its_centre() -> None:

@@ -323,7 +323,8 @@ def test_a_boosted_tree_head_on_the_cnn_features_is_registered_and_served(
     )
     cnn = train_deeppcb(tmp_path / "models", tiny_deeppcb, split, epochs=2, threads=2,
                         version="tiny-cnn", cache_dir=None, int8=False, views=(0,),
-                        console=QUIET)  # fmt: skip
+                        fragment=0.5, console=QUIET)  # fmt: skip
+    assert load_card(cnn).metrics["augment_fragment"] == 0.5  # recorded with the recipe
     model_dir = train_gbdt_head(
         cnn, tiny_deeppcb, split, threads=2, rounds=30, cache_dir=None, console=QUIET
     )
@@ -379,6 +380,9 @@ def test_leave_one_group_out_cross_validation_never_measures_on_a_choosing_group
     elsewhere = CliRunner().invoke(app, ["train", "--data", str(data), "--roi", "locator",
                                          "--zoom", "1.2"])  # fmt: skip
     assert elsewhere.exit_code == 2 and "--zoom" in elsewhere.output
+    elsewhere = CliRunner().invoke(app, ["train", "--data", str(data), "--roi", "locator",
+                                         "--fragment", "0.5"])  # fmt: skip
+    assert elsewhere.exit_code == 2 and "--fragment" in elsewhere.output
 
 
 def test_classification_metrics_count_and_leave_undefined_rates_undefined() -> None:

@@ -80,18 +80,26 @@ def cross_validate(
     topology: bool = True,
     views: tuple[int, ...] = CROP_VIEWS,
     zoom: float | None = None,
+    fragment: float | None = None,
     cache_dir: Path | None = Path(".linecheck/cache"),
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the folds (all groups, or ``groups``); write ``out/cv.json`` and each fold's
     ``metrics.json``; return the report. ``topology``: the recipe's topology prior on/off;
     ``views``: the crop geometry of each network of a fold's model; ``zoom``: the training
-    crops' random scale, ``epochs`` each network's (defaults: the recipe's)."""
-    from training.deeppcb_model import AUGMENT_ZOOM, DEEPPCB_EPOCHS, train_deeppcb
+    crops' random scale, ``fragment`` the share of spur crops broken into specks, ``epochs`` each
+    network's (defaults: the recipe's)."""
+    from training.deeppcb_model import (
+        AUGMENT_FRAGMENT,
+        AUGMENT_ZOOM,
+        DEEPPCB_EPOCHS,
+        train_deeppcb,
+    )
     from training.evaluation import evaluate_model
 
     console = console or Console(stderr=True)
     zoom = AUGMENT_ZOOM if zoom is None else zoom
+    fragment = AUGMENT_FRAGMENT if fragment is None else fragment
     epochs = epochs or DEEPPCB_EPOCHS
     every = sorted({s.group for s in samples_of(data)})
     if len(every) < 3:
@@ -102,7 +110,8 @@ def cross_validate(
         raise ValueError(f"no board group {unknown} in {data} (groups: {every})")
     out.mkdir(parents=True, exist_ok=True)
     recipe = {"arch": arch, "epochs": epochs, "seed": seed, "topology_prior": topology,
-              "crop_views": list(views), "augment_zoom": zoom}  # fmt: skip
+              "crop_views": list(views), "augment_zoom": zoom,
+              **({"augment_fragment": fragment} if fragment else {})}  # fmt: skip
     folds: dict[str, dict[str, Any]] = {}
     for n, test in enumerate(chosen, start=1):
         inner = inner_group(every, test)
@@ -114,7 +123,7 @@ def cross_validate(
                 work / "models", data, split_file(work, data, inner),
                 arch=arch, epochs=epochs, seed=seed, threads=threads, version=f"cv-{test}",
                 int8=False, cache_dir=cache_dir, exclude_groups=(test,), topology=topology,
-                views=views, zoom=zoom, console=console,
+                views=views, zoom=zoom, fragment=fragment, console=console,
             )  # fmt: skip
             metrics = evaluate_model(
                 model_dir, data, split_file(work, data, test), out / test,

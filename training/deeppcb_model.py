@@ -28,6 +28,12 @@ from training.splits import samples_of, split_deeppcb
 # cross-validation moved within a seed change's spread (BENCHMARKS.md, "Random crop scale").
 AUGMENT_ZOOM = 1.0
 
+# The share of training spur crops whose added copper is broken into specks
+# (``training.trainer.fragment_added``), for the "hairy" spurs of designs unlike the training
+# groups'. Off by default (BENCHMARKS.md, "Spurs broken into specks").
+AUGMENT_FRAGMENT = 0.0
+FRAGMENT_CLASSES = ("spur",)
+
 # Training epochs of each network (AdamW one-cycle, so the count also sets the schedule's
 # length). 20 against 10: the 7-fold cross-validation's mean F 0.9883 → 0.9907, six folds
 # up, one 0.08 points down (BENCHMARKS.md, "Twenty epochs"); the epoch kept is still the one
@@ -60,6 +66,7 @@ def train_deeppcb(
     topology: bool = True,
     views: tuple[int, ...] = CROP_VIEWS,
     zoom: float = AUGMENT_ZOOM,
+    fragment: float = AUGMENT_FRAGMENT,
     console: Console | None = None,
 ) -> Path:
     """Train on the training groups, keep the best epoch by validation loss, register the
@@ -71,6 +78,7 @@ def train_deeppcb(
     so serving cuts the same); with two or more, one network is trained for each
     (:mod:`inspection.model.views`) and the thresholds are calibrated on their mean.
     ``zoom``: training crops are scaled at random within [1/zoom, zoom] (1: not at all).
+    ``fragment``: the share of training spur crops broken into specks (0: none).
     Returns the model folder."""
     from inspection.backends import load_classifier
     from inspection.model.registry import ModelCard, data_hash, save_model, update_card
@@ -80,6 +88,8 @@ def train_deeppcb(
     views = check_crop_views(views)
     if not 1.0 <= zoom <= 2.0:
         raise ValueError(f"zoom must lie in [1, 2], got {zoom}")
+    if not 0.0 <= fragment <= 1.0:
+        raise ValueError(f"fragment must lie in [0, 1], got {fragment}")
     console = console or Console(stderr=True)
     started = time.monotonic()
     every = samples_of(data)
@@ -94,11 +104,13 @@ def train_deeppcb(
         "train_pairs": len(train_s),
         "val_pairs": len(val_s),
         "augment_zoom": zoom,
+        **({"augment_fragment": fragment} if fragment else {}),
     }
     members = [
         _train_view(data, every, train_s, val_s, side, version, common, console, arch=arch,
                     epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads,
-                    cache_dir=cache_dir, topology=topology, zoom=zoom)
+                    cache_dir=cache_dir, topology=topology, zoom=zoom,
+                    fragment=fragment)
         for side in views
     ]  # fmt: skip
     hashed = data_hash(f"deeppcb:{s.group}/{s.image_id}" for s in train_s)
@@ -170,6 +182,7 @@ def _train_view(
     cache_dir: Path | None,
     topology: bool,
     zoom: float,
+    fragment: float,
 ) -> _View:
     """The network of crops cut from at least ``side`` px, trained on ``train_s`` with the
     epoch chosen on ``val_s``, and its card (no thresholds yet)."""
@@ -194,6 +207,7 @@ def _train_view(
     result = train_with_progress(
         console, train_t.crops, train_t.labels, val_t.crops, val_t.labels, arch=arch,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads, max_zoom=zoom,
+        fragment=fragment, fragment_classes=tuple(CLASSES.index(c) for c in FRAGMENT_CLASSES),
     )  # fmt: skip
     bias = None
     if topology:

@@ -24,6 +24,7 @@ from infra.progress import progress_bar
 from inspection.model.labels import CLASSES
 from inspection.model.nets import Arch, build_model
 from inspection.model.preprocess import preprocess
+from inspection.model.topology import BINARY_THRESHOLD
 
 Progress = Callable[[int, int, dict[str, float]], None]
 
@@ -131,6 +132,25 @@ def augment(
     return out
 
 
+def fragment_added(batch: torch.Tensor, rng: np.random.Generator, block: int = 2) -> torch.Tensor:
+    """Each crop's added copper (dark on the board channel where the reference channel is
+    bare) broken into specks: blocks of ``block`` px dropped at random (a share in [0.3, 0.7]
+    per crop) go back to the reference, and the difference channel is recomputed. A solid
+    spur becomes the row of 1–3 px specks some designs show ("hairy" spurs, BENCHMARKS.md
+    "What is left on the weakest fold"). uint8 (N, 3, S, S) in and out."""
+    n, _, s, _ = batch.shape
+    cells = -(-s // block)
+    drop_share = torch.from_numpy(rng.uniform(0.3, 0.7, size=(n, 1, 1))).float()
+    noise = torch.from_numpy(rng.random((n, cells, cells))).float()
+    drop = (noise < drop_share).repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :s, :s]
+    board, reference = batch[:, 0], batch[:, 1]
+    added = (board < BINARY_THRESHOLD) & (reference >= BINARY_THRESHOLD)
+    out = batch.clone()
+    out[:, 0] = torch.where(added & drop, reference, board)
+    out[:, 2] = (out[:, 0].short() - reference.short()).abs().to(torch.uint8)
+    return out
+
+
 def _zoom(batch: torch.Tensor, scales: np.ndarray) -> torch.Tensor:
     """Each crop magnified by its ``scales`` entry about its centre (bilinear; a crop shrunk
     below its square is filled by mirroring its edge, as copper continues past a crop)."""
@@ -200,6 +220,8 @@ def train_classifier(
     weight_decay: float = 1e-4,
     max_shift: int = 4,
     max_zoom: float = 1.0,
+    fragment: float = 0.0,
+    fragment_classes: tuple[int, ...] = (),
     max_class_weight: float = 10.0,
     device: str = "cpu",
 ) -> TrainResult:
@@ -209,7 +231,9 @@ def train_classifier(
     AdamW with a one-cycle learning-rate schedule (peak ``lr``), class-weighted
     cross-entropy (inverse frequency, clipped at ``max_class_weight``), on-the-fly
     augmentation (dihedral, shifts of up to ``max_shift`` px, and with ``max_zoom`` > 1 a
-    random scale: designs differ in trace width and pad size). ``seed`` fixes
+    random scale: designs differ in trace width and pad size; with ``fragment`` > 0 that share
+    of the crops of ``fragment_classes`` gets its added copper broken into specks,
+    :func:`fragment_added`). ``seed`` fixes
     initialisation, shuffling and augmentation: the same call
     on the same machine and thread count gives the same weights. ``threads`` sets torch's
     intra-op threads for the duration of the call. ``progress(epoch, epochs, row)`` is
@@ -224,6 +248,11 @@ def train_classifier(
         raise ValueError("epochs must be >= 1 and batch_size >= 2")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    if not 0.0 <= fragment <= 1.0 or (fragment > 0 and not fragment_classes):
+        raise ValueError(
+            f"fragment must lie in [0, 1] and name the classes it breaks, got {fragment} "
+            f"for classes {fragment_classes}"
+        )
 
     started = time.perf_counter()
     old_threads = torch.get_num_threads()
@@ -260,6 +289,11 @@ def train_classifier(
             for step in range(steps_per_epoch):
                 idx = order[step * batch_size : (step + 1) * batch_size]
                 xb_u8 = augment(x_all[idx], rng, max_shift, max_zoom)
+                if fragment > 0:  # no draw otherwise: the default run's stream stays as it was
+                    hit = np.isin(train_y[idx.numpy()], fragment_classes)
+                    rows = torch.from_numpy(np.flatnonzero(hit & (rng.random(len(idx)) < fragment)))
+                    if rows.numel():
+                        xb_u8[rows] = fragment_added(xb_u8[rows], rng)
                 xb = torch.from_numpy(preprocess(xb_u8.numpy())).to(dev)
                 xb = xb.contiguous(memory_format=torch.channels_last)
                 yb = y_all[idx].to(dev)

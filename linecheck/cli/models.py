@@ -129,6 +129,15 @@ def train(
             "(default: the recipe's, training.deeppcb_model.AUGMENT_ZOOM; 1: off)",
         ),
     ] = None,
+    fragment: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="DeepPCB: the share of training spur crops whose added copper is broken "
+            "into specks (default: the recipe's, training.deeppcb_model.AUGMENT_FRAGMENT; 0: off)",
+        ),
+    ] = None,
     base_model: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
@@ -185,10 +194,10 @@ def train(
         err.print(f"[red]--arch must be one of {', '.join(ARCHS)}, got {arch!r}[/red]")
         raise typer.Exit(2)
     trains_cnn = task == "detect" and roi == "reference" and (head == "cnn" or not base_model)
-    if zoom is not None and not trains_cnn:
+    if (zoom is not None or fragment is not None) and not trains_cnn:
         err.print(
-            "[red]--zoom applies where a CNN is trained on DeepPCB-layout data with the "
-            "template (--roi reference; not a --head gbdt on a --base-model)[/red]"
+            "[red]--zoom and --fragment apply where a CNN is trained on DeepPCB-layout data "
+            "with the template (--roi reference; not a --head gbdt on a --base-model)[/red]"
         )
         raise typer.Exit(2)
     if data is None:
@@ -205,10 +214,16 @@ def train(
         )
         print(model_dir)
         return
-    from training.deeppcb_model import AUGMENT_ZOOM, DEEPPCB_EPOCHS, train_deeppcb
+    from training.deeppcb_model import (
+        AUGMENT_FRAGMENT,
+        AUGMENT_ZOOM,
+        DEEPPCB_EPOCHS,
+        train_deeppcb,
+    )
     from training.image_folder_model import train_image_folder
 
     zoom = AUGMENT_ZOOM if zoom is None else zoom
+    fragment = AUGMENT_FRAGMENT if fragment is None else fragment
 
     sides = _crop_views(crop_views)
     if head == "gbdt" and crop_views is None:
@@ -232,6 +247,7 @@ def train(
                 topology=topology,
                 views=sides,
                 zoom=zoom,
+                fragment=fragment,
                 cache_dir=settings.work_dir / "cache",
                 console=err,
             )
@@ -279,6 +295,7 @@ def train(
             topology=topology,
             views=sides,
             zoom=zoom,
+            fragment=fragment,
             console=err,
         )
         if head == "gbdt":
