@@ -3,6 +3,7 @@ synthetic boards, a tiny folder of class-labelled images); DeepPCB itself where 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -359,12 +360,23 @@ def test_leave_one_group_out_cross_validation_never_measures_on_a_choosing_group
     assert set(folds) == {"group11000", "group22000", "group33000"}
     for group, row in folds.items():
         assert row["inner_validation_group"] != group and row["boards"] == 4
+        # the inner group's own validation figures, as the fold's model card has them
+        assert set(row["inner_validation"]) == {"f_score", "map"}
+        assert all(isinstance(v, float) for v in row["inner_validation"].values())
         assert (tmp_path / "cv" / group / "metrics.json").is_file()
     f_scores = [row["f_score"] for row in folds.values()]
     assert report["summary"]["f_score"]["mean"] == pytest.approx(np.mean(f_scores))
     assert report["summary"]["f_score"]["min"] == pytest.approx(min(f_scores))
     on_disk = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert on_disk["folds"].keys() == folds.keys()
+    from linecheck.cli.tables import cv_table
+
+    printed = Console(width=250, record=True, file=io.StringIO())
+    printed.print(cv_table(report))
+    lines = printed.export_text().splitlines()
+    for group, row in folds.items():  # the printed table names each fold's inner figure
+        line = next(ln for ln in lines if ln.startswith(f"│ {group}"))
+        assert f"{row['inner_validation']['f_score']:.4f}" in line.split("│")[-2]
     assert not list((tmp_path / "cv").glob("cv-*"))  # the fold models are cleaned up
     assert on_disk["topology_prior"] is True and on_disk["crop_views"] == [0, 64]
     assert on_disk["augment_zoom"] == AUGMENT_ZOOM

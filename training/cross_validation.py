@@ -89,6 +89,7 @@ def cross_validate(
     ``views``: the crop geometry of each network of a fold's model; ``zoom``: the training
     crops' random scale, ``fragment`` the share of spur crops broken into specks, ``epochs`` each
     network's (defaults: the recipe's)."""
+    from inspection.model.registry import load_card
     from training.deeppcb_model import (
         AUGMENT_FRAGMENT,
         AUGMENT_ZOOM,
@@ -129,10 +130,14 @@ def cross_validate(
                 model_dir, data, split_file(work, data, test), out / test,
                 seed=seed, threads=threads, console=console,
             )  # fmt: skip
+            # what the inner group, which chose for this fold, measured: a variant a nested
+            # choice would reject shows here before the other folds are run
+            inner_val = load_card(model_dir).metrics.get("val", {})
         finally:
             shutil.rmtree(work, ignore_errors=True)
         folds[test] = {
             "inner_validation_group": inner,
+            "inner_validation": {k: inner_val.get(k) for k in ("f_score", "map")},
             **{k: metrics.get(k) for k in FOLD_KEYS},
             "per_class_ap": {c: row.get("ap") for c, row in metrics.get("per_class", {}).items()},
             "boards": metrics.get("boards"),

@@ -23,8 +23,12 @@ def cv_table(report: dict[str, Any]) -> Table:
     table.add_column("fold (inner)")
     for key in keys:
         table.add_column(key, justify="right")
+    table.add_column("inner f_score (val)", justify="right")  # what chose for the fold
     for group, row in report["folds"].items():
-        table.add_row(f"{group} ({row['inner_validation_group']})", *(fmt(row[k]) for k in keys))
+        inner = row.get("inner_validation", {}).get("f_score")
+        table.add_row(
+            f"{group} ({row['inner_validation_group']})", *(fmt(row[k]) for k in keys), fmt(inner)
+        )
     summary = report["summary"]
     table.add_row(
         "mean ± sd (min)",
@@ -34,6 +38,7 @@ def cv_table(report: dict[str, Any]) -> Table:
             else "—"
             for k in keys
         ),
+        "",
     )
     return table
 
