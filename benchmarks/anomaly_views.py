@@ -5,7 +5,7 @@ and test parts never in a memory bank).
 
     python benchmarks/anomaly_views.py [--data ../shared/datasets/magnetic-tile]
         [--views 48,64,96,128,192,256,64a,96a,128a,192a,64as,96as] [--bank 4000] [--top 10]
-        [--scores max,top0.5] [--bank-flips] [--backbone lite2 --layers 6,14]
+        [--scores max,top0.5] [--bank-flips] [--backbone lite2 --layers 6,14] [--patch-pool 5]
         [--own-radius 2] [--disc-sigma 0.5 --disc-epochs 20]
 
 A view is written SIZE[a][s][g|x|u|d][p]: SIZE² square; ``a`` keeps the aspect ratio at SIZE²
@@ -34,7 +34,8 @@ Q % of pixels), each reported as ``calibration_<score>`` / ``test_<score>``.
 left-right, upside down and both (more of the good surface's variation; the pooled patches
 are then subsampled at random to ``--pool`` before the coreset, as the trainer caps them).
 ``--backbone``/``--layers``: the patch features from another EfficientNet-Lite (lite1, lite2:
-deeper and, lite2, wider; the same stages end at blocks 6 and 14 there).
+deeper and, lite2, wider; the same stages end at blocks 6 and 14 there). ``--patch-pool``: the
+neighbourhood each feature is averaged over (3: the trainer's).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def view_maps(
     bank_size: int,
     flips: bool = False,
     pool: int = 100_000,
-    backbone: tuple[str, tuple[int, ...]] = ("lite0", (4, 10)),
+    backbone: tuple[str, tuple[int, ...], int] = ("lite0", (4, 10), 3),
     gauss: bool = False,
     pad: int = 0,
     own: str = "",
@@ -87,8 +88,8 @@ def view_maps(
     many pixels on each side (a multiple of 16) and the features cut back to the image."""
     import torch
 
-    variant, layers = backbone
-    net = patch_feature_net(layers, variant)
+    variant, layers, pool = backbone
+    net = patch_feature_net(layers, variant, pool)
 
     def features(image: np.ndarray) -> torch.Tensor:
         x = model_input(image, view)
@@ -238,6 +239,7 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=100_000, help="--bank-flips: patches pooled")
     ap.add_argument("--backbone", default="lite0", choices=("lite0", "lite1", "lite2"))
     ap.add_argument("--layers", default="4,10", help="the backbone's blocks the patches come from")
+    ap.add_argument("--patch-pool", type=int, default=3, help="neighbours a patch averages (odd)")
     ap.add_argument(
         "--own-radius",
         type=int,
@@ -247,7 +249,7 @@ def main() -> None:
     ap.add_argument("--disc-sigma", type=float, default=0.5, help="d views: noise, channel sds")
     ap.add_argument("--disc-epochs", type=int, default=20, help="d views: training epochs")
     args = ap.parse_args()
-    backbone = (args.backbone, tuple(int(x) for x in args.layers.split(",")))
+    backbone = (args.backbone, tuple(int(x) for x in args.layers.split(",")), args.patch_pool)
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
@@ -315,7 +317,7 @@ def main() -> None:
         "data": str(args.data),
         "bank": args.bank,
         "bank_flips": args.bank_flips,
-        "backbone": {"variant": backbone[0], "layers": list(backbone[1])},
+        "backbone": {"variant": backbone[0], "layers": list(backbone[1]), "pool": backbone[2]},
         "split": {k: len(v) for k, v in parts.items()},
         "single": [measure((v,), "mean", True) for v in specs],
         "combined_by_calibration": [measure(v, how, True) for _, v, how in ranked[: args.top]],

@@ -64,10 +64,11 @@ DEFAULT_VIEWS = (
 
 
 def patch_feature_net(
-    layers: Sequence[int] = DEFAULT_LAYERS, backbone_variant: str = "lite0"
+    layers: Sequence[int] = DEFAULT_LAYERS, backbone_variant: str = "lite0", pool: int = 3
 ) -> nn.Module:
     """The extractor as a torch module: (N, 1, H, W) grey levels → (N, C, H/8, W/8), from
-    blocks ``layers`` of EfficientNet-Lite ``backbone_variant`` (lite0, lite1, lite2)."""
+    blocks ``layers`` of EfficientNet-Lite ``backbone_variant`` (lite0, lite1, lite2), each
+    feature averaged over its ``pool`` × ``pool`` neighbours (odd; PatchCore's patch)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -80,6 +81,8 @@ def patch_feature_net(
     layers = tuple(sorted(set(layers)))
     if not layers or min(layers) < 1 or max(layers) > top:
         raise ValueError(f"layers must be {variant} block indices in 1..{top}, got {layers}")
+    if pool < 1 or pool % 2 == 0:
+        raise ValueError(f"the patch pool must be an odd size >= 1, got {pool}")
     backbone = EfficientNetLite(num_classes=1, pretrained=True, variant=variant)
 
     class PatchFeatures(nn.Module):
@@ -96,7 +99,7 @@ def patch_feature_net(
             for i, block in enumerate(self.blocks):
                 x = block(x)
                 if i in layers:
-                    f = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+                    f = F.avg_pool2d(x, pool, stride=1, padding=pool // 2, count_include_pad=False)
                     up = strides[i] // FEATURE_STRIDE
                     if up > 1:
                         f = F.interpolate(f, scale_factor=up, mode="bilinear", align_corners=False)
