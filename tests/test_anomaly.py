@@ -187,6 +187,24 @@ def test_models_of_one_view_load_as_before() -> None:
         AnomalyParams.model_validate({**old, "views": []})
 
 
+def test_the_patch_averages_its_pool_of_neighbours() -> None:
+    import torch
+
+    from training.anomaly_model import patch_feature_net
+
+    x = torch.from_numpy(_texture(np.random.default_rng(3), 64, 96)[None, None].astype(np.float32))
+    with torch.no_grad():
+        single, three, five = (patch_feature_net(pool=k)(x) for k in (1, 3, 5))
+    assert single.shape == three.shape == five.shape == (1, 152, 8, 12)  # stride 8, 40 + 112 ch
+    # the stride-8 block's 40 channels: 3 x 3 is its 1 x 1 features averaged (away from the
+    # edge, where fewer neighbours count; the stride-16 block is averaged before upsampling)
+    smoothed = torch.nn.functional.avg_pool2d(single[:, :40], 3, stride=1, padding=1)
+    assert torch.allclose(three[:, :40, 1:-1, 1:-1], smoothed[..., 1:-1, 1:-1], atol=1e-5)
+    assert five.std() < three.std() < single.std()  # wider pools, smoother features
+    with pytest.raises(ValueError, match="odd size"):
+        patch_feature_net(pool=4)
+
+
 def test_held_out_images_scores_maps_and_regions(
     trained: tuple[Path, Path, dict[str, str]],
 ) -> None:
