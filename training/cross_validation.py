@@ -112,7 +112,7 @@ def cross_validate(
     out.mkdir(parents=True, exist_ok=True)
     recipe = {"arch": arch, "epochs": epochs, "seed": seed, "topology_prior": topology,
               "crop_views": list(views), "augment_zoom": zoom,
-              **({"augment_fragment": fragment} if fragment else {})}  # fmt: skip
+              "augment_fragment": fragment}  # fmt: skip
     folds: dict[str, dict[str, Any]] = {}
     for n, test in enumerate(chosen, start=1):
         inner = inner_group(every, test)

@@ -104,7 +104,7 @@ def train_deeppcb(
         "train_pairs": len(train_s),
         "val_pairs": len(val_s),
         "augment_zoom": zoom,
-        **({"augment_fragment": fragment} if fragment else {}),
+        "augment_fragment": fragment,
     }
     members = [
         _train_view(data, every, train_s, val_s, side, version, common, console, arch=arch,

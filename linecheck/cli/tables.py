@@ -25,9 +25,9 @@ def cv_table(report: dict[str, Any]) -> Table:
         table.add_column(key, justify="right")
     table.add_column("inner f_score (val)", justify="right")  # what chose for the fold
     for group, row in report["folds"].items():
-        inner = row.get("inner_validation", {}).get("f_score")
+        inner = fmt(row["inner_validation"]["f_score"])
         table.add_row(
-            f"{group} ({row['inner_validation_group']})", *(fmt(row[k]) for k in keys), fmt(inner)
+            f"{group} ({row['inner_validation_group']})", *(fmt(row[k]) for k in keys), inner
         )
     summary = report["summary"]
     table.add_row(
