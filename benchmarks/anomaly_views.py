@@ -6,9 +6,9 @@ and test parts never in a memory bank).
     python benchmarks/anomaly_views.py [--data ../shared/datasets/magnetic-tile]
         [--views 48,64,96,128,192,256,64a,96a,128a,192a,64as,96as] [--bank 4000] [--top 10]
         [--scores max,top0.5] [--bank-flips] [--backbone lite2 --layers 6,14] [--patch-pool 5]
-        [--own-radius 2] [--disc-sigma 0.5 --disc-epochs 20]
+        [--own-radius 2] [--disc-sigma 0.5 --disc-epochs 20] [--flat-sigma 0.125]
 
-A view is written SIZE[a][s][g|x|u|d][p]: SIZE² square; ``a`` keeps the aspect ratio at SIZE²
+A view is written SIZE[a][s][g|x|u|d][p][f]: SIZE² square; ``a`` keeps the aspect ratio at SIZE²
 of area; ``s`` standardises the grey levels (:class:`inspection.anomaly.AnomalyView`); ``g``
 scores a patch by its Mahalanobis distance to one Gaussian of every good training patch of the view
 (PaDiM's statistics, pooled over positions) instead of its nearest memory-bank patch; each
@@ -18,7 +18,9 @@ scores a patch by its distance to the nearest patch of the same image outside th
 (2 ``--own-radius`` + 1)² cells around it, ``u`` by the nearer of that and the memory bank;
 ``d`` by SimpleNet's discriminator (a linear adaptor and an MLP trained to tell the view's
 good training patches from the same plus Gaussian noise of ``--disc-sigma`` channel sds, for
-``--disc-epochs``) instead of the bank. ``BENCH_THREADS`` sets torch's threads (2). Per view:
+``--disc-epochs``) instead of the bank; ``f`` takes the tile's slow shading out of the view's
+input (minus its Gaussian blur of sd ``--flat-sigma`` × the longer side, plus the blur's
+mean: a flat field). ``BENCH_THREADS`` sets torch's threads (2). Per view:
 Lite0 blocks 4+10 patch features (torch, the extractor the trainer exports), a greedy
 k-center coreset of at most ``--bank`` good training patches (a quarter of them when fewer),
 nearest-neighbour distances resized to a quarter of the image and blurred (σ 1 = 4 image px).
@@ -81,11 +83,14 @@ def view_maps(
     own: str = "",
     own_radius: int = 2,
     disc: tuple[float, int] | None = None,
+    flat: float = 0.0,
 ) -> dict[str, list[np.ndarray]]:
     """Raw maps (a quarter of each image's size) of the calibration and test images; with
     ``gauss`` each patch's Mahalanobis distance to one Gaussian of all good training patches
     instead of its nearest memory-bank patch; ``pad``: the model input mirrored out by that
-    many pixels on each side (a multiple of 16) and the features cut back to the image."""
+    many pixels on each side (a multiple of 16) and the features cut back to the image;
+    ``flat``: the input's shading (a Gaussian blur of sd ``flat`` × its longer side) taken
+    out, its mean kept."""
     import torch
 
     variant, layers, pool = backbone
@@ -93,6 +98,9 @@ def view_maps(
 
     def features(image: np.ndarray) -> torch.Tensor:
         x = model_input(image, view)
+        if flat:  # flat-field: the tile's slow shading out, its texture and defects kept
+            shade = cv2.GaussianBlur(x[0, 0], (0, 0), flat * max(x.shape[2:]))
+            x = np.clip(x - shade + shade.mean(), 0, 255).astype(np.float32)
         if pad:  # mirrored margins, cut off the features again: no zero padding at the edge
             x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect")
             f = net(torch.from_numpy(x))[0]
@@ -248,6 +256,9 @@ def main() -> None:
     )
     ap.add_argument("--disc-sigma", type=float, default=0.5, help="d views: noise, channel sds")
     ap.add_argument("--disc-epochs", type=int, default=20, help="d views: training epochs")
+    ap.add_argument(
+        "--flat-sigma", type=float, default=0.125, help="f views: shading blur, × longer side"
+    )
     args = ap.parse_args()
     backbone = (args.backbone, tuple(int(x) for x in args.layers.split(",")), args.patch_pool)
     import torch
@@ -266,7 +277,7 @@ def main() -> None:
         image_score(np.zeros((2, 2)), score)  # a bad name fails now, not after the maps
     scaled: dict[str, dict[str, list[np.ndarray]]] = {}
     for spec in specs:
-        base = spec.rstrip("gpxud")
+        base = spec.rstrip("gpxudf")
         flags = spec[len(base) :]
         gauss, pad = "g" in flags, 16 * flags.count("p")
         own = "x" if "x" in flags else "u" if "u" in flags else ""
@@ -274,6 +285,7 @@ def main() -> None:
             images, AnomalyView.parse(base), args.bank, args.bank_flips, args.pool, backbone,
             gauss, pad, own, args.own_radius,
             (args.disc_sigma, args.disc_epochs) if "d" in flags else None,
+            args.flat_sigma if "f" in flags else 0.0,
         )  # fmt: skip
         good = [m for m, bad in zip(raw["calibration"], labels["calibration"], strict=True)
                 if not bad]  # fmt: skip
