@@ -1,0 +1,113 @@
+"""What the consumer's fetch wait adds to a quiet line's latency: records produced one at a
+time at random (Poisson) intervals to the embedded broker (Tansu) and read back by a consumer
+with each ``fetch.wait.max.ms``; per setting, the produce → poll latency percentiles and the
+broker's CPU per second while the line is quiet.
+
+    python benchmarks/fetch_wait.py [--waits 1,5,10,25] [--records 400] [--rate 40]
+
+Tansu holds a fetch that finds no data for the whole wait even when a record arrives
+meanwhile (``workers.delivery.broker_config``), so a record waits on average half the
+setting before a consumer sees it; a shorter wait costs the broker more empty fetches. The
+producer is the line publisher's (``producers.publisher.producer_config``: ``linger.ms`` 1);
+the latency is from just before ``produce`` to the record returned by ``poll`` (one clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psutil
+from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from linecheck.embedded import start_kafka  # noqa: E402
+from producers.publisher import producer_config  # noqa: E402
+
+
+def sent_at(msg: Message) -> float:
+    """The ``perf_counter`` the record was produced at (its value)."""
+    return float(msg.value() or b"nan")
+
+
+def probe(
+    bootstrap: str, wait_ms: int, records: int, rate: float, broker: psutil.Process
+) -> dict[str, float]:
+    """One setting: ``records`` single records at Poisson arrivals of ``rate`` per second."""
+    topic = f"probe-{wait_ms}-{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": topic,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": wait_ms,
+        }
+    )
+    consumer.subscribe([topic])
+    producer = Producer(producer_config(bootstrap))
+    producer.produce(topic, b"warm-up")
+    producer.flush(10)
+    while (msg := consumer.poll(1.0)) is None or msg.value() != b"warm-up":
+        pass
+    # the quiet broker's CPU with only this consumer's empty fetches
+    cpu0, t0 = broker.cpu_times(), time.monotonic()
+    time.sleep(2.0)
+    cpu1 = broker.cpu_times()
+    idle_cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (time.monotonic() - t0)
+    rng = np.random.default_rng(0)
+    latencies = []
+    for gap in rng.exponential(1.0 / rate, records):
+        deadline = time.perf_counter() + gap
+        while (msg := consumer.poll(max(0.0, deadline - time.perf_counter()))) is not None:
+            latencies.append((time.perf_counter() - sent_at(msg)) * 1e3)
+        producer.produce(topic, str(time.perf_counter()).encode())
+        producer.poll(0)
+    producer.flush(10)
+    while len(latencies) < records and (msg := consumer.poll(1.0)) is not None:
+        latencies.append((time.perf_counter() - sent_at(msg)) * 1e3)
+    consumer.close()
+    admin.delete_topics([topic])
+    lat = np.array(latencies)
+    return {
+        "fetch_wait_ms": wait_ms,
+        "records": int(lat.size),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p90_ms": round(float(np.percentile(lat, 90)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        "mean_ms": round(float(lat.mean()), 2),
+        "quiet_broker_cpu_ms_per_s": round(idle_cpu * 1e3, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--waits", default="1,5,10,25", help="fetch.wait.max.ms settings to compare")
+    ap.add_argument("--records", type=int, default=400)
+    ap.add_argument("--rate", type=float, default=40.0, help="records per second (Poisson)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as logs:
+        bootstrap, child = start_kafka(Path(logs))
+        try:
+            broker = psutil.Process(child.proc.pid)
+            rows = [
+                probe(bootstrap, int(w), args.records, args.rate, broker)
+                for w in args.waits.split(",")
+            ]
+        finally:
+            child.stop()
+    print(json.dumps({"rate": args.rate, "results": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
