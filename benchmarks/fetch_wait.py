@@ -4,12 +4,17 @@ with each ``fetch.wait.max.ms``; per setting, the produce → poll latency perce
 broker's CPU per second while the line is quiet.
 
     python benchmarks/fetch_wait.py [--waits 1,5,10,25] [--records 400] [--rate 40]
+        [--drain 3000 --size 21600]
 
 Tansu holds a fetch that finds no data for the whole wait even when a record arrives
 meanwhile (``workers.delivery.broker_config``), so a record waits on average half the
 setting before a consumer sees it; a shorter wait costs the broker more empty fetches. The
 producer is the line publisher's (``producers.publisher.producer_config``: ``linger.ms`` 1);
 the latency is from just before ``produce`` to the record returned by ``poll`` (one clock).
+``--drain N``: also, per setting, N records of ``--size`` bytes (a bench board's event is
+~21.6 kB) published at once, then read by a fresh consumer as fast as it can (``poll``, one
+record at a time, as a worker's batch starts): records per second and the polls that found
+nothing (a fetch still under way) — what a saturated worker's consumer can take in.
 """
 
 from __future__ import annotations
@@ -90,20 +95,59 @@ def probe(
     }
 
 
+def drain(bootstrap: str, wait_ms: int, records: int, size: int) -> dict[str, float]:
+    """``records`` records of ``size`` bytes published at once, then consumed from the start."""
+    topic = f"drain-{wait_ms}-{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    producer = Producer(producer_config(bootstrap))
+    payload = np.random.default_rng(0).bytes(size)
+    for _ in range(records):
+        producer.produce(topic, payload)
+        producer.poll(0)
+    producer.flush(30)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": topic,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": wait_ms,
+        }
+    )
+    consumer.subscribe([topic])
+    while (first := consumer.poll(1.0)) is None or first.error():
+        pass  # the group join, then the first record
+    start, got, empty = time.perf_counter(), 1, 0
+    while got < records:
+        msg = consumer.poll(0.001)
+        if msg is None or msg.error():
+            empty += 1
+            continue
+        got += 1
+    took = time.perf_counter() - start
+    consumer.close()
+    admin.delete_topics([topic])
+    return {"drain_records_per_s": round((records - 1) / took, 1), "drain_empty_polls": empty}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--waits", default="1,5,10,25", help="fetch.wait.max.ms settings to compare")
     ap.add_argument("--records", type=int, default=400)
     ap.add_argument("--rate", type=float, default=40.0, help="records per second (Poisson)")
+    ap.add_argument("--drain", type=int, default=0, help="records read back as fast as possible")
+    ap.add_argument("--size", type=int, default=21_600, help="--drain: bytes per record")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as logs:
         bootstrap, child = start_kafka(Path(logs))
         try:
             broker = psutil.Process(child.proc.pid)
-            rows = [
-                probe(bootstrap, int(w), args.records, args.rate, broker)
-                for w in args.waits.split(",")
-            ]
+            rows = []
+            for w in args.waits.split(","):
+                row = probe(bootstrap, int(w), args.records, args.rate, broker)
+                if args.drain:
+                    row.update(drain(bootstrap, int(w), args.drain, args.size))
+                rows.append(row)
         finally:
             child.stop()
     print(json.dumps({"rate": args.rate, "results": rows}, indent=1))
