@@ -10,6 +10,7 @@ saturation rate) in the two worker shapes:
 
     python benchmarks/queue_model.py --bench BENCH.json [--bench BENCH2.json ...]
         [--boards 400] [--target-ms 100] [--seed 11]
+    python benchmarks/queue_model.py --check
 
 Each ``BENCH.json`` is a `linecheck bench --json` output of either shape (its
 ``processes_per_worker`` says which); it gives the rate (``latency_rate``), the slowdown of
@@ -18,8 +19,10 @@ and, from its median (``p50_ms``), the part of every board's latency that is nei
 inspection (broker, poll, hand-over, sinks: a constant). The model's p99 is printed beside
 the run's, then the factor by which the boards' own time would have to shrink (the
 saturation rate, and so the latency run's rate, growing by the same factor) for the model's
-p99 to meet ``--target-ms``. Uses the synthetic model of
-`linecheck bench` (`LINECHECK_MODEL__MODELS_DIR` / `LINECHECK_MODEL__VERSION` choose it).
+p99 to meet ``--target-ms``. ``--check`` only runs the simulation against queueing theory
+(exponential service of 10 ms, 100 arrivals a second: M/M/1 per worker, M/M/2 for one
+queue) and prints the mean times in the system beside the formulas'. Uses the synthetic
+model of `linecheck bench` (`LINECHECK_MODEL__MODELS_DIR` / `LINECHECK_MODEL__VERSION`).
 """
 
 from __future__ import annotations
@@ -117,13 +120,36 @@ def shrink_for(own: np.ndarray, bench: dict[str, float], target_ms: float, seed:
     return lo
 
 
+def check(seed: int) -> dict[str, float]:
+    """Mean time in the system, simulated and by formula, for exponential service (10 ms)
+    at 100 arrivals/s: two queues at 50/s each (M/M/1: 1 / (μ − λ)) and one queue of two
+    servers (M/M/2: 1/μ + C / (2μ − λ), Erlang's C = 1/3 at ρ 0.5)."""
+    rng = np.random.default_rng(seed)
+    service = rng.exponential(10.0, ARRIVALS)
+    mu, lam = 100.0, 100.0
+    rho = lam / (2 * mu)
+    erlang_c = 2 * rho**2 / (1 + rho)  # M/M/2's chance of waiting
+    return {
+        "workers_mean_ms": round(float(simulate(service, lam, "workers", rng).mean()), 2),
+        "workers_theory_ms": round(1e3 / (mu - lam / 2), 2),
+        "processes_mean_ms": round(float(simulate(service, lam, "processes", rng).mean()), 2),
+        "processes_theory_ms": round(1e3 / mu + 1e3 * erlang_c / (2 * mu - lam), 2),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bench", type=Path, action="append", required=True)
+    ap.add_argument("--bench", type=Path, action="append", default=[])
+    ap.add_argument("--check", action="store_true", help="the simulation against theory")
     ap.add_argument("--boards", type=int, default=400)
     ap.add_argument("--seed", type=int, default=11, help="the bench's board seed")
     ap.add_argument("--target-ms", type=float, default=100.0)
     args = ap.parse_args()
+    if args.check:
+        print(json.dumps(check(args.seed), indent=1))
+        return
+    if not args.bench:
+        ap.error("give at least one --bench BENCH.json (a `linecheck bench --json` output)")
     own = own_times(args.boards, args.seed)
     runs: list[dict[str, object]] = []
     for path in args.bench:
