@@ -6,9 +6,9 @@ broker's CPU per second while the line is quiet.
     python benchmarks/fetch_wait.py [--waits 1,5,10,25] [--records 400] [--rate 40]
         [--drain 3000 --size 21600]
 
-Tansu holds a fetch that finds no data for the whole wait even when a record arrives
-meanwhile (``workers.delivery.broker_config``), so a record waits on average half the
-setting before a consumer sees it; a shorter wait costs the broker more empty fetches. The
+Tansu can hold a fetch that finds no data for the whole wait even when a record arrives
+meanwhile (``workers.delivery.broker_config``), so a longer wait delays records on a quiet
+line, and a shorter one costs the broker more empty fetches; this measures both. The
 producer is the line publisher's (``producers.publisher.producer_config``: ``linger.ms`` 1);
 the latency is from just before ``produce`` to the record returned by ``poll`` (one clock).
 ``--drain N``: also, per setting, N records of ``--size`` bytes (a bench board's event is
@@ -39,18 +39,16 @@ from linecheck.embedded import start_kafka  # noqa: E402
 from producers.publisher import producer_config  # noqa: E402
 
 
-def sent_at(msg: Message) -> float:
-    """The ``perf_counter`` the record was produced at (its value)."""
-    return float(msg.value() or b"nan")
-
-
-def probe(
-    bootstrap: str, wait_ms: int, records: int, rate: float, broker: psutil.Process
-) -> dict[str, float]:
-    """One setting: ``records`` single records at Poisson arrivals of ``rate`` per second."""
-    topic = f"probe-{wait_ms}-{uuid.uuid4().hex[:6]}"
+def new_topic(bootstrap: str, prefix: str) -> tuple[str, AdminClient]:
+    """A fresh one-partition topic named ``prefix-<random>``, and the admin client."""
+    topic = f"{prefix}-{uuid.uuid4().hex[:6]}"
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    return topic, admin
+
+
+def reader(bootstrap: str, topic: str, wait_ms: int) -> Consumer:
+    """A consumer of ``topic`` from its start, in a group of its own, with this fetch wait."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -60,6 +58,20 @@ def probe(
         }
     )
     consumer.subscribe([topic])
+    return consumer
+
+
+def sent_at(msg: Message) -> float:
+    """The ``perf_counter`` the record was produced at (its value)."""
+    return float(msg.value() or b"nan")
+
+
+def probe(
+    bootstrap: str, wait_ms: int, records: int, rate: float, broker: psutil.Process
+) -> dict[str, float]:
+    """One setting: ``records`` single records at Poisson arrivals of ``rate`` per second."""
+    topic, admin = new_topic(bootstrap, f"probe-{wait_ms}")
+    consumer = reader(bootstrap, topic, wait_ms)
     producer = Producer(producer_config(bootstrap))
     producer.produce(topic, b"warm-up")
     producer.flush(10)
@@ -97,28 +109,22 @@ def probe(
 
 def drain(bootstrap: str, wait_ms: int, records: int, size: int) -> dict[str, float]:
     """``records`` records of ``size`` bytes published at once, then consumed from the start."""
-    topic = f"drain-{wait_ms}-{uuid.uuid4().hex[:6]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    topic, admin = new_topic(bootstrap, f"drain-{wait_ms}")
     producer = Producer(producer_config(bootstrap))
     payload = np.random.default_rng(0).bytes(size)
     for _ in range(records):
         producer.produce(topic, payload)
         producer.poll(0)
     producer.flush(30)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": topic,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": wait_ms,
-        }
-    )
-    consumer.subscribe([topic])
+    consumer = reader(bootstrap, topic, wait_ms)
+    deadline = time.monotonic() + 120
     while (first := consumer.poll(1.0)) is None or first.error():
-        pass  # the group join, then the first record
+        if time.monotonic() > deadline:  # the group join, then the first record
+            raise TimeoutError(f"no record of {topic} within 120 s")
     start, got, empty = time.perf_counter(), 1, 0
     while got < records:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{records - got} of {records} records of {topic} not read")
         msg = consumer.poll(0.001)
         if msg is None or msg.error():
             empty += 1
