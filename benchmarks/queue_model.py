@@ -92,9 +92,9 @@ def model(
 ) -> tuple[float, float, float]:
     """The model's p50 / p99 and its constant part (ms) for a bench run's shape and rate,
     with the boards' own time multiplied by ``shrink`` (the rate divided by it: half of a
-    faster saturation). The part
-    of every board's latency that is neither queue nor inspection (broker, poll, hand-over,
-    sinks) is a constant set so that the unshrunk model's median is the run's."""
+    faster saturation). The part of every board's latency that is neither queue nor
+    inspection (broker, poll, hand-over, sinks) is a constant set so that the unshrunk
+    model's median is the run's."""
     shape = "processes" if bench["processes_per_worker"] > 1 else "workers"
     slowdown = bench["p99_own_ms"] / float(np.percentile(own, 99))
 
