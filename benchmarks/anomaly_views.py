@@ -7,6 +7,7 @@ and test parts never in a memory bank).
         [--views 48,64,96,128,192,256,64a,96a,128a,192a,64as,96as] [--bank 4000] [--top 10]
         [--scores max,top0.5] [--bank-flips] [--backbone lite2 --layers 6,14] [--patch-pool 5]
         [--own-radius 2] [--disc-sigma 0.5 --disc-epochs 20] [--flat-sigma 0.125]
+        [--combine mean,max,vmean]
 
 A view is written SIZE[a][s][g|x|u|d][p][f]: SIZE² square; ``a`` keeps the aspect ratio at SIZE²
 of area; ``s`` standardises the grey levels (:class:`inspection.anomaly.AnomalyView`); ``g``
@@ -26,7 +27,8 @@ k-center coreset of at most ``--bank`` good training patches (a quarter of them 
 nearest-neighbour distances resized to a quarter of the image and blurred (σ 1 = 4 image px).
 Each view's maps are put on a common scale by the calibration *good* images only (median → 0,
 99th percentile of their maxima → 1); a combination takes the pixel-wise mean or maximum of
-its views' maps and scores an image by the combined map's maximum. Combinations of up to
+its views' maps and scores an image by the combined map's maximum (``--combine vmean``:
+by the mean of the views' own maxima, the map their mean). Combinations of up to
 four views are ranked by calibration image AUROC (chosen without the test part); prints one
 JSON object with each view's and the `--top` combinations' calibration and test image AUROC
 and test pixel AUROC (quarter-resolution masks). ``--scores``: the image scores compared
@@ -243,6 +245,10 @@ def main() -> None:
     ap.add_argument("--bank", type=int, default=4000, help="memory-bank patches per view")
     ap.add_argument("--top", type=int, default=10, help="combinations to print")
     ap.add_argument("--scores", default="max", help="image scores compared: max, topQ")
+    ap.add_argument(
+        "--combine", default="mean,max", help="combinations ranked: mean, max (of the maps), "
+        "vmean (the image score the mean of the views' maxima, the map their mean)"
+    )  # fmt: skip
     ap.add_argument("--bank-flips", action="store_true", help="mirrored training images too")
     ap.add_argument("--pool", type=int, default=100_000, help="--bank-flips: patches pooled")
     ap.add_argument("--backbone", default="lite0", choices=("lite0", "lite1", "lite2"))
@@ -273,6 +279,9 @@ def main() -> None:
              for p in PARTS}  # fmt: skip
     specs = args.views.split(",")
     scores = args.scores.split(",")
+    combines = args.combine.split(",")
+    if not set(combines) <= {"mean", "max", "vmean"}:
+        raise SystemExit(f"unknown combination in {args.combine!r}: use mean, max, vmean")
     for score in scores:
         image_score(np.zeros((2, 2)), score)  # a bad name fails now, not after the maps
     scaled: dict[str, dict[str, list[np.ndarray]]] = {}
@@ -295,17 +304,26 @@ def main() -> None:
         print(f"{spec}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
 
     def combined(views: tuple[str, ...], how: str, part: str) -> list[np.ndarray]:
-        reduce = np.mean if how == "mean" else np.max
+        reduce = np.max if how == "max" else np.mean  # vmean's map: the views' mean
         return [
             reduce(np.stack([scaled[v][part][i] for v in views]), axis=0)
             for i in range(len(labels[part]))
         ]
 
+    def image_scores(views: tuple[str, ...], how: str, part: str) -> np.ndarray:
+        """The combined map's maximum; ``vmean``: the mean of the views' own maxima."""
+        if how == "vmean":
+            return np.array(
+                [np.mean([scaled[v][part][i].max() for v in views])
+                 for i in range(len(labels[part]))]
+            )  # fmt: skip
+        return np.array([m.max() for m in combined(views, how, part)])
+
     def measure(views: tuple[str, ...], how: str, pixels: bool) -> dict[str, object]:
         row: dict[str, object] = {"views": list(views), "combine": how}
         for part in PARTS:
             maps = combined(views, how, part)
-            row[part] = auroc(np.array([m.max() for m in maps]), labels[part])
+            row[part] = auroc(image_scores(views, how, part), labels[part])
             for score in scores:
                 if score != "max":
                     values = np.array([image_score(m, score) for m in maps])
@@ -319,11 +337,11 @@ def main() -> None:
     ranked = []
     for r in range(2, min(4, len(specs)) + 1):
         for views in itertools.combinations(specs, r):
-            for how in ("mean", "max"):
-                maps = combined(views, how, "calibration")
+            for how in combines:
                 ranked.append(
-                    (auroc(np.array([m.max() for m in maps]), labels["calibration"]), views, how)
-                )
+                    (auroc(image_scores(views, how, "calibration"), labels["calibration"]),
+                     views, how)
+                )  # fmt: skip
     ranked.sort(key=lambda t: -(t[0] or 0.0))
     report = {
         "data": str(args.data),
