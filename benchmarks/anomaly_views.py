@@ -310,20 +310,23 @@ def main() -> None:
             for i in range(len(labels[part]))
         ]
 
-    def image_scores(views: tuple[str, ...], how: str, part: str) -> np.ndarray:
-        """The combined map's maximum; ``vmean``: the mean of the views' own maxima."""
+    def image_scores(
+        views: tuple[str, ...], how: str, part: str, maps: list[np.ndarray] | None = None
+    ) -> np.ndarray:
+        """The combined map's maximum (``maps``: the combined maps when already made);
+        ``vmean``: the mean of the views' own maxima."""
         if how == "vmean":
             return np.array(
                 [np.mean([scaled[v][part][i].max() for v in views])
                  for i in range(len(labels[part]))]
             )  # fmt: skip
-        return np.array([m.max() for m in combined(views, how, part)])
+        return np.array([m.max() for m in maps or combined(views, how, part)])
 
     def measure(views: tuple[str, ...], how: str, pixels: bool) -> dict[str, object]:
         row: dict[str, object] = {"views": list(views), "combine": how}
         for part in PARTS:
             maps = combined(views, how, part)
-            row[part] = auroc(image_scores(views, how, part), labels[part])
+            row[part] = auroc(image_scores(views, how, part, maps), labels[part])
             for score in scores:
                 if score != "max":
                     values = np.array([image_score(m, score) for m in maps])

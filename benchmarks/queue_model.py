@@ -32,6 +32,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,37 +88,52 @@ def simulate(
     return done - arrive
 
 
-def model(
-    own: np.ndarray, bench: dict[str, float], rng: np.random.Generator, shrink: float = 1.0
-) -> tuple[float, float, float]:
-    """The model's p50 / p99 and its constant part (ms) for a bench run's shape and rate,
-    with the boards' own time multiplied by ``shrink`` (the rate divided by it: half of a
-    faster saturation). The part of every board's latency that is neither queue nor
-    inspection (broker, poll, hand-over, sinks) is a constant set so that the unshrunk
-    model's median is the run's."""
-    shape = "processes" if bench["processes_per_worker"] > 1 else "workers"
-    slowdown = bench["p99_own_ms"] / float(np.percentile(own, 99))
+@dataclass(frozen=True)
+class RunModel:
+    """One bench run's latency run as a queue: its shape and rate, the boards' own times
+    scaled by the run's slowdown on the shared cores, and the part of every board's latency
+    that is neither queue nor inspection (broker, poll, hand-over, sinks), a constant set so
+    that the model's median is the run's."""
 
-    def queued(factor: float, gen: np.random.Generator) -> np.ndarray:
-        return simulate(own * slowdown * factor, bench["latency_rate"] / factor, shape, gen)
+    own: np.ndarray
+    rate: float
+    shape: str
+    slowdown: float
+    sim_seed: int
+    fixed: float = 0.0
 
-    seed = int(rng.integers(1 << 31))
-    fixed = bench["p50_ms"] - float(np.percentile(queued(1.0, np.random.default_rng(seed)), 50))
-    latency = fixed + queued(shrink, np.random.default_rng(seed))
-    return float(np.percentile(latency, 50)), float(np.percentile(latency, 99)), fixed
+    @classmethod
+    def of(cls, own: np.ndarray, bench: dict[str, float], seed: int) -> RunModel:
+        shape = "processes" if bench["processes_per_worker"] > 1 else "workers"
+        slowdown = bench["p99_own_ms"] / float(np.percentile(own, 99))
+        sim_seed = int(np.random.default_rng(seed).integers(1 << 31))
+        bare = cls(own, bench["latency_rate"], shape, slowdown, sim_seed)
+        return replace(bare, fixed=bench["p50_ms"] - float(np.percentile(bare.queued(1.0), 50)))
 
+    def queued(self, shrink: float) -> np.ndarray:
+        """Wait + inspection (ms) with the boards' own time × ``shrink`` (the rate divided by
+        it: half of a faster saturation)."""
+        return simulate(
+            self.own * self.slowdown * shrink, self.rate / shrink, self.shape,
+            np.random.default_rng(self.sim_seed),
+        )  # fmt: skip
 
-def shrink_for(own: np.ndarray, bench: dict[str, float], target_ms: float, seed: int) -> float:
-    """The largest factor (0.05–2, bisection) on the boards' own time for which the model's
-    p99 ≤ ``target_ms``: under 1, how much faster the inspection must get; over 1, the room."""
-    lo, hi = 0.05, 2.0
-    for _ in range(14):
-        mid = (lo + hi) / 2
-        if model(own, bench, np.random.default_rng(seed), mid)[1] <= target_ms:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    def percentiles(self, shrink: float = 1.0) -> tuple[float, float]:
+        """The model's p50 / p99 publish → verdict (ms)."""
+        latency = self.fixed + self.queued(shrink)
+        return float(np.percentile(latency, 50)), float(np.percentile(latency, 99))
+
+    def shrink_for(self, target_ms: float) -> float:
+        """The largest factor (0.05–2, bisection) on the boards' own time for which the p99 ≤
+        ``target_ms``: under 1, how much faster the inspection must get; over 1, the room."""
+        lo, hi = 0.05, 2.0
+        for _ in range(14):
+            mid = (lo + hi) / 2
+            if self.percentiles(mid)[1] <= target_ms:
+                lo = mid
+            else:
+                hi = mid
+        return lo
 
 
 def check(seed: int) -> dict[str, float]:
@@ -154,19 +170,19 @@ def main() -> None:
     runs: list[dict[str, object]] = []
     for path in args.bench:
         bench = json.loads(path.read_text())
-        p50, p99, fixed = model(own, bench, np.random.default_rng(args.seed))
-        shrink = shrink_for(own, bench, args.target_ms, args.seed)
+        run = RunModel.of(own, bench, args.seed)
+        p50, p99 = run.percentiles()
         runs.append(
             {
                 "bench": str(path),
                 "shape": f"{bench['workers']} worker(s) × {bench['processes_per_worker']}",
-                "latency_rate": round(bench["latency_rate"], 1),
-                "slowdown": round(bench["p99_own_ms"] / float(np.percentile(own, 99)), 2),
+                "latency_rate": round(run.rate, 1),
+                "slowdown": round(run.slowdown, 2),
                 "p50_ms": round(p50, 1),
-                "neither_queue_nor_inspection_ms": round(fixed, 1),
+                "neither_queue_nor_inspection_ms": round(run.fixed, 1),
                 "measured_p99_ms": round(bench["p99_ms"], 1),
                 "model_p99_ms": round(p99, 1),
-                "own_time_factor_for_target": round(shrink, 3),
+                "own_time_factor_for_target": round(run.shrink_for(args.target_ms), 3),
             }
         )
     own_ms = {
